@@ -1,0 +1,285 @@
+//! Channel settings (SPEC §3): the typed form of what `relay.yaml`,
+//! `global.yaml` and the API's `config` objects say about one channel.
+//!
+//! Every field has a default, so a partial document deserializes; the loader
+//! merges global defaults with a channel's overrides before it gets here.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Everything that shapes one channel's data path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSettings {
+    pub decimation: Decimation,
+    pub outputs: Outputs,
+    pub rotation: Rotation,
+    /// `None` keeps every file.
+    pub retention: Option<Retention>,
+    pub archive: ArchiveSettings,
+    /// Check every datagram against the schema (SPEC §4); `false` trusts senders.
+    pub validate: bool,
+    pub socket: SocketSettings,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        Self {
+            decimation: Decimation::default(),
+            outputs: Outputs::default(),
+            rotation: Rotation::default(),
+            retention: None,
+            archive: ArchiveSettings::default(),
+            validate: true,
+            socket: SocketSettings::default(),
+        }
+    }
+}
+
+/// The decimated stream: one output per window of `factor` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Decimation {
+    pub enabled: bool,
+    /// Window length in records, at least 1.
+    pub factor: u32,
+    pub algorithm: Algorithm,
+}
+
+impl Default for Decimation {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            factor: 10,
+            algorithm: Algorithm::Downsample,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// The last record of every window, unchanged.
+    Downsample,
+    /// Per numeric field, the arithmetic mean of the window.
+    Average,
+    /// Two records per window: per-field minimum, then maximum.
+    Minmax,
+    /// Per numeric field, the root mean square of the window.
+    Rms,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Downsample => "downsample",
+            Algorithm::Average => "average",
+            Algorithm::Minmax => "minmax",
+            Algorithm::Rms => "rms",
+        }
+    }
+}
+
+/// Where valid records go: byte-identical at full rate, and decimated.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Outputs {
+    #[serde(deserialize_with = "one_or_many")]
+    pub full_rate: Vec<Destination>,
+    #[serde(deserialize_with = "one_or_many")]
+    pub decimated: Vec<Destination>,
+}
+
+/// One UDP destination, unicast or multicast. The multicast options are
+/// ignored for unicast addresses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub address: IpAddr,
+    pub port: u16,
+    /// Outgoing interface for multicast, by its IPv4 address. `None` lets the
+    /// kernel's routing table choose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<Ipv4Addr>,
+    /// Multicast TTL; 1 (this subnet only) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    /// Deliver multicast to listeners on this host too; true when absent.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub multicast_loop: Option<bool>,
+}
+
+impl Destination {
+    pub fn new(address: IpAddr, port: u16) -> Self {
+        Self {
+            address,
+            port,
+            interface: None,
+            ttl: None,
+            multicast_loop: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rotation {
+    pub mode: RotationMode,
+    /// Seconds for `time`, bytes for `size`.
+    pub threshold: u64,
+}
+
+impl Default for Rotation {
+    fn default() -> Self {
+        Self {
+            mode: RotationMode::Time,
+            threshold: 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationMode {
+    Time,
+    Size,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub mode: RetentionMode,
+    /// Seconds for `ttl`, bytes for `quota`.
+    pub value: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    Ttl,
+    Quota,
+}
+
+/// The archive of a channel and when its blocks reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSettings {
+    pub enabled: bool,
+    pub codec: Codec,
+    /// A block is written when it holds this many records…
+    pub flush_records: u32,
+    /// …or this many bytes of records…
+    pub flush_bytes: u32,
+    /// …or its first record is this old (the most a crash can lose).
+    pub flush_ms: u32,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            codec: Codec::Null,
+            flush_records: 10_000,
+            flush_bytes: 1 << 20,
+            flush_ms: 1000,
+        }
+    }
+}
+
+/// Avro container block codecs (the names are Avro's `avro.codec` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    #[default]
+    Null,
+    Deflate,
+    Zstandard,
+    Snappy,
+}
+
+impl Codec {
+    /// The `avro.codec` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Codec::Null => "null",
+            Codec::Deflate => "deflate",
+            Codec::Zstandard => "zstandard",
+            Codec::Snappy => "snappy",
+        }
+    }
+}
+
+/// The receiving socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketSettings {
+    /// Address to bind the channel's port on.
+    pub bind: IpAddr,
+    /// SO_RCVBUF to request, in bytes; the kernel may grant less
+    /// (`net.core.rmem_max`), which is logged.
+    pub recv_buffer: u32,
+    /// Largest datagram accepted; longer ones are counted invalid.
+    pub max_datagram: u32,
+}
+
+impl Default for SocketSettings {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            recv_buffer: 8 << 20,
+            max_datagram: 65_535,
+        }
+    }
+}
+
+/// Accept `{address, port}` or a list of them (SpeedData writes one).
+fn one_or_many<'de, D>(deserializer: D) -> Result<Vec<Destination>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(Destination),
+        Many(Vec<Destination>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => Vec::new(),
+        Some(OneOrMany::One(d)) => vec![d],
+        Some(OneOrMany::Many(v)) => v,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_document_takes_defaults() {
+        let s: ChannelSettings =
+            serde_yaml::from_str("decimation: {factor: 3, algorithm: rms}").unwrap();
+        assert_eq!(s.decimation.factor, 3);
+        assert_eq!(s.decimation.algorithm, Algorithm::Rms);
+        assert!(s.validate);
+        assert_eq!(s.archive.codec, Codec::Null);
+    }
+
+    #[test]
+    fn outputs_take_one_or_a_list() {
+        let s: ChannelSettings = serde_yaml::from_str(
+            "outputs:\n  full_rate: {address: 239.1.1.1, port: 6000, ttl: 2, loop: false}\n  decimated: [{address: 127.0.0.1, port: 1}, {address: 127.0.0.1, port: 2}]",
+        )
+        .unwrap();
+        assert_eq!(s.outputs.full_rate.len(), 1);
+        assert_eq!(s.outputs.full_rate[0].ttl, Some(2));
+        assert_eq!(s.outputs.full_rate[0].multicast_loop, Some(false));
+        assert_eq!(s.outputs.decimated.len(), 2);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<ChannelSettings, _> = serde_yaml::from_str("decimashun: 3");
+        assert!(r.is_err());
+    }
+}

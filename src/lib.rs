@@ -1,0 +1,15 @@
+//! speedrelay: one process that receives every telemetry channel over UDP,
+//! validates each Avro record, archives it, and forwards it at full rate and
+//! decimated.
+//!
+//! Where a datagram goes: [`channel`] receives a batch ([`udp`]), checks each
+//! datagram with the [`validator`], forwards valid ones through [`udp`] to the
+//! full-rate destinations, feeds the [`decimator`], and hands blocks of
+//! records to the [`archive`] writer. [`counters`] tell what happened;
+//! [`config`] says how.
+
+pub mod archive;
+pub mod config;
+pub mod counters;
+pub mod decimator;
+pub mod validator;
