@@ -42,6 +42,11 @@ impl Decimator {
             factor: factor.max(1),
         }
     }
+    /// Starts a new window with new settings.
+    pub fn reconfigure(&mut self, algorithm: Algorithm, factor: u32) {
+        self.algorithm = algorithm;
+        self.factor = factor.max(1);
+    }
     /// Whether `push` needs the captured numeric fields of each record.
     pub fn needs_values(&self) -> bool {
         !matches!(self.algorithm, Algorithm::Downsample)

@@ -9,7 +9,9 @@
 //! [`config`] says how.
 
 pub mod archive;
+pub mod channel;
 pub mod config;
 pub mod counters;
 pub mod decimator;
+pub mod udp;
 pub mod validator;

@@ -1,0 +1,540 @@
+//! The channel task: one per channel, owning its UDP socket. Per receive
+//! batch it validates every datagram, forwards the valid ones
+//! byte-identical to the full-rate destinations, feeds the decimator whose
+//! output goes to the decimated destinations, and packs records into archive
+//! blocks that the archive task writes off the hot path.
+//!
+//! Life cycle: [`BoundChannel::bind`] does everything that can fail (schema,
+//! port, destinations) without a runtime task; [`BoundChannel::spawn`] starts
+//! the task; [`ChannelHandle::stop`] stops receiving, drains what the kernel
+//! already queued, and returns once the archive file is closed.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
+use crate::config::{ChannelSettings, Destination};
+use crate::counters::ChannelCounters;
+use crate::decimator::{DecimatedBatch, Decimator};
+use crate::udp::{self, BATCH, RecvBatch, SendBatch, SendReport};
+use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
+
+/// Batches taken in one wake-up before the task yields to its timers and
+/// commands, so a flooded channel still flushes and obeys a stop.
+const DRAIN_BATCHES: usize = 16;
+
+/// Most batches drained from the kernel queue after a stop; bounds the stop
+/// of a channel that is being flooded.
+const STOP_DRAIN_BATCHES: usize = 4096;
+
+/// Archive blocks that may wait for the disk before new ones are dropped.
+const ARCHIVE_QUEUE: usize = 64;
+
+/// What a channel is: its name, port, schema and settings.
+#[derive(Debug, Clone)]
+pub struct ChannelSpec {
+    pub name: String,
+    pub port: u16,
+    /// The Avro schema as JSON text; also written into every archive header.
+    pub schema_json: String,
+    pub settings: ChannelSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("invalid schema: {0}")]
+    Schema(#[from] SchemaError),
+    #[error("cannot bind UDP port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+    #[error("cannot open destination {address}: {source}")]
+    Destination {
+        address: SocketAddr,
+        source: io::Error,
+    },
+    #[error("receiving on port {port} failed: {source}")]
+    Receive { port: u16, source: io::Error },
+    #[error("the channel task ended unexpectedly: {0}")]
+    Task(String),
+}
+
+/// A channel whose socket is bound and whose destinations are open, not yet
+/// receiving.
+pub struct BoundChannel {
+    spec: ChannelSpec,
+    validator: Arc<Validator>,
+    socket: StdUdpSocket,
+    local_addr: SocketAddr,
+    full_rate: Vec<StdUdpSocket>,
+    decimated: Vec<StdUdpSocket>,
+    channel_dir: PathBuf,
+    counters: Arc<ChannelCounters>,
+}
+
+impl BoundChannel {
+    /// Compiles the schema, binds the port and opens the destinations.
+    /// Nothing is left open when it fails.
+    pub fn bind(spec: ChannelSpec, data_dir: &Path) -> Result<Self, ChannelError> {
+        let validator = Arc::new(Validator::from_json(&spec.schema_json)?);
+        let sock = &spec.settings.socket;
+        let bound = udp::bind_receiver(sock.bind, spec.port, sock.recv_buffer as usize).map_err(
+            |source| ChannelError::Bind {
+                port: spec.port,
+                source,
+            },
+        )?;
+        // Linux reports twice the usable size; warn only when it is below the request.
+        if bound.recv_buffer_granted / 2 < sock.recv_buffer as usize {
+            tracing::warn!(
+                channel = %spec.name,
+                requested = sock.recv_buffer,
+                granted = bound.recv_buffer_granted / 2,
+                "receive buffer clamped by the kernel (raise net.core.rmem_max)"
+            );
+        }
+        let local_addr = bound
+            .socket
+            .local_addr()
+            .map_err(|source| ChannelError::Bind {
+                port: spec.port,
+                source,
+            })?;
+        let (full_rate, decimated) = open_destinations(&spec.settings)?;
+        let channel_dir = data_dir.join(&spec.name);
+        Ok(Self {
+            spec,
+            validator,
+            socket: bound.socket,
+            local_addr,
+            full_rate,
+            decimated,
+            channel_dir,
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn counters(&self) -> &Arc<ChannelCounters> {
+        &self.counters
+    }
+
+    /// Starts the channel task. Must be called inside a tokio runtime.
+    pub fn spawn(self) -> Result<ChannelHandle, ChannelError> {
+        let port = self.spec.port;
+        let socket = UdpSocket::from_std(self.socket)
+            .map_err(|source| ChannelError::Bind { port, source })?;
+        let full_rate = register(self.full_rate)?;
+        let decimated = register(self.decimated)?;
+        let settings = &self.spec.settings;
+        let archive = settings.archive.enabled.then(|| {
+            let writer = ArchiveWriter::new(
+                self.channel_dir.clone(),
+                &self.spec.name,
+                &self.spec.schema_json,
+                settings.archive,
+                settings.rotation,
+                settings.retention,
+            );
+            archive::spawn(writer, self.counters.clone(), ARCHIVE_QUEUE)
+        });
+        let cancel = CancellationToken::new();
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let slots = self.validator.numeric_slots().len();
+        let task = ChannelTask {
+            name: self.spec.name.clone(),
+            port,
+            socket,
+            batch: RecvBatch::new(settings.socket.max_datagram as usize),
+            send: SendBatch::default(),
+            decimator: Decimator::new(
+                self.validator.clone(),
+                settings.decimation.algorithm,
+                settings.decimation.factor,
+            ),
+            decimation_enabled: settings.decimation.enabled,
+            validator: self.validator,
+            validate: settings.validate,
+            captured: vec![Captured::default(); slots],
+            decimated_out: DecimatedBatch::default(),
+            full_rate,
+            decimated,
+            archive,
+            block: Vec::new(),
+            block_count: 0,
+            flush_records: u64::from(settings.archive.flush_records.max(1)),
+            flush_bytes: settings.archive.flush_bytes.max(1) as usize,
+            flush_after: Duration::from_millis(u64::from(settings.archive.flush_ms)),
+            flush_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            counters: self.counters.clone(),
+            cancel: cancel.clone(),
+            commands,
+        };
+        tracing::info!(channel = %self.spec.name, port, "channel started");
+        let join = tokio::spawn(task.run());
+        Ok(ChannelHandle {
+            name: self.spec.name,
+            local_addr: self.local_addr,
+            counters: self.counters,
+            commands: commands_tx,
+            cancel,
+            join,
+        })
+    }
+}
+
+fn open_destinations(
+    settings: &ChannelSettings,
+) -> Result<(Vec<StdUdpSocket>, Vec<StdUdpSocket>), ChannelError> {
+    let open = |dests: &[Destination]| {
+        dests
+            .iter()
+            .map(|d| {
+                udp::connect_destination(d).map_err(|source| ChannelError::Destination {
+                    address: SocketAddr::new(d.address, d.port),
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let full_rate = open(&settings.outputs.full_rate)?;
+    let decimated = if settings.decimation.enabled {
+        open(&settings.outputs.decimated)?
+    } else {
+        Vec::new()
+    };
+    Ok((full_rate, decimated))
+}
+
+fn register(sockets: Vec<StdUdpSocket>) -> Result<Vec<UdpSocket>, ChannelError> {
+    sockets
+        .into_iter()
+        .map(|s| {
+            let address = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+            UdpSocket::from_std(s).map_err(|source| ChannelError::Destination { address, source })
+        })
+        .collect()
+}
+
+/// Changes for a running channel, applied between two batches.
+enum Command {
+    Reconfigure {
+        settings: Box<ChannelSettings>,
+        full_rate: Vec<UdpSocket>,
+        decimated: Vec<UdpSocket>,
+    },
+}
+
+/// The running channel, as its owner sees it. Dropping it does not stop the
+/// task; call [`ChannelHandle::stop`].
+pub struct ChannelHandle {
+    name: String,
+    local_addr: SocketAddr,
+    counters: Arc<ChannelCounters>,
+    commands: mpsc::UnboundedSender<Command>,
+    cancel: CancellationToken,
+    join: JoinHandle<Result<(), ChannelError>>,
+}
+
+impl ChannelHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn counters(&self) -> &Arc<ChannelCounters> {
+        &self.counters
+    }
+
+    /// Whether the task has ended (stopped, failed or panicked).
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+
+    /// Applies new settings without touching the socket: destinations,
+    /// decimation, validation, archive codec/rotation/retention and block
+    /// bounds. The socket settings (bind address, buffer size) need a restart.
+    /// New destinations are opened here so an error reaches the caller and
+    /// leaves the running channel as it was.
+    pub fn reconfigure(&self, settings: ChannelSettings) -> Result<(), ChannelError> {
+        let (full_rate, decimated) = open_destinations(&settings)?;
+        let command = Command::Reconfigure {
+            settings: Box::new(settings),
+            full_rate: register(full_rate)?,
+            decimated: register(decimated)?,
+        };
+        self.commands
+            .send(command)
+            .map_err(|_| ChannelError::Task("channel task is not running".into()))
+    }
+
+    /// Stops receiving, processes what the kernel already queued, writes and
+    /// closes the archive file, and returns the task's outcome.
+    pub async fn stop(self) -> Result<(), ChannelError> {
+        self.cancel.cancel();
+        let outcome = match self.join.await {
+            Ok(r) => r,
+            Err(e) => Err(ChannelError::Task(e.to_string())),
+        };
+        tracing::info!(channel = %self.name, "channel stopped");
+        outcome
+    }
+}
+
+/// The state the receive loop owns. Fields are grouped by the output they
+/// feed; nothing here is shared except `counters`.
+struct ChannelTask {
+    name: String,
+    port: u16,
+    socket: UdpSocket,
+    /// Reused receive buffers: the only copy of a datagram's bytes until the
+    /// archive block.
+    batch: RecvBatch,
+    send: SendBatch,
+
+    validator: Arc<Validator>,
+    validate: bool,
+    /// Numeric fields of the datagram being processed, for the decimator.
+    captured: Vec<Captured>,
+
+    decimator: Decimator,
+    decimation_enabled: bool,
+    decimated_out: DecimatedBatch,
+
+    full_rate: Vec<UdpSocket>,
+    decimated: Vec<UdpSocket>,
+
+    archive: Option<ArchiveHandle>,
+    /// Encoded records of the block being filled.
+    block: Vec<u8>,
+    block_count: u64,
+    flush_records: u64,
+    flush_bytes: usize,
+    flush_after: Duration,
+    /// Armed when a block gets its first record, so an idle channel has no timer.
+    flush_timer: Pin<Box<Sleep>>,
+
+    counters: Arc<ChannelCounters>,
+    cancel: CancellationToken,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl ChannelTask {
+    async fn run(mut self) -> Result<(), ChannelError> {
+        let outcome = self.receive_until_cancelled().await;
+        if outcome.is_ok() {
+            self.drain_queued().await;
+        }
+        self.ship_block();
+        if let Some(archive) = self.archive.take() {
+            archive.close().await;
+        }
+        outcome
+    }
+
+    async fn receive_until_cancelled(&mut self) -> Result<(), ChannelError> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Ok(()),
+                Some(command) = self.commands.recv() => self.apply(command),
+                _ = &mut self.flush_timer, if self.block_count > 0 => self.ship_block(),
+                ready = self.socket.readable() => {
+                    ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                    for _ in 0..DRAIN_BATCHES {
+                        let n = self.receive()?;
+                        if n > 0 {
+                            self.process_batch().await;
+                        }
+                        if n < BATCH {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a stop, processes what the kernel had already accepted.
+    async fn drain_queued(&mut self) {
+        for _ in 0..STOP_DRAIN_BATCHES {
+            match self.receive() {
+                Ok(0) | Err(_) => return,
+                Ok(_) => self.process_batch().await,
+            }
+        }
+    }
+
+    fn receive(&mut self) -> Result<usize, ChannelError> {
+        self.batch
+            .try_recv(&self.socket)
+            .map_err(|source| ChannelError::Receive {
+                port: self.port,
+                source,
+            })
+    }
+
+    /// The hot path: validate, decimate and pack the batch, then send it.
+    async fn process_batch(&mut self) {
+        let n = self.batch.len();
+        let mut valid = [0u8; BATCH];
+        let mut valid_count = 0;
+        let mut bytes = 0u64;
+        let mut invalid = 0u64;
+        let mut last_invalid = None;
+        let needs_values = self.decimation_enabled && self.decimator.needs_values();
+        let validate = self.validate;
+        self.decimated_out.clear();
+
+        for i in 0..n {
+            let (datagram, truncated) = self.batch.get(i);
+            bytes += datagram.len() as u64;
+            // With validation off, a record the decimator cannot read is
+            // still forwarded and archived, just left out of the decimation.
+            let mut decimable = !needs_values;
+            let checked = if truncated {
+                Err(InvalidDatum {
+                    kind: InvalidKind::Oversized,
+                    offset: datagram.len() as u32,
+                })
+            } else if needs_values {
+                // Capturing validates too, so the datagram is walked once.
+                let r = self
+                    .validator
+                    .validate_capture(datagram, &mut self.captured);
+                decimable = r.is_ok();
+                if validate { r } else { Ok(()) }
+            } else if validate {
+                self.validator.validate(datagram)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = checked {
+                invalid += 1;
+                last_invalid = Some(e);
+                continue;
+            }
+            valid[valid_count] = i as u8;
+            valid_count += 1;
+            if self.decimation_enabled && decimable {
+                self.decimator
+                    .push(datagram, &self.captured, &mut self.decimated_out);
+            }
+            if self.archive.is_some() {
+                if self.block_count == 0 {
+                    let deadline = Instant::now() + self.flush_after;
+                    self.flush_timer.as_mut().reset(deadline);
+                }
+                self.block.extend_from_slice(datagram);
+                self.block_count += 1;
+                if self.block_count >= self.flush_records || self.block.len() >= self.flush_bytes {
+                    self.ship_block();
+                }
+            }
+        }
+
+        let c = &self.counters;
+        c.packets.fetch_add(n as u64, Relaxed);
+        c.bytes.fetch_add(bytes, Relaxed);
+        if let Some(e) = last_invalid {
+            c.invalid.fetch_add(invalid, Relaxed);
+            c.record_invalid(e);
+        }
+        if let Some(drops) = self.batch.kernel_drops {
+            c.kernel_drops.store(u64::from(drops), Relaxed);
+        }
+
+        let batch = &self.batch;
+        let mut forwarded = SendReport::default();
+        if valid_count > 0 && !self.full_rate.is_empty() {
+            let datagrams = valid[..valid_count]
+                .iter()
+                .map(|&i| batch.get(usize::from(i)).0);
+            let mut loaded = self.send.load(datagrams);
+            for dest in &self.full_rate {
+                add_report(&mut forwarded, loaded.send_to(dest).await);
+            }
+        }
+        let mut decimated = SendReport::default();
+        if !self.decimated_out.records.is_empty() && !self.decimated.is_empty() {
+            let mut loaded = self.send.load(self.decimated_out.iter());
+            for dest in &self.decimated {
+                add_report(&mut decimated, loaded.send_to(dest).await);
+            }
+        }
+        c.forwarded.fetch_add(forwarded.sent, Relaxed);
+        c.decimated_sent.fetch_add(decimated.sent, Relaxed);
+        let failed = forwarded.failed + decimated.failed;
+        if failed > 0 {
+            c.send_errors.fetch_add(failed, Relaxed);
+            c.record_send_errno(forwarded.last_errno.max(decimated.last_errno));
+        }
+    }
+
+    /// Hands the filled block to the archive task; counted as dropped when
+    /// the archive cannot keep up, so receiving never waits for the disk.
+    fn ship_block(&mut self) {
+        if self.block_count == 0 {
+            return;
+        }
+        let Some(archive) = &self.archive else {
+            return;
+        };
+        let capacity = self.flush_bytes.min(8 << 20);
+        let data = std::mem::replace(&mut self.block, Vec::with_capacity(capacity));
+        let count = std::mem::take(&mut self.block_count);
+        if let Err(lost) = archive.try_send(Block { data, count }) {
+            self.counters.archive_dropped.fetch_add(lost.count, Relaxed);
+        }
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Reconfigure {
+                settings,
+                full_rate,
+                decimated,
+            } => {
+                self.full_rate = full_rate;
+                self.decimated = decimated;
+                let d = &settings.decimation;
+                self.decimation_enabled = d.enabled;
+                self.decimator.reconfigure(d.algorithm, d.factor);
+                self.validate = settings.validate;
+                // A new block bound applies from the next block on.
+                self.ship_block();
+                let a = &settings.archive;
+                self.flush_records = u64::from(a.flush_records.max(1));
+                self.flush_bytes = a.flush_bytes.max(1) as usize;
+                self.flush_after = Duration::from_millis(u64::from(a.flush_ms));
+                if let Some(archive) = &self.archive {
+                    archive.reconfigure(*a, settings.rotation, settings.retention);
+                }
+                tracing::info!(channel = %self.name, "channel reconfigured");
+            }
+        }
+    }
+}
+
+fn add_report(total: &mut SendReport, r: SendReport) {
+    total.sent += r.sent;
+    total.failed += r.failed;
+    if r.last_errno != 0 {
+        total.last_errno = r.last_errno;
+    }
+}
