@@ -9,6 +9,7 @@
 //! [`config`] says how.
 
 pub mod archive;
+pub mod baseline;
 pub mod channel;
 pub mod config;
 pub mod counters;

@@ -1,1 +1,129 @@
-fn main() {}
+//! The `speedrelay` command line (SPEC §2).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use speedrelay::baseline::{self, Baseline};
+use speedrelay::channel::{BoundChannel, ChannelHandle};
+
+#[derive(Parser)]
+#[command(name = "speedrelay", version, about = "UDP/Avro telemetry relay")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+#[derive(Parser, Default)]
+struct ServeArgs {
+    /// A config directory (relay.yaml, optional global.yaml) or one YAML
+    /// file. Default: ./config if it exists, else no channels.
+    #[arg(long, env = "SPEEDRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where archives go. Default: storage.avro_path of global.yaml, else ./data.
+    #[arg(long, env = "SPEEDRELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Runtime worker threads; 1 runs everything on one thread (the
+    /// Raspberry Pi profile). Default: one per core.
+    #[arg(long, env = "SPEEDRELAY_THREADS")]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("speedrelay: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = args
+        .config
+        .or_else(|| Some(PathBuf::from("config")).filter(|p| p.join("relay.yaml").is_file()));
+    let baseline = match &config {
+        Some(path) => baseline::load(path).map_err(|e| e.to_string())?,
+        None => Baseline::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or_else(|| baseline.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("data"));
+    let runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(0) => return Err("--threads must be at least 1".into()),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run(baseline, &data_dir))
+}
+
+async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
+    let mut running: Vec<ChannelHandle> = Vec::new();
+    for spec in baseline.channels {
+        let name = spec.name.clone();
+        let port = spec.port;
+        match BoundChannel::bind(spec, data_dir).and_then(BoundChannel::spawn) {
+            Ok(handle) => running.push(handle),
+            Err(e) => tracing::error!(channel = %name, port, error = %e, "channel failed to start"),
+        }
+    }
+    tracing::info!(
+        channels = running.len(),
+        data_dir = %data_dir.display(),
+        "speedrelay running; SIGINT or SIGTERM stops it"
+    );
+    shutdown_signal().await;
+    tracing::info!("stopping: flushing every archive");
+    for handle in running {
+        let name = handle.name().to_string();
+        if let Err(e) = handle.stop().await {
+            tracing::warn!(channel = %name, error = %e, "channel ended with an error");
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
