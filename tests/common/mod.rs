@@ -1,0 +1,192 @@
+//! Shared helpers for the integration tests: records, sockets on loopback,
+//! waiting for counters, reading archives back.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use apache_avro::Schema;
+use apache_avro::types::{Record, Value};
+use speedrelay::channel::{BoundChannel, ChannelHandle, ChannelSpec};
+use speedrelay::config::{ChannelSettings, Destination};
+
+pub const EXAMPLE_SCHEMA: &str = include_str!("../../config/agents/example.avsc");
+
+/// A record schema with one field of each numeric type and a string.
+pub const NUMERIC_SCHEMA: &str = r#"{"type":"record","name":"sample","fields":[
+    {"name":"label","type":"string"},
+    {"name":"i","type":"int"},
+    {"name":"l","type":"long"},
+    {"name":"f","type":"float"},
+    {"name":"d","type":"double"}]}"#;
+
+pub fn schema(json: &str) -> Schema {
+    Schema::parse_str(json).expect("test schema parses")
+}
+
+/// Record `n` of example.avsc; every field depends on `n` so order and
+/// identity can be checked.
+pub fn example_value(schema: &Schema, n: u64) -> Value {
+    let mut r = Record::new(schema).expect("record schema");
+    r.put("time", Value::Long(1_700_000_000_000_000_000 + n as i64));
+    r.put("message", Value::String(format!("record {n}")));
+    r.put("counter", Value::Int(n as i32));
+    r.put("sine_wave", Value::Double((n as f64).sin()));
+    r.put("ramp", Value::Double(n as f64 * 0.5));
+    r.put(
+        "square_wave",
+        Value::Double(if n % 2 == 0 { 1.0 } else { -1.0 }),
+    );
+    r.put("noise", Value::Double(n as f64 * 1e-3));
+    r.into()
+}
+
+pub fn encode(schema: &Schema, value: Value) -> Vec<u8> {
+    apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .and_then(|w| w.write_value_to_vec(value))
+        .expect("encodes")
+}
+
+/// Decodes one datum, asserting that it uses every byte.
+pub fn decode(schema: &Schema, datum: &[u8]) -> Value {
+    let mut slice = datum;
+    let v = apache_avro::reader::datum::GenericDatumReader::builder(schema)
+        .build()
+        .and_then(|r| r.read_value(&mut slice))
+        .expect("datum decodes");
+    assert!(slice.is_empty(), "datum has trailing bytes");
+    v
+}
+
+pub fn example_records(count: u64) -> Vec<Vec<u8>> {
+    let s = schema(EXAMPLE_SCHEMA);
+    (0..count)
+        .map(|n| encode(&s, example_value(&s, n)))
+        .collect()
+}
+
+/// A UDP receiver on loopback with a large buffer and a read timeout, so a
+/// missing datagram fails the test instead of hanging it.
+pub fn receiver() -> (UdpSocket, Destination) {
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
+    let s2 = socket2::SockRef::from(&sock);
+    let _ = s2.set_recv_buffer_size(8 << 20);
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    (sock, Destination::new(Ipv4Addr::LOCALHOST.into(), port))
+}
+
+pub fn sender() -> UdpSocket {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sender")
+}
+
+/// Settings with no outputs, archive flushing often, and decimation off
+/// unless a test turns it on.
+pub fn quiet_settings() -> ChannelSettings {
+    let mut s = ChannelSettings::default();
+    s.decimation.enabled = false;
+    s.socket.bind = Ipv4Addr::LOCALHOST.into();
+    s.socket.recv_buffer = 4 << 20;
+    s.archive.flush_ms = 50;
+    s
+}
+
+/// Binds and starts a channel on an ephemeral loopback port.
+pub fn start(
+    name: &str,
+    schema_json: &str,
+    settings: ChannelSettings,
+    data_dir: &Path,
+) -> (ChannelHandle, SocketAddr) {
+    let spec = ChannelSpec {
+        name: name.into(),
+        port: 0,
+        schema_json: schema_json.into(),
+        settings,
+    };
+    let bound = BoundChannel::bind(spec, data_dir).expect("channel binds");
+    let addr = bound.local_addr();
+    (bound.spawn().expect("channel starts"), addr)
+}
+
+/// Polls `cond` until it holds; panics with `what` after `limit`.
+pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Receives exactly `n` datagrams (blocking, with the socket's timeout).
+pub fn recv_n(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
+    let mut buf = vec![0u8; 65536];
+    (0..n)
+        .map(|i| {
+            let len = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("datagram {i} of {n} did not arrive: {e}"));
+            buf[..len].to_vec()
+        })
+        .collect()
+}
+
+/// Asserts nothing more arrives within a short grace period.
+pub fn assert_silent(sock: &UdpSocket) {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    if let Ok(n) = sock.recv(&mut buf) {
+        panic!("unexpected datagram of {n} bytes");
+    }
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+}
+
+/// The channel's archive files, oldest first.
+pub fn archive_files(data_dir: &Path, channel: &str) -> Vec<PathBuf> {
+    let dir = data_dir.join(channel);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "avro"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    files.sort();
+    files
+}
+
+/// Every record of every archive file, re-encoded as Avro binary so it can
+/// be compared with what was sent; read with apache-avro's `Reader`.
+pub fn archived_datums(data_dir: &Path, channel: &str, schema_json: &str) -> Vec<Vec<u8>> {
+    let s = schema(schema_json);
+    let mut out = Vec::new();
+    for path in archive_files(data_dir, channel) {
+        let file = std::fs::File::open(&path).unwrap();
+        let reader = apache_avro::Reader::new(std::io::BufReader::new(file))
+            .unwrap_or_else(|e| panic!("{} is not an Avro file: {e}", path.display()));
+        for value in reader {
+            let value = value.unwrap_or_else(|e| panic!("{}: bad record: {e}", path.display()));
+            out.push(encode(&s, value));
+        }
+    }
+    out
+}
+
+/// True when this process runs in a network namespace that has only `lo`
+/// (what tests/run.sh creates): the only place multicast may be sent.
+pub fn in_private_netns() -> bool {
+    match std::fs::read_to_string("/proc/net/dev") {
+        Ok(s) => s.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")),
+        Err(_) => false,
+    }
+}
+
+/// Whether the suite runs under tests/run.sh, where every capability
+/// (namespace, fastavro) must be present: a missing one is then a failure,
+/// not a skip.
+pub fn under_test_script() -> bool {
+    std::env::var_os("SPEEDRELAY_TEST_NETNS").is_some()
+}

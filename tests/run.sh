@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: set-up, then every test inside a
+# fresh private network namespace whose only interface is loopback, with
+# multicast routed to it (SPEC §7). Extra arguments go to `cargo test`.
+#
+# Set-up needs the package registries, so it happens before entering the
+# namespace: crates are fetched and the tests built, and Python's fastavro
+# (an independent Avro reader for the interoperability tests) is installed
+# into .venv. Inside the namespace cargo runs --offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+echo "== set-up: Python fastavro in .venv"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fastavro' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check fastavro
+fi
+
+echo "== set-up: crates and test binaries"
+cargo fetch --locked 2>/dev/null || cargo fetch
+cargo test --offline --no-run --all-targets
+
+inner=$(cat <<'INNER'
+set -euo pipefail
+ip link set lo up
+ip link set lo multicast on
+ip route add 239.0.0.0/8 dev lo
+export SPEEDRELAY_TEST_NETNS=1
+export SPEEDRELAY_PYTHON="$ROOT/.venv/bin/python"
+cd "$ROOT"
+cargo test --offline "$@"
+INNER
+)
+
+echo "== tests, inside a private network namespace"
+export ROOT="$root"
+if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
+  ns="speedrelay-test-$$"
+  ip netns add "$ns"
+  trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
+  ip netns exec "$ns" bash -c "$inner" bash "$@"
+else
+  unshare --user --map-root-user --net bash -c "$inner" bash "$@"
+fi
