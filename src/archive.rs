@@ -21,7 +21,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -477,9 +477,8 @@ fn sync_marker() -> [u8; 16] {
     let pid = std::process::id();
     let mut marker = [0u8; 16];
     for (half, chunk) in marker.chunks_exact_mut(8).enumerate() {
-        let mut h = RandomState::new().build_hasher();
-        (nanos, pid, call, half).hash(&mut h);
-        chunk.copy_from_slice(&h.finish().to_le_bytes());
+        let h = RandomState::new().hash_one((nanos, pid, call, half));
+        chunk.copy_from_slice(&h.to_le_bytes());
     }
     marker
 }
