@@ -405,10 +405,11 @@ fn assert_python_reads(files: &[std::path::PathBuf], records: &[Vec<u8>], codec:
         eprintln!("skipped fastavro check: SPEEDRELAY_PYTHON not set (tests/run.sh sets it)");
         return;
     };
-    let script = "import sys, fastavro\nfor p in sys.argv[1:]:\n    with open(p,'rb') as f:\n        r = fastavro.reader(f)\n        assert r.codec == sys.argv[0] or True\n        for rec in r: print(rec['counter'])\n";
+    let script = "import sys, fastavro\ncodec = sys.argv[1]\nfor p in sys.argv[2:]:\n    with open(p, 'rb') as f:\n        r = fastavro.reader(f)\n        assert r.codec == codec, (r.codec, codec)\n        for rec in r: print(rec['counter'])\n";
     let out = std::process::Command::new(python)
         .arg("-c")
         .arg(script)
+        .arg(codec.as_str())
         .args(files)
         .output()
         .expect("python runs");

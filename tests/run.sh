@@ -12,9 +12,9 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 echo "== set-up: Python fastavro in .venv"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fastavro' 2>/dev/null; then
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fastavro, cramjam, backports.zstd' 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check fastavro
+  .venv/bin/pip install --quiet --disable-pip-version-check 'fastavro[codecs]'
 fi
 
 echo "== set-up: crates and test binaries"
