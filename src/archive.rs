@@ -683,9 +683,8 @@ impl ArchiveHandle {
     /// Drops the sender and awaits the task: every queued block written, file
     /// closed (flush + sync_all).
     pub async fn close(self) {
-        let Self { tx, slots, task } = self;
+        let Self { tx, task, .. } = self;
         drop(tx);
-        drop(slots);
         if let Err(e) = task.await {
             error!(error = %e, "archive task failed");
         }
