@@ -36,7 +36,7 @@ pub fn example_value(schema: &Schema, n: u64) -> Value {
     r.put("ramp", Value::Double(n as f64 * 0.5));
     r.put(
         "square_wave",
-        Value::Double(if n % 2 == 0 { 1.0 } else { -1.0 }),
+        Value::Double(if n.is_multiple_of(2) { 1.0 } else { -1.0 }),
     );
     r.put("noise", Value::Double(n as f64 * 1e-3));
     r.into()
