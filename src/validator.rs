@@ -44,8 +44,14 @@
 //! common misplacement that Avro itself ignores, e.g. `time` in SpeedData's
 //! `example.avsc`). [`Validator::validate_capture`] validates exactly like
 //! [`Validator::validate`] and also records each slot's value and the byte
-//! span of its encoding; `validate` is a separate instantiation of the same
-//! interpreter that pays nothing for capture.
+//! span of its encoding.
+//!
+//! **Cost.** `validate` pays nothing for capture: it runs its own copy of
+//! the program, in which each run of fixed-size values (float, double,
+//! fixed) is one bounds check, through an instantiation of the interpreter
+//! with the capture code compiled out. When it fails, the datagram is
+//! checked again with the one-op-per-value program so that the error's
+//! offset is that of the exact value (invalid datagrams pay twice).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -508,7 +514,7 @@ fn run<const CAPTURE: bool, const DEPTH: usize>(
                 let target = u32::try_from(i)
                     .ok()
                     .filter(|&i| i < count)
-                    .and_then(|i| program.branches.get((table + i) as usize))
+                    .and_then(|i| program.branches.get(table as usize + i as usize))
                     .copied()
                     .ok_or(InvalidDatum::at(BadUnionIndex, start))?;
                 if target != EMPTY_BRANCH {
@@ -1571,6 +1577,12 @@ mod tests {
             ints_deep.validate(&[zz(1), zz(1 << 40)].concat()),
             err(Oversized, 1)
         );
+    }
+
+    #[test]
+    fn validator_is_shared_across_tasks() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Validator>();
     }
 
     #[test]
