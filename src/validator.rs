@@ -1784,7 +1784,16 @@ mod tests {
     fn differential_against_apache_avro() {
         let mut rng = Rng(0x5eed);
         let mut accepted_mutants = 0;
-        for (json, seed) in [(EXAMPLE, 21), (TEMPERATURE, 22), (EVERYTHING, 23)] {
+        // Small and collection-heavy, so that random bytes are often a datum.
+        const SMALL: &str = r#"{"type": "array", "items": ["null", "int",
+            {"type": "map", "values": "boolean"}, {"type": "enum", "name": "E", "symbols": ["A", "B"]}]}"#;
+        let mut accepted_random = 0;
+        for (json, seed) in [
+            (EXAMPLE, 21),
+            (TEMPERATURE, 22),
+            (EVERYTHING, 23),
+            (SMALL, 24),
+        ] {
             let (schema, v) = parse(json);
             for datum in random_datums(&schema, 300, seed) {
                 for _ in 0..20 {
@@ -1814,14 +1823,24 @@ mod tests {
                     }
                 }
             }
-            for _ in 0..3000 {
-                let n = rng.below(48) as usize;
-                let m = rng.bytes(n);
+            let tries = if json == SMALL { 50_000 } else { 3_000 };
+            for _ in 0..tries {
+                let max_len = if rng.below(2) == 0 { 48 } else { 8 };
+                let n = rng.below(max_len) as usize;
+                // Half of them from small byte values: short varints, valid
+                // booleans and indexes, zero terminators.
+                let m = if rng.below(2) == 0 {
+                    rng.bytes(n)
+                } else {
+                    (0..n).map(|_| rng.below(8) as u8).collect()
+                };
                 if v.validate(&m).is_ok() {
+                    accepted_random += 1;
                     assert!(avro_accepts(&schema, &m), "{json}: {m:?}");
                 }
             }
         }
+        assert!(accepted_random > 100, "{accepted_random}");
         // The mutations do reach the "accepted" side (e.g. flipped double bits).
         assert!(accepted_mutants > 1000, "{accepted_mutants}");
     }
