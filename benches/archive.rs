@@ -20,7 +20,7 @@ use apache_avro::types::{Record, Value};
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Schema, Writer};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use speedrelay::archive::ArchiveWriter;
+use speedrelay::archive::{ArchiveWriter, avro_codec};
 use speedrelay::config::{ArchiveSettings, Codec, Rotation, RotationMode};
 
 const SCHEMA: &str = include_str!("../config/agents/example.avsc");
@@ -61,17 +61,6 @@ fn records(schema: &Schema) -> (Vec<Value>, Vec<u8>) {
         values.push(v);
     }
     (values, data)
-}
-
-fn avro_codec(codec: Codec) -> apache_avro::Codec {
-    match codec {
-        Codec::Null => apache_avro::Codec::Null,
-        Codec::Deflate => apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default()),
-        Codec::Zstandard => {
-            apache_avro::Codec::Zstandard(apache_avro::ZstandardSettings::default())
-        }
-        Codec::Snappy => apache_avro::Codec::Snappy,
-    }
 }
 
 fn ours(dir: &Path, codec: Codec) -> ArchiveWriter {

@@ -422,7 +422,8 @@ fn append_block(
     Ok(buf.len() as u64)
 }
 
-fn avro_codec(codec: Codec) -> apache_avro::Codec {
+/// apache-avro's codec for our setting (it does the compression).
+pub fn avro_codec(codec: Codec) -> apache_avro::Codec {
     match codec {
         Codec::Null => apache_avro::Codec::Null,
         Codec::Deflate => apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default()),

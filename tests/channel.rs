@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value;
 use common::*;
+use speedrelay::channel::ChannelHandle;
 use speedrelay::config::{Algorithm, Codec, Destination, RotationMode};
 
 const T: Duration = Duration::from_secs(20);
@@ -358,6 +359,23 @@ async fn invalid_datagrams_are_counted_and_go_nowhere() {
     assert_eq!(archived_datums(dir.path(), "bad", EXAMPLE_SCHEMA), good);
 }
 
+/// Sends `records` in chunks of 250, each once the channel has received the
+/// previous one, so nothing is lost to a full receive queue.
+async fn send_paced(channel: &ChannelHandle, addr: SocketAddr, records: &[Vec<u8>]) {
+    let tx = sender();
+    let c = channel.counters().clone();
+    for chunk in records.chunks(250) {
+        let before = c.packets.load(Relaxed);
+        for r in chunk {
+            tx.send_to(r, addr).unwrap();
+        }
+        wait_until("the chunk to be received", T, || {
+            c.packets.load(Relaxed) == before + chunk.len() as u64
+        })
+        .await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archives_are_readable_for_every_codec() {
     for codec in [Codec::Null, Codec::Deflate, Codec::Zstandard, Codec::Snappy] {
@@ -367,18 +385,7 @@ async fn archives_are_readable_for_every_codec() {
         settings.archive.flush_records = 100;
         let (channel, addr) = start("codec", EXAMPLE_SCHEMA, settings, dir.path());
         let records = example_records(1000);
-        let tx = sender();
-        let c = channel.counters().clone();
-        for chunk in records.chunks(250) {
-            let before = c.packets.load(Relaxed);
-            for r in chunk {
-                tx.send_to(r, addr).unwrap();
-            }
-            wait_until("the chunk to be received", T, || {
-                c.packets.load(Relaxed) == before + chunk.len() as u64
-            })
-            .await;
-        }
+        send_paced(&channel, addr, &records).await;
         channel.stop().await.unwrap();
         let files = archive_files(dir.path(), "codec");
         assert_eq!(files.len(), 1, "{codec:?}");
@@ -438,18 +445,8 @@ async fn size_rotation_spreads_records_over_files_and_loses_none() {
     settings.rotation.threshold = 8 * 1024;
     let (channel, addr) = start("rot", EXAMPLE_SCHEMA, settings, dir.path());
     let records = example_records(2000);
-    let tx = sender();
+    send_paced(&channel, addr, &records).await;
     let c = channel.counters().clone();
-    for chunk in records.chunks(250) {
-        let before = c.packets.load(Relaxed);
-        for r in chunk {
-            tx.send_to(r, addr).unwrap();
-        }
-        wait_until("the chunk to be received", T, || {
-            c.packets.load(Relaxed) == before + chunk.len() as u64
-        })
-        .await;
-    }
     channel.stop().await.unwrap();
     let files = archive_files(dir.path(), "rot");
     assert!(
@@ -470,18 +467,7 @@ async fn graceful_stop_leaves_a_complete_file_with_every_record() {
     settings.archive.flush_records = 1_000_000;
     let (channel, addr) = start("stop", EXAMPLE_SCHEMA, settings, dir.path());
     let records = example_records(3000);
-    let tx = sender();
-    let c = channel.counters().clone();
-    for chunk in records.chunks(250) {
-        let before = c.packets.load(Relaxed);
-        for r in chunk {
-            tx.send_to(r, addr).unwrap();
-        }
-        wait_until("the chunk to be received", T, || {
-            c.packets.load(Relaxed) == before + chunk.len() as u64
-        })
-        .await;
-    }
+    send_paced(&channel, addr, &records).await;
     assert!(
         archive_files(dir.path(), "stop").is_empty(),
         "nothing written before the stop"
