@@ -85,6 +85,16 @@ impl BoundChannel {
     /// Compiles the schema, binds the port and opens the destinations.
     /// Nothing is left open when it fails.
     pub fn bind(spec: ChannelSpec, data_dir: &Path) -> Result<Self, ChannelError> {
+        Self::bind_with_counters(spec, data_dir, Arc::default())
+    }
+
+    /// Like [`BoundChannel::bind`], counting into `counters`, so that a
+    /// restarted channel keeps its totals.
+    pub fn bind_with_counters(
+        spec: ChannelSpec,
+        data_dir: &Path,
+        counters: Arc<ChannelCounters>,
+    ) -> Result<Self, ChannelError> {
         let validator = Arc::new(Validator::from_json(&spec.schema_json)?);
         let sock = &spec.settings.socket;
         let bound = udp::bind_receiver(sock.bind, spec.port, sock.recv_buffer as usize).map_err(
@@ -119,7 +129,7 @@ impl BoundChannel {
             full_rate,
             decimated,
             channel_dir,
-            counters: Arc::default(),
+            counters,
         })
     }
 
@@ -281,6 +291,16 @@ impl ChannelHandle {
         self.commands
             .send(command)
             .map_err(|_| ChannelError::Task("channel task is not running".into()))
+    }
+
+    /// Resolves when the task ends on its own (an error or a panic); a
+    /// stop requested through [`ChannelHandle::stop`] is not seen here.
+    /// After it resolves, drop the handle instead of calling `stop`.
+    pub async fn finished(&mut self) -> Result<(), ChannelError> {
+        match (&mut self.join).await {
+            Ok(r) => r,
+            Err(e) => Err(ChannelError::Task(e.to_string())),
+        }
     }
 
     /// Stops receiving, processes what the kernel already queued, writes and
