@@ -14,5 +14,6 @@ pub mod channel;
 pub mod config;
 pub mod counters;
 pub mod decimator;
+pub mod registry;
 pub mod udp;
 pub mod validator;

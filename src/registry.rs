@@ -1,0 +1,512 @@
+//! The channel registry (SPEC §6): the redb file, by default
+//! `<data_dir>/registry.redb`, that holds every channel registration so that
+//! a restart brings back exactly the channels that were running.
+//!
+//! It owns four tables and nothing else:
+//! - `channels`: name → the [`ChannelRecord`] as JSON, schema text included,
+//!   so a restart needs no schema file;
+//! - `ports`: port → name, so "is this port taken, and by whom" is one lookup
+//!   and port uniqueness is checked in the same transaction as the insert;
+//! - `deleted`: name → unix ms, a tombstone for each channel deleted through
+//!   the API, so that seeding from `relay.yaml` does not bring it back;
+//! - `meta`: `schema_version`, driving the forward-only migration that
+//!   [`Registry::open`] runs at every start.
+//!
+//! Every change is one durable write transaction (redb's default
+//! `Durability::Immediate`): when a method returns `Ok`, the change is on
+//! disk; when it returns `Err`, nothing changed. Binding sockets and starting
+//! tasks is the engine's business; the registry only answers whether a name
+//! and a port are free and records the outcome.
+//!
+//! Calls block on disk I/O (a write waits for an fsync, about a millisecond
+//! on an SSD, more on an SD card), and redb runs one write transaction at a
+//! time, so async callers should use `tokio::task::spawn_blocking`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build writes. Bump it together with a new entry
+/// in [`MIGRATIONS`]; the array's length makes forgetting one a compile error.
+pub const CURRENT_VERSION: u32 = 1;
+
+const CHANNELS: TableDefinition<&str, &[u8]> = TableDefinition::new("channels");
+const PORTS: TableDefinition<u16, &str> = TableDefinition::new("ports");
+const DELETED: TableDefinition<&str, u64> = TableDefinition::new("deleted");
+const META: TableDefinition<&str, u32> = TableDefinition::new("meta");
+const VERSION_KEY: &str = "schema_version";
+
+/// The registry holds kilobytes to a few MiB; redb's default cache (1 GiB)
+/// is sized for real databases and would be a poor neighbour on a Raspberry Pi.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// One migration step, run inside the start-up write transaction.
+type Step = fn(&WriteTransaction) -> Result<(), redb::Error>;
+
+/// `MIGRATIONS[v]` takes a file from version `v` to `v + 1`. Steps are never
+/// edited once released: a file at version `v` has run exactly steps `0..v`.
+const MIGRATIONS: [Step; CURRENT_VERSION as usize] = [v0_create_tables];
+
+/// 0 → 1: a new (or pre-registry) file gets the four tables.
+fn v0_create_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    // `open_table` in a write transaction creates the table if it is missing.
+    txn.open_table(CHANNELS)?;
+    txn.open_table(PORTS)?;
+    txn.open_table(DELETED)?;
+    txn.open_table(META)?;
+    Ok(())
+}
+
+/// One registered channel as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    pub name: String,
+    pub port: u16,
+    /// The Avro schema as JSON text (stored, so a restart needs no schema file).
+    pub schema_json: String,
+    /// Where it came from when registered by path; None for an inline schema.
+    pub schema_path: Option<String>,
+    /// The channel's settings overrides as given (JSON object), layered on the defaults by the engine.
+    pub config: serde_json::Value,
+    /// Unix time in milliseconds.
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("a channel named '{name}' is already registered")]
+    NameTaken { name: String },
+    #[error("port {port} is already used by channel '{used_by}'")]
+    PortTaken { port: u16, used_by: String },
+    #[error("no channel named '{name}'")]
+    NotFound { name: String },
+    /// Another process has the file open (redb's DatabaseAlreadyOpen).
+    #[error(
+        "registry {} is locked: it is already open, probably by another speedrelay using the \
+         same data directory; only one process may use it at a time",
+        path.display()
+    )]
+    Locked { path: PathBuf },
+    /// Written by a newer speedrelay: refuse, never downgrade.
+    #[error(
+        "registry {} has schema version {found}, newer than version {supported} that this \
+         speedrelay understands; refusing to open it rather than downgrade it (run a newer \
+         speedrelay, or use another data directory)",
+        path.display()
+    )]
+    TooNew {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("registry {} is corrupt: {detail}", path.display())]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("registry {}: {detail}", path.display())]
+    Storage { path: PathBuf, detail: String },
+}
+
+/// What [`Registry::seed`] did with each baseline channel, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeedReport {
+    /// Unknown until now: inserted.
+    pub inserted: Vec<String>,
+    /// Already registered: left as it is, whatever the baseline says.
+    pub already_known: Vec<String>,
+    /// Deleted through the API: stays deleted.
+    pub deleted_by_api: Vec<String>,
+    /// Not inserted, with the reason (its port belongs to another channel).
+    pub conflicts: Vec<(String, RegistryError)>,
+}
+
+/// The open registry file. `Send + Sync`: share it behind an `Arc`.
+pub struct Registry {
+    db: Database,
+    /// Kept for error messages: every error names the file.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Opens or creates the file (parent dir created), then runs the
+    /// migration steps forward to [`CURRENT_VERSION`] in one write transaction.
+    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|e| RegistryError::Storage {
+                path: path.to_path_buf(),
+                detail: format!("cannot create directory {}: {e}", parent.display()),
+            })?;
+        }
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            // A file damaged outside redb is then reported as Corrupted
+            // instead of possibly panicking later; on a file this small the
+            // check (which reads every page) costs next to nothing.
+            .set_check_integrity_on_open(true)
+            .create(path)
+            .at(path, "open")?;
+        let registry = Registry {
+            db,
+            path: path.to_path_buf(),
+        };
+        registry.migrate()?;
+        Ok(registry)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The version recorded in the file (0 for a file no step has run on).
+    pub fn schema_version(&self) -> Result<u32, RegistryError> {
+        let txn = self.db.begin_read().at(&self.path, "read schema version")?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(e.at_path(&self.path, "read schema version")),
+        };
+        let version = meta
+            .get(VERSION_KEY)
+            .at(&self.path, "read schema version")?;
+        Ok(version.map_or(0, |v| v.value()))
+    }
+
+    /// Brings the file to [`CURRENT_VERSION`]. The version is read first in a
+    /// read transaction so that a file that is current or too new is never
+    /// written to.
+    fn migrate(&self) -> Result<(), RegistryError> {
+        let found = self.schema_version()?;
+        if found > CURRENT_VERSION {
+            return Err(self.too_new(found));
+        }
+        if found == CURRENT_VERSION {
+            return Ok(());
+        }
+        self.write("migrate", |txn| {
+            // Read again under the writer lock: the transaction is what counts.
+            let from = {
+                let meta = txn.open_table(META).at(&self.path, "migrate")?;
+                let v = meta.get(VERSION_KEY).at(&self.path, "migrate")?;
+                v.map_or(0, |v| v.value())
+            };
+            if from > CURRENT_VERSION {
+                return Err(self.too_new(from));
+            }
+            for (v, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+                step(txn).at(&self.path, &format!("migration {v} -> {}", v + 1))?;
+            }
+            let mut meta = txn.open_table(META).at(&self.path, "migrate")?;
+            meta.insert(VERSION_KEY, CURRENT_VERSION)
+                .at(&self.path, "migrate")?;
+            tracing::info!(
+                path = %self.path.display(),
+                from,
+                to = CURRENT_VERSION,
+                "registry schema migrated"
+            );
+            Ok(())
+        })
+    }
+
+    /// One durable write transaction: checks name and port uniqueness and
+    /// inserts; on any error nothing changes. Clears a tombstone of the same
+    /// name (re-registering a deleted channel is allowed).
+    pub fn insert(&self, record: &ChannelRecord) -> Result<(), RegistryError> {
+        let bytes = self.encode(record)?;
+        self.write("insert", |txn| {
+            let mut channels = txn.open_table(CHANNELS).at(&self.path, "insert")?;
+            let mut ports = txn.open_table(PORTS).at(&self.path, "insert")?;
+            let mut deleted = txn.open_table(DELETED).at(&self.path, "insert")?;
+            self.check_free(&channels, &ports, record)?;
+            channels
+                .insert(record.name.as_str(), bytes.as_slice())
+                .at(&self.path, "insert")?;
+            ports
+                .insert(record.port, record.name.as_str())
+                .at(&self.path, "insert")?;
+            deleted
+                .remove(record.name.as_str())
+                .at(&self.path, "insert")?;
+            Ok(())
+        })
+    }
+
+    /// Replaces the config of an existing channel; returns the updated record.
+    pub fn update_config(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+    ) -> Result<ChannelRecord, RegistryError> {
+        self.write("update config", |txn| {
+            let mut channels = txn.open_table(CHANNELS).at(&self.path, "update config")?;
+            let mut record = match channels.get(name).at(&self.path, "update config")? {
+                Some(bytes) => self.decode(name, bytes.value())?,
+                None => return Err(not_found(name)),
+            };
+            record.config = config;
+            let bytes = self.encode(&record)?;
+            channels
+                .insert(name, bytes.as_slice())
+                .at(&self.path, "update config")?;
+            Ok(record)
+        })
+    }
+
+    /// Deletes the row and its port entry and records a tombstone so seeding
+    /// never brings it back. Returns the removed record.
+    pub fn remove(&self, name: &str) -> Result<ChannelRecord, RegistryError> {
+        self.write("remove", |txn| {
+            let mut channels = txn.open_table(CHANNELS).at(&self.path, "remove")?;
+            let mut ports = txn.open_table(PORTS).at(&self.path, "remove")?;
+            let mut deleted = txn.open_table(DELETED).at(&self.path, "remove")?;
+            let record = match channels.remove(name).at(&self.path, "remove")? {
+                Some(bytes) => self.decode(name, bytes.value())?,
+                None => return Err(not_found(name)),
+            };
+            // Only free the port if this channel holds it: never drop
+            // another channel's claim, whatever the row said.
+            let owned = ports
+                .get(record.port)
+                .at(&self.path, "remove")?
+                .is_some_and(|owner| owner.value() == name);
+            if owned {
+                ports.remove(record.port).at(&self.path, "remove")?;
+            }
+            deleted.insert(name, now_ms()).at(&self.path, "remove")?;
+            Ok(record)
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<ChannelRecord>, RegistryError> {
+        let txn = self.db.begin_read().at(&self.path, "get")?;
+        let channels = txn.open_table(CHANNELS).at(&self.path, "get")?;
+        let row = channels.get(name).at(&self.path, "get")?;
+        row.map(|bytes| self.decode(name, bytes.value()))
+            .transpose()
+    }
+
+    /// Every channel in one read transaction, sorted by name (redb orders
+    /// `&str` keys by their bytes, which is `str`'s order).
+    pub fn list(&self) -> Result<Vec<ChannelRecord>, RegistryError> {
+        let txn = self.db.begin_read().at(&self.path, "list")?;
+        let channels = txn.open_table(CHANNELS).at(&self.path, "list")?;
+        let mut records = Vec::new();
+        for row in channels.iter().at(&self.path, "list")? {
+            let (name, bytes) = row.at(&self.path, "list")?;
+            records.push(self.decode(name.value(), bytes.value())?);
+        }
+        Ok(records)
+    }
+
+    pub fn len(&self) -> Result<usize, RegistryError> {
+        let txn = self.db.begin_read().at(&self.path, "count")?;
+        let channels = txn.open_table(CHANNELS).at(&self.path, "count")?;
+        let n = channels.len().at(&self.path, "count")?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, RegistryError> {
+        Ok(self.len()? == 0)
+    }
+
+    /// The channel registered on `port`, if any.
+    pub fn port_owner(&self, port: u16) -> Result<Option<String>, RegistryError> {
+        let txn = self.db.begin_read().at(&self.path, "port owner")?;
+        let ports = txn.open_table(PORTS).at(&self.path, "port owner")?;
+        let owner = ports.get(port).at(&self.path, "port owner")?;
+        Ok(owner.map(|o| o.value().to_owned()))
+    }
+
+    /// Start-up seeding from relay.yaml, in ONE write transaction: inserts
+    /// each record whose name is neither known nor tombstoned; a port clash
+    /// with another channel is reported in `conflicts` and that record
+    /// skipped; never updates an existing row.
+    pub fn seed(&self, baseline: &[ChannelRecord]) -> Result<SeedReport, RegistryError> {
+        self.write("seed", |txn| {
+            let mut channels = txn.open_table(CHANNELS).at(&self.path, "seed")?;
+            let mut ports = txn.open_table(PORTS).at(&self.path, "seed")?;
+            let deleted = txn.open_table(DELETED).at(&self.path, "seed")?;
+            let mut report = SeedReport::default();
+            for record in baseline {
+                let name = record.name.as_str();
+                if deleted.get(name).at(&self.path, "seed")?.is_some() {
+                    report.deleted_by_api.push(record.name.clone());
+                    continue;
+                }
+                match self.check_free(&channels, &ports, record) {
+                    Ok(()) => {}
+                    Err(RegistryError::NameTaken { .. }) => {
+                        report.already_known.push(record.name.clone());
+                        continue;
+                    }
+                    Err(e @ RegistryError::PortTaken { .. }) => {
+                        report.conflicts.push((record.name.clone(), e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                let bytes = self.encode(record)?;
+                channels
+                    .insert(name, bytes.as_slice())
+                    .at(&self.path, "seed")?;
+                ports.insert(record.port, name).at(&self.path, "seed")?;
+                report.inserted.push(record.name.clone());
+            }
+            Ok(report)
+        })
+    }
+
+    /// `NameTaken` if the name is registered, else `PortTaken` if the port is.
+    fn check_free(
+        &self,
+        channels: &impl ReadableTable<&'static str, &'static [u8]>,
+        ports: &impl ReadableTable<u16, &'static str>,
+        record: &ChannelRecord,
+    ) -> Result<(), RegistryError> {
+        if channels
+            .get(record.name.as_str())
+            .at(&self.path, "check name")?
+            .is_some()
+        {
+            return Err(RegistryError::NameTaken {
+                name: record.name.clone(),
+            });
+        }
+        if let Some(owner) = ports.get(record.port).at(&self.path, "check port")? {
+            return Err(RegistryError::PortTaken {
+                port: record.port,
+                used_by: owner.value().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in a write transaction, committing if it returns `Ok` and
+    /// aborting if it returns `Err`, so a failed operation leaves no trace.
+    fn write<T>(
+        &self,
+        op: &str,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let txn = self.db.begin_write().at(&self.path, op)?;
+        match f(&txn) {
+            Ok(value) => {
+                txn.commit().at(&self.path, op)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // Dropping would abort too, but silently; an abort that fails
+                // is worth a line in the log next to the error we return.
+                if let Err(abort) = txn.abort() {
+                    tracing::warn!(path = %self.path.display(), op, "registry abort failed: {abort}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn encode(&self, record: &ChannelRecord) -> Result<Vec<u8>, RegistryError> {
+        serde_json::to_vec(record).map_err(|e| RegistryError::Storage {
+            path: self.path.clone(),
+            detail: format!("cannot encode channel '{}': {e}", record.name),
+        })
+    }
+
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<ChannelRecord, RegistryError> {
+        let record: ChannelRecord =
+            serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("channel '{key}': undecodable record: {e}"),
+            })?;
+        if record.name != key {
+            return Err(RegistryError::Corrupt {
+                path: self.path.clone(),
+                detail: format!("row '{key}' holds channel '{}'", record.name),
+            });
+        }
+        Ok(record)
+    }
+
+    fn too_new(&self, found: u32) -> RegistryError {
+        RegistryError::TooNew {
+            path: self.path.clone(),
+            found,
+            supported: CURRENT_VERSION,
+        }
+    }
+}
+
+fn not_found(name: &str) -> RegistryError {
+    RegistryError::NotFound {
+        name: name.to_owned(),
+    }
+}
+
+/// Unix time in milliseconds; a clock before 1970 gives 0 rather than an error,
+/// since a tombstone's time is informational.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Turns any redb error into a [`RegistryError`] naming the file and the
+/// operation that failed.
+trait AtPath {
+    fn at_path(self, path: &Path, op: &str) -> RegistryError;
+}
+
+impl<E: Into<redb::Error>> AtPath for E {
+    fn at_path(self, path: &Path, op: &str) -> RegistryError {
+        use redb::Error as E;
+        let path = path.to_path_buf();
+        match self.into() {
+            E::DatabaseAlreadyOpen | E::LockProtocolMismatch => RegistryError::Locked { path },
+            E::Corrupted(msg) => RegistryError::Corrupt {
+                path,
+                detail: format!("{op}: {msg}"),
+            },
+            // redb reports a file that is not a redb database as InvalidData.
+            E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => RegistryError::Corrupt {
+                path,
+                detail: format!("{op}: {e}"),
+            },
+            // A redb file, but not laid out as ours: someone else's database.
+            e @ (E::TableTypeMismatch { .. }
+            | E::TypeDefinitionChanged { .. }
+            | E::TableIsMultimap(_)
+            | E::TableIsNotMultimap(_)
+            | E::TableDoesNotExist(_)) => RegistryError::Corrupt {
+                path,
+                detail: format!("{op}: not a speedrelay registry: {e}"),
+            },
+            e => RegistryError::Storage {
+                path,
+                detail: format!("{op}: {e}"),
+            },
+        }
+    }
+}
+
+/// `.at(path, op)` on a redb result.
+trait At<T> {
+    fn at(self, path: &Path, op: &str) -> Result<T, RegistryError>;
+}
+
+impl<T, E: Into<redb::Error>> At<T> for Result<T, E> {
+    fn at(self, path: &Path, op: &str) -> Result<T, RegistryError> {
+        self.map_err(|e| e.at_path(path, op))
+    }
+}
