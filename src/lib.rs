@@ -14,6 +14,7 @@ pub mod channel;
 pub mod config;
 pub mod counters;
 pub mod decimator;
+pub mod engine;
 pub mod registry;
 pub mod udp;
 pub mod validator;

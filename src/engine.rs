@@ -1,0 +1,586 @@
+//! The engine: owns every channel of the process and the registry that
+//! makes them durable. Registering binds the port, commits the registry and
+//! starts the channel in one step, and undoes what it did when a step
+//! fails; each channel runs under a supervisor that restarts it with backoff
+//! when its port cannot be bound or its task fails, while the others run on.
+//!
+//! Control-plane operations are serialised by one async mutex: they are
+//! rare, and it makes "exactly one of 50 racing registrations wins" a
+//! property of the code rather than of timing. The datagram path never
+//! touches it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::baseline::{merge, settings_from};
+use crate::channel::{BoundChannel, ChannelError, ChannelSpec};
+use crate::config::ChannelSettings;
+use crate::counters::{ChannelCounters, ChannelStats};
+use crate::registry::{ChannelRecord, Registry, RegistryError};
+use crate::validator::Validator;
+
+/// First and longest wait between two attempts to (re)start a channel.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad input, naming the field it is about.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("no channel named {name}")]
+    NotFound { name: String },
+    /// The name or port is taken; `used_by` names the holder when known.
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        used_by: Option<String>,
+    },
+    #[error("registry: {0}")]
+    Registry(RegistryError),
+}
+
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NameTaken { name } => EngineError::Conflict {
+                message: format!("a channel named {name} already exists"),
+                used_by: Some(name),
+            },
+            RegistryError::PortTaken { port, used_by } => EngineError::Conflict {
+                message: format!("port {port} is used by channel {used_by}"),
+                used_by: Some(used_by),
+            },
+            RegistryError::NotFound { name } => EngineError::NotFound { name },
+            other => EngineError::Registry(other),
+        }
+    }
+}
+
+/// What the engine is started with.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub data_dir: PathBuf,
+    /// The layered default channel settings (JSON), as the config files give them.
+    pub defaults: Value,
+}
+
+/// Whether a channel is relaying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Bound and running.
+    Active,
+    /// Not running; see `error`. Being retried with backoff.
+    Failed,
+}
+
+/// A channel as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChannelInfo {
+    pub name: String,
+    pub port: u16,
+    pub schema_path: Option<String>,
+    pub status: Status,
+    /// The relay's process id (one process for every channel).
+    pub pid: u32,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    pub config: ChannelSettings,
+    pub stats: ChannelStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A registration request, already parsed from JSON.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub port: u16,
+    pub schema_json: String,
+    pub schema_path: Option<String>,
+    /// Settings overrides, layered on the defaults.
+    pub config: Option<Value>,
+}
+
+/// Status shared between a channel's supervisor and readers.
+#[derive(Debug)]
+struct Health {
+    status: Status,
+    error: Option<String>,
+}
+
+struct Slot {
+    record: ChannelRecord,
+    settings: ChannelSettings,
+    counters: Arc<ChannelCounters>,
+    health: Arc<Mutex<Health>>,
+    commands: mpsc::UnboundedSender<SupervisorCommand>,
+    cancel: CancellationToken,
+    supervisor: JoinHandle<()>,
+}
+
+enum SupervisorCommand {
+    Reconfigure {
+        settings: Box<ChannelSettings>,
+        reply: oneshot::Sender<Result<(), ChannelError>>,
+    },
+}
+
+pub struct Engine {
+    options: EngineOptions,
+    /// Shared so its blocking, fsyncing writes can run off the runtime's threads.
+    registry: Arc<Registry>,
+    slots: Mutex<BTreeMap<String, Slot>>,
+    /// Serialises register, update and deregister.
+    control: tokio::sync::Mutex<()>,
+}
+
+impl Engine {
+    /// Opens the registry in `data_dir`, seeds it from the baseline (new
+    /// names only; names deleted through the API stay deleted) and starts
+    /// every registered channel. A channel whose port cannot be bound is
+    /// `failed` and retried; the others start normally.
+    pub async fn start(
+        options: EngineOptions,
+        baseline: &[ChannelSpec],
+    ) -> Result<Arc<Engine>, EngineError> {
+        let registry = Registry::open(&options.data_dir.join("registry.redb"))?;
+        let now = unix_ms();
+        let seeds: Vec<ChannelRecord> = baseline
+            .iter()
+            .map(|spec| ChannelRecord {
+                name: spec.name.clone(),
+                port: spec.port,
+                schema_json: spec.schema_json.clone(),
+                schema_path: None,
+                config: serde_json::to_value(&spec.settings).unwrap_or(Value::Null),
+                created_at: now,
+            })
+            .collect();
+        let report = registry.seed(&seeds)?;
+        for (name, err) in &report.conflicts {
+            tracing::warn!(channel = %name, error = %err, "baseline channel not registered");
+        }
+        let engine = Arc::new(Engine {
+            options,
+            registry: Arc::new(registry),
+            slots: Mutex::new(BTreeMap::new()),
+            control: tokio::sync::Mutex::new(()),
+        });
+        let records = engine.registry.list()?;
+        let mut slots = BTreeMap::new();
+        for record in records {
+            let settings = match settings_from(&record.config) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(channel = %record.name, error = %e, "stored settings unreadable; using defaults");
+                    ChannelSettings::default()
+                }
+            };
+            // Bound here, before the API starts, so every channel that can
+            // run is `active` as soon as `start` returns.
+            let spec = spec_of(&record, &settings);
+            let first =
+                BoundChannel::bind_with_counters(spec, &engine.options.data_dir, Arc::default())
+                    .map_err(|e| e.to_string());
+            let name = record.name.clone();
+            slots.insert(name, engine.supervise(record, settings, first));
+        }
+        *engine.lock_slots() = slots;
+        Ok(engine)
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Binds, commits and starts a new channel; on any failure nothing is
+    /// left behind.
+    pub async fn register(&self, r: Registration) -> Result<ChannelInfo, EngineError> {
+        check_name(&r.name)?;
+        if r.port == 0 {
+            return Err(invalid("port", "must be between 1 and 65535"));
+        }
+        Validator::from_json(&r.schema_json).map_err(|e| invalid("schema", e.to_string()))?;
+        let mut doc = self.options.defaults.clone();
+        if let Some(overrides) = r.config.clone() {
+            merge(&mut doc, crate::baseline::expand_shorthand(overrides));
+        }
+        let settings = settings_from(&doc).map_err(|m| invalid("config", m))?;
+
+        let _guard = self.control.lock().await;
+        if self.lock_slots().contains_key(&r.name) {
+            return Err(RegistryError::NameTaken { name: r.name }.into());
+        }
+        if let Some(owner) = self.registry.port_owner(r.port)? {
+            return Err(RegistryError::PortTaken {
+                port: r.port,
+                used_by: owner,
+            }
+            .into());
+        }
+        let spec = ChannelSpec {
+            name: r.name.clone(),
+            port: r.port,
+            schema_json: r.schema_json.clone(),
+            settings: settings.clone(),
+        };
+        let counters = Arc::new(ChannelCounters::default());
+        let bound = BoundChannel::bind_with_counters(spec, &self.options.data_dir, counters)
+            .map_err(|e| match e {
+                ChannelError::Bind { port, source } => EngineError::Conflict {
+                    message: format!("port {port} cannot be bound: {source}"),
+                    used_by: None,
+                },
+                ChannelError::Destination { address, source } => {
+                    invalid("config.outputs", format!("destination {address}: {source}"))
+                }
+                other => invalid("schema", other.to_string()),
+            })?;
+        let record = ChannelRecord {
+            name: r.name.clone(),
+            port: r.port,
+            schema_json: r.schema_json,
+            schema_path: r.schema_path,
+            config: serde_json::to_value(&settings).unwrap_or(Value::Null),
+            created_at: unix_ms(),
+        };
+        // The bound socket is dropped (port released) if the commit fails.
+        let record = self
+            .blocking(move |reg| reg.insert(&record).map(|()| record))
+            .await?;
+        let slot = self.supervise(record, settings, Ok(bound));
+        let info = self.info_of(&slot);
+        self.lock_slots().insert(r.name, slot);
+        Ok(info)
+    }
+
+    /// Removes the channel from the registry, then stops it (its archive
+    /// file is closed) and releases its port.
+    pub async fn deregister(&self, name: &str) -> Result<(), EngineError> {
+        let _guard = self.control.lock().await;
+        if !self.lock_slots().contains_key(name) {
+            return Err(EngineError::NotFound { name: name.into() });
+        }
+        let owned = name.to_string();
+        self.blocking(move |reg| reg.remove(&owned)).await?;
+        let slot = self.lock_slots().remove(name);
+        if let Some(slot) = slot {
+            slot.cancel.cancel();
+            let _ = slot.supervisor.await;
+        }
+        Ok(())
+    }
+
+    /// Merges `patch` into the channel's settings and applies them to the
+    /// running channel without dropping its socket.
+    pub async fn update(&self, name: &str, patch: Value) -> Result<ChannelInfo, EngineError> {
+        let _guard = self.control.lock().await;
+        let (mut doc, commands) = {
+            let slots = self.lock_slots();
+            let slot = slots
+                .get(name)
+                .ok_or_else(|| EngineError::NotFound { name: name.into() })?;
+            (slot.record.config.clone(), slot.commands.clone())
+        };
+        merge(&mut doc, crate::baseline::expand_shorthand(patch));
+        let settings = settings_from(&doc).map_err(|m| invalid("config", m))?;
+        let (reply, answer) = oneshot::channel();
+        let command = SupervisorCommand::Reconfigure {
+            settings: Box::new(settings.clone()),
+            reply,
+        };
+        if commands.send(command).is_ok() {
+            match answer.await {
+                Ok(Err(ChannelError::Destination { address, source })) => {
+                    return Err(invalid(
+                        "config.outputs",
+                        format!("destination {address}: {source}"),
+                    ));
+                }
+                Ok(Err(e)) => return Err(invalid("config", e.to_string())),
+                Ok(Ok(())) | Err(_) => {}
+            }
+        }
+        let config = serde_json::to_value(&settings).unwrap_or(Value::Null);
+        let owned = name.to_string();
+        let record = self
+            .blocking(move |reg| reg.update_config(&owned, config))
+            .await?;
+        let mut slots = self.lock_slots();
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| EngineError::NotFound { name: name.into() })?;
+        slot.record = record;
+        slot.settings = settings;
+        Ok(self.info_of(slot))
+    }
+
+    /// Runs a registry write (a durable commit: an fsync) on the blocking
+    /// pool, so the channels sharing this runtime never wait for the disk.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Registry) -> Result<T, RegistryError> + Send + 'static,
+    ) -> Result<T, EngineError> {
+        let registry = self.registry.clone();
+        match tokio::task::spawn_blocking(move || f(&registry)).await {
+            Ok(r) => r.map_err(EngineError::from),
+            Err(e) => Err(EngineError::Registry(RegistryError::Storage {
+                path: self.registry.path().to_path_buf(),
+                detail: e.to_string(),
+            })),
+        }
+    }
+
+    pub fn list(&self) -> Vec<ChannelInfo> {
+        self.lock_slots()
+            .values()
+            .map(|s| self.info_of(s))
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<ChannelInfo> {
+        self.lock_slots().get(name).map(|s| self.info_of(s))
+    }
+
+    /// The registered Avro schema text of a channel.
+    pub fn schema(&self, name: &str) -> Option<String> {
+        self.lock_slots()
+            .get(name)
+            .map(|s| s.record.schema_json.clone())
+    }
+
+    /// Which channel holds `port`, if any.
+    pub fn port_owner(&self, port: u16) -> Option<String> {
+        self.lock_slots()
+            .values()
+            .find(|s| s.record.port == port)
+            .map(|s| s.record.name.clone())
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Stops every channel; each closes its archive file.
+    pub async fn shutdown(&self) {
+        let slots = std::mem::take(&mut *self.lock_slots());
+        for slot in slots.values() {
+            slot.cancel.cancel();
+        }
+        for (_, slot) in slots {
+            let _ = slot.supervisor.await;
+        }
+    }
+
+    fn info_of(&self, slot: &Slot) -> ChannelInfo {
+        let health = slot.health.lock().unwrap_or_else(|p| p.into_inner());
+        ChannelInfo {
+            name: slot.record.name.clone(),
+            port: slot.record.port,
+            schema_path: slot.record.schema_path.clone(),
+            status: health.status,
+            pid: std::process::id(),
+            created_at: slot.record.created_at,
+            config: slot.settings.clone(),
+            stats: slot.counters.snapshot(),
+            error: health.error.clone(),
+        }
+    }
+
+    /// Starts the supervisor of one channel, given the outcome of its first
+    /// bind (a registration holds the socket already).
+    fn supervise(
+        &self,
+        record: ChannelRecord,
+        settings: ChannelSettings,
+        first: Result<BoundChannel, String>,
+    ) -> Slot {
+        let counters = first
+            .as_ref()
+            .map(|b| b.counters().clone())
+            .unwrap_or_default();
+        let (bound, health) = match first {
+            Ok(b) => (
+                Some(b),
+                Health {
+                    status: Status::Active,
+                    error: None,
+                },
+            ),
+            Err(e) => (
+                None,
+                Health {
+                    status: Status::Failed,
+                    error: Some(e),
+                },
+            ),
+        };
+        let health = Arc::new(Mutex::new(health));
+        let cancel = CancellationToken::new();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let supervisor = Supervisor {
+            spec: spec_of(&record, &settings),
+            data_dir: self.options.data_dir.clone(),
+            counters: counters.clone(),
+            health: health.clone(),
+            cancel: cancel.clone(),
+            commands: commands_rx,
+        };
+        let supervisor = tokio::spawn(supervisor.run(bound));
+        Slot {
+            record,
+            settings,
+            counters,
+            health,
+            commands,
+            cancel,
+            supervisor,
+        }
+    }
+}
+
+/// Keeps one channel running: binds, runs, and after a failure waits
+/// (100 ms doubling to 30 s) and tries again, until cancelled.
+struct Supervisor {
+    spec: ChannelSpec,
+    data_dir: PathBuf,
+    counters: Arc<ChannelCounters>,
+    health: Arc<Mutex<Health>>,
+    cancel: CancellationToken,
+    commands: mpsc::UnboundedReceiver<SupervisorCommand>,
+}
+
+impl Supervisor {
+    async fn run(mut self, mut bound: Option<BoundChannel>) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let attempt = match bound.take() {
+                Some(b) => Ok(b),
+                None => BoundChannel::bind_with_counters(
+                    self.spec.clone(),
+                    &self.data_dir,
+                    self.counters.clone(),
+                ),
+            };
+            let mut handle = match attempt.and_then(BoundChannel::spawn) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(channel = %self.spec.name, error = %e, retry_in = ?backoff, "channel failed to start");
+                    set_health(&self.health, Status::Failed, Some(e.to_string()));
+                    if !self.wait(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            set_health(&self.health, Status::Active, None);
+            backoff = BACKOFF_FIRST;
+            loop {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => {
+                        if let Err(e) = handle.stop().await {
+                            tracing::warn!(channel = %self.spec.name, error = %e, "channel ended with an error");
+                        }
+                        return;
+                    }
+                    Some(command) = self.commands.recv() => {
+                        let SupervisorCommand::Reconfigure { settings, reply } = command;
+                        let result = handle.reconfigure((*settings).clone());
+                        if result.is_ok() {
+                            self.spec.settings = *settings;
+                        }
+                        let _ = reply.send(result);
+                    }
+                    ended = handle.finished() => {
+                        let why = match ended {
+                            Ok(()) => "channel task ended".to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                        tracing::error!(channel = %self.spec.name, error = %why, "channel failed; restarting");
+                        set_health(&self.health, Status::Failed, Some(why));
+                        break;
+                    }
+                }
+            }
+            if !self.wait(backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Sleeps `d` unless cancelled first; also applies reconfigurations to
+    /// the settings the next attempt will use. False when cancelled.
+    async fn wait(&mut self, d: Duration) -> bool {
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                _ = &mut sleep => return true,
+                Some(SupervisorCommand::Reconfigure { settings, reply }) = self.commands.recv() => {
+                    self.spec.settings = *settings;
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+fn spec_of(record: &ChannelRecord, settings: &ChannelSettings) -> ChannelSpec {
+    ChannelSpec {
+        name: record.name.clone(),
+        port: record.port,
+        schema_json: record.schema_json.clone(),
+        settings: settings.clone(),
+    }
+}
+
+fn set_health(health: &Mutex<Health>, status: Status, error: Option<String>) {
+    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+    h.status = status;
+    h.error = error;
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> EngineError {
+    EngineError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// SPEC §5: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+pub fn check_name(name: &str) -> Result<(), EngineError> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[1..]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "name",
+            "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+        ))
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
