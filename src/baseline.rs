@@ -430,7 +430,7 @@ fn message(error: &jsonschema::ValidationError<'_>) -> String {
 }
 
 /// The schema object holding `keyword`, where `error` was raised.
-fn schema_node<'s>(error: &jsonschema::ValidationError<'_>, keyword: &str) -> Option<&'s Value> {
+fn schema_node(error: &jsonschema::ValidationError<'_>, keyword: &str) -> Option<&'static Value> {
     let location = error.absolute_keyword_location()?.as_str();
     let (document, fragment) = location.split_once('#')?;
     let file = document.rsplit('/').next()?;

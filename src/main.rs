@@ -71,10 +71,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         .or_else(|| Some(PathBuf::from("config")).filter(|p| p.join("relay.yaml").is_file()));
     let baseline = match &config {
         Some(path) => baseline::load(path).map_err(|e| match e {
-            ConfigError::Violations { violations } => format!(
-                "invalid configuration {}; nothing was started:\n{}",
-                path.display(),
-                ConfigError::Violations { violations }
+            ConfigError::Violations { .. } => format!(
+                "invalid configuration {}; nothing was started:\n{e}",
+                path.display()
             ),
             e => e.to_string(),
         })?,
