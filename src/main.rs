@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use speedrelay::baseline::{self, Baseline, ConfigError};
-use speedrelay::channel::{BoundChannel, ChannelHandle};
+use speedrelay::engine::{Engine, EngineOptions, Status};
 
 #[derive(Parser)]
 #[command(name = "speedrelay", version, about = "UDP/Avro telemetry relay")]
@@ -122,31 +122,32 @@ fn check_config(path: &Path) -> ExitCode {
     }
 }
 
+/// Start-up order of SPEC §6: config (already loaded) → registry → seed →
+/// channels; then wait for a signal and stop every channel cleanly.
 async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
-    let mut running: Vec<ChannelHandle> = Vec::new();
-    for spec in baseline.channels {
-        let name = spec.name.clone();
-        let port = spec.port;
-        match BoundChannel::bind(spec, data_dir).and_then(BoundChannel::spawn) {
-            Ok(handle) => running.push(handle),
-            Err(e) => tracing::error!(channel = %name, port, error = %e, "channel failed to start"),
-        }
-    }
+    let options = EngineOptions {
+        data_dir: data_dir.to_path_buf(),
+        defaults: baseline.defaults.clone(),
+    };
+    let engine = Engine::start(options, &baseline.channels)
+        .await
+        .map_err(|e| e.to_string())?;
+    let channels = engine.list();
+    let active = channels
+        .iter()
+        .filter(|c| c.status == Status::Active)
+        .count();
     tracing::info!(
-        channels = running.len(),
+        channels = channels.len(),
+        active,
         data_dir = %data_dir.display(),
         "speedrelay running; SIGINT or SIGTERM stops it"
     );
     shutdown_signal().await;
     tracing::info!("stopping: flushing every archive");
-    for handle in running {
-        let name = handle.name().to_string();
-        if let Err(e) = handle.stop().await {
-            tracing::warn!(channel = %name, error = %e, "channel ended with an error");
-        }
-    }
+    engine.shutdown().await;
     Ok(())
 }
 

@@ -104,3 +104,88 @@ fn serve_refuses_an_invalid_config_and_says_why() {
     );
     assert!(!dir.path().join("data").exists(), "nothing was started");
 }
+
+/// Starts `speedrelay serve` and returns once it logs that it is running.
+fn start_serve(config: &std::path::Path, data: &std::path::Path) -> std::process::Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while !line.contains("speedrelay running") {
+        line.clear();
+        assert!(Instant::now() < deadline, "relay did not start");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "relay exited early"
+        );
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    child
+}
+
+fn stop(mut child: std::process::Child) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
+    let (dest, d) = receiver();
+    let port = free_udp_port();
+    std::fs::write(
+        config.join("relay.yaml"),
+        format!("channels:\n  - {{name: ex, port: {port}, schema: example.avsc}}\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\noutputs: {{full_rate: {{address: 127.0.0.1, port: {}}}}}\n", d.port),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let first = start_serve(&config, &data);
+    let second = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("registry.redb") && err.contains("already open"),
+        "{err}"
+    );
+    let records = example_records(100);
+    let tx = sender();
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+    assert_eq!(
+        recv_n(&dest, records.len()),
+        records,
+        "the first relay still relays"
+    );
+    stop(first);
+
+    // Restarted, the channel is back from the registry and relaying, in a new file.
+    let again = start_serve(&config, &data);
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+    assert_eq!(recv_n(&dest, records.len()), records);
+    stop(again);
+    assert_eq!(archive_files(&data, "ex").len(), 2);
+    let mut twice = records.clone();
+    twice.extend(records);
+    assert_eq!(archived_datums(&data, "ex", EXAMPLE_SCHEMA), twice);
+}
