@@ -125,6 +125,7 @@ fn check_config(path: &Path) -> ExitCode {
 /// Start-up order of SPEC §6: config (already loaded) → registry → seed →
 /// channels; then wait for a signal and stop every channel cleanly.
 async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
+    let mut signals = ShutdownSignals::install()?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let options = EngineOptions {
@@ -145,23 +146,34 @@ async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
         data_dir = %data_dir.display(),
         "speedrelay running; SIGINT or SIGTERM stops it"
     );
-    shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("stopping: flushing every archive");
     engine.shutdown().await;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGINT and SIGTERM, registered before anything starts so that a signal
+/// arriving during start-up is never the default "terminate at once".
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install =
+            |kind| signal(kind).map_err(|e| format!("cannot install signal handlers: {e}"));
+        Ok(Self {
+            interrupt: install(SignalKind::interrupt())?,
+            terminate: install(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
     }
 }

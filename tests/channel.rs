@@ -81,8 +81,10 @@ async fn every_full_rate_destination_gets_every_record() {
     .await
     .unwrap();
     assert!(ga == records && gb == records);
-    assert_eq!(channel.counters().forwarded.load(Relaxed), 600);
+    // Counters are added after a batch is sent: read them once the task ended.
+    let c = channel.counters().clone();
     channel.stop().await.unwrap();
+    assert_eq!(c.forwarded.load(Relaxed), 600);
 }
 
 /// Six records of NUMERIC_SCHEMA: i = k, l = 10k, f = k/2, d = 1.5k for k = 1..=6.
@@ -166,11 +168,9 @@ async fn decimate(algorithm: Algorithm) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         got_full, records,
         "decimation must not disturb the full-rate stream"
     );
-    assert_eq!(
-        channel.counters().decimated_sent.load(Relaxed),
-        expected_outputs as u64
-    );
+    let c = channel.counters().clone();
     channel.stop().await.unwrap();
+    assert_eq!(c.decimated_sent.load(Relaxed), expected_outputs as u64);
     (records, got_dec)
 }
 
@@ -536,10 +536,11 @@ async fn unreachable_destination_is_counted_and_others_still_receive() {
         .await
         .unwrap();
     assert!(got == records);
-    let stats = channel.counters().snapshot();
+    let c = channel.counters().clone();
+    channel.stop().await.unwrap();
+    let stats = c.snapshot();
     assert!(stats.send_errors > 0, "refusals are counted");
     assert!(stats.last_send_error.is_some());
-    channel.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,8 +577,9 @@ async fn reconfigure_changes_decimation_without_losing_full_rate_records() {
     })
     .await
     .unwrap();
-    assert_eq!(channel.counters().decimated_sent.load(Relaxed), 120);
+    let c = channel.counters().clone();
     channel.stop().await.unwrap();
+    assert_eq!(c.decimated_sent.load(Relaxed), 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

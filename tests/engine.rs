@@ -83,8 +83,11 @@ async fn a_registered_channel_relays_at_once() {
     assert_eq!(info.status, Status::Active);
     // No pause between the answer and the first datagram.
     assert_relays(port, dest, example_records(200)).await;
-    let got = e.get("now").unwrap();
-    assert_eq!(got.stats.forwarded, 200);
+    // Counters are added just after a batch is sent.
+    wait_until("the counters", T, || {
+        e.get("now").is_some_and(|c| c.stats.forwarded == 200)
+    })
+    .await;
     assert_eq!(e.list().len(), 1);
     e.shutdown().await;
     assert_eq!(
