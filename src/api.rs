@@ -268,8 +268,8 @@ impl Api {
             return Err(ApiError::not_found(format!("no route for {path}")));
         };
         let segments: Vec<&str> = rest.split('/').skip(1).collect();
-        let is_health = segments == ["health"];
-        if !(is_health && method == Method::GET) && !self.authorized(&req) {
+        let public = segments == ["health"] && method == Method::GET;
+        if !public && !self.authorized(&req) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong token: send Authorization: Bearer <token>",
