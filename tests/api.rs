@@ -29,6 +29,10 @@ struct Server {
 }
 
 async fn server(token: Option<&str>) -> Server {
+    server_with(token, None).await
+}
+
+async fn server_with(token: Option<&str>, ports: Option<(u16, u16)>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let config_dir = dir.path().join("config");
@@ -55,7 +59,7 @@ async fn server(token: Option<&str>) -> Server {
     let api = ApiOptions {
         token: token.map(str::to_string),
         config_dir: Some(config_dir.clone()),
-        ports: None,
+        ports,
         max_connections: 64,
     };
     let task = tokio::spawn(serve(listener, engine.clone(), api, shutdown.clone()));
@@ -638,5 +642,19 @@ async fn token_guards_everything_but_health() {
         .await;
     assert_eq!(status, 201, "{r}");
     assert_eq!(s.names().await, vec!["guarded".to_string()]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_outside_the_configured_range_are_refused() {
+    let port = free_port();
+    let s = server_with(None, Some((port, port))).await;
+    let other = if port > 1024 { port - 1 } else { port + 1 };
+    let (status, r) = s.send("POST", "/channels", &inline("out", other)).await;
+    assert_eq!(status, 400, "{r}");
+    assert_eq!(r["field"], "port");
+    assert!(s.names().await.is_empty());
+    let (status, r) = s.send("POST", "/channels", &inline("in", port)).await;
+    assert_eq!(status, 201, "{r}");
     s.stop().await;
 }
