@@ -8,6 +8,7 @@
 //! records to the [`archive`] writer. [`counters`] tell what happened;
 //! [`config`] says how.
 
+pub mod api;
 pub mod archive;
 pub mod baseline;
 pub mod channel;

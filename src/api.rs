@@ -1,0 +1,681 @@
+//! The HTTP API (SPEC §5): JSON routes under `/api/v1` that register,
+//! inspect, reconfigure and remove channels on a running [`Engine`].
+//!
+//! One hyper HTTP/1 connection per accepted socket, bounded by a semaphore;
+//! every answer, errors included, is a JSON document. Bad input is always a
+//! 4xx and changes no state: everything is checked before the engine is
+//! asked to do anything.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, EngineError, Registration, check_name};
+
+/// Requests with a larger body get 413 (SPEC §5).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// The widest range `GET /ports/available` scans.
+pub const MAX_PORT_SPAN: u32 = 10_000;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long open connections get to finish once shutdown is requested.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const PREFIX: &str = "/api/v1";
+
+/// How the API is run.
+#[derive(Debug, Clone)]
+pub struct ApiOptions {
+    /// When set, every request but `GET /api/v1/health` must carry
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// The only directory schema paths given to `POST /channels` may name.
+    pub config_dir: Option<PathBuf>,
+    /// When set, the inclusive range new channels' ports must lie in.
+    pub ports: Option<(u16, u16)>,
+    /// At most this many connections are served at once; further ones wait
+    /// in the listen backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        ApiOptions {
+            token: None,
+            config_dir: None,
+            ports: None,
+            max_connections: 256,
+        }
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets
+/// open connections finish their current request (for a bounded time).
+pub async fn serve(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    options: ApiOptions,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let api = Arc::new(Api { engine, options });
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "api: accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(10);
+        let api = api.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(api.handle(req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "api: connection ended with an error");
+            }
+        });
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await;
+    Ok(())
+}
+
+/// What every request handler shares.
+struct Api {
+    engine: Arc<Engine>,
+    options: ApiOptions,
+}
+
+/// An error answer: `{error, field?, details?}` plus any route-specific
+/// members (`used_by`).
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+    extra: Option<(&'static str, Value)>,
+    /// Methods to list in `Allow` (405 only).
+    allow: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.into(),
+            field: None,
+            extra: None,
+            allow: None,
+        }
+    }
+
+    fn bad(field: &str, error: impl Into<String>) -> Self {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, error);
+        e.field = Some(field.into());
+        e
+    }
+
+    fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+
+    fn no_channel(name: &str) -> Self {
+        ApiError::not_found(format!("no channel named {name}"))
+    }
+
+    fn method(allow: &'static str) -> Self {
+        let mut e = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        e.allow = Some(allow);
+        e
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let mut body = json!({ "error": self.error });
+        if let Some(field) = self.field {
+            body["field"] = Value::String(field);
+        }
+        if let Some((key, value)) = self.extra {
+            body[key] = value;
+        }
+        let mut resp = json_response(self.status, &body);
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Invalid { field, message } => ApiError::bad(&field, message),
+            EngineError::NotFound { name } => ApiError::no_channel(&name),
+            EngineError::Conflict { message, used_by } => {
+                let mut err = ApiError::new(StatusCode::CONFLICT, message);
+                err.extra = used_by.map(|u| ("used_by", Value::String(u)));
+                err
+            }
+            EngineError::Registry(e) => {
+                tracing::error!(error = %e, "api: registry fault");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("registry: {e}"))
+            }
+        }
+    }
+}
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn ok(body: Value) -> Reply {
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+/// Equal-length byte strings compared without an early exit, so the time
+/// taken does not tell how much of a guessed token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Api {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        match self.route(req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(token) = &self.options.token else {
+            return true;
+        };
+        let Some(value) = req.headers().get(AUTHORIZATION) else {
+            return false;
+        };
+        let value = value.as_bytes();
+        let given = match value.split_first_chunk::<7>() {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"Bearer ") => rest,
+            _ => return false,
+        };
+        constant_time_eq(given, token.as_bytes())
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
+        let method = req.method().clone();
+        let Some(rest) = path.strip_prefix(PREFIX) else {
+            return Err(ApiError::not_found(format!("no route for {path}")));
+        };
+        let segments: Vec<&str> = rest.split('/').skip(1).collect();
+        let public = segments == ["health"] && method == Method::GET;
+        if !public && !self.authorized(&req) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <token>",
+            ));
+        }
+        match (segments.as_slice(), &method) {
+            (["health"], &Method::GET) => ok(json!({
+                "status": "ok",
+                "service": "speedrelay",
+                "version": env!("CARGO_PKG_VERSION"),
+            })),
+            (["health"], _) => Err(ApiError::method("GET")),
+            (["channels"], &Method::GET) => self.list(&query),
+            (["channels"], &Method::POST) => {
+                let body = read_json(req).await?;
+                self.register(body).await
+            }
+            (["channels"], _) => Err(ApiError::method("GET, POST")),
+            (["channels", name], &Method::GET) => match self.engine.get(name) {
+                Some(info) => ok(to_value(&info)),
+                None => Err(ApiError::no_channel(name)),
+            },
+            (["channels", name], &Method::PATCH) => {
+                let name = name.to_string();
+                let body = read_json(req).await?;
+                self.patch(&name, body).await
+            }
+            (["channels", name], &Method::DELETE) => {
+                self.engine.deregister(name).await?;
+                ok(json!({
+                    "status": "success",
+                    "name": name,
+                    "message": format!("channel {name} removed"),
+                }))
+            }
+            (["channels", _], _) => Err(ApiError::method("GET, PATCH, DELETE")),
+            (["channels", name, "schema"], &Method::GET) => self.schema(name),
+            (["channels", _, "schema"], _) => Err(ApiError::method("GET")),
+            (["channels", name, "validate-schema"], &Method::POST) => {
+                let name = name.to_string();
+                if self.engine.get(&name).is_none() {
+                    return Err(ApiError::no_channel(&name));
+                }
+                let body = read_json(req).await?;
+                self.validate_schema(&name, body)
+            }
+            (["channels", _, "validate-schema"], _) => Err(ApiError::method("POST")),
+            (["ports", "available"], &Method::GET) => self.ports_available(&query).await,
+            (["ports", "available"], _) => Err(ApiError::method("GET")),
+            (["ports", port, "status"], &Method::GET) => self.port_status(port).await,
+            (["ports", _, "status"], _) => Err(ApiError::method("GET")),
+            _ => Err(ApiError::not_found(format!("no route for {path}"))),
+        }
+    }
+
+    fn list(&self, query: &str) -> Reply {
+        let wanted = match query_param(query, "status") {
+            None => None,
+            Some(s @ ("active" | "failed")) => Some(s),
+            Some(other) => {
+                return Err(ApiError::bad(
+                    "status",
+                    format!("unknown status {other:?}: use active or failed"),
+                ));
+            }
+        };
+        let channels: Vec<Value> = self
+            .engine
+            .list()
+            .iter()
+            .map(to_value)
+            .filter(|c| wanted.is_none_or(|w| c["status"] == w))
+            .collect();
+        ok(json!({ "channels": channels }))
+    }
+
+    async fn register(&self, body: Value) -> Reply {
+        let Value::Object(body) = body else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object",
+            ));
+        };
+        let name = match body.get("name") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => return Err(ApiError::bad("name", "must be a string")),
+            None => return Err(ApiError::bad("name", "is required")),
+        };
+        check_name(&name)?;
+        let port = match body.get("port") {
+            None => return Err(ApiError::bad("port", "is required")),
+            Some(v) => match v.as_u64() {
+                Some(p @ 1..=65535) => p as u16,
+                _ => {
+                    return Err(ApiError::bad(
+                        "port",
+                        "must be an integer between 1 and 65535",
+                    ));
+                }
+            },
+        };
+        if let Some((lo, hi)) = self.options.ports
+            && !(lo..=hi).contains(&port)
+        {
+            return Err(ApiError::bad(
+                "port",
+                format!("must be inside the configured range {lo}-{hi}"),
+            ));
+        }
+        let (schema_json, schema_path) = match body.get("schema") {
+            None | Some(Value::Null) => return Err(ApiError::bad("schema", "is required")),
+            Some(Value::String(path)) => (self.read_schema_file(path)?, Some(path.clone())),
+            Some(v @ Value::Object(_)) => (v.to_string(), None),
+            Some(_) => {
+                return Err(ApiError::bad(
+                    "schema",
+                    "must be a path inside the config directory or an Avro schema object",
+                ));
+            }
+        };
+        Schema::parse_str(&schema_json)
+            .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
+        let config = match body.get("config") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => return Err(ApiError::bad("config", "must be a JSON object")),
+        };
+        let info = self
+            .engine
+            .register(Registration {
+                name,
+                port,
+                schema_json,
+                schema_path,
+                config,
+            })
+            .await?;
+        Ok(json_response(
+            StatusCode::CREATED,
+            &json!({
+                "status": "success",
+                "name": info.name,
+                "port": info.port,
+                "pid": info.pid,
+                "message": format!("channel {} listening on port {}", info.name, info.port),
+            }),
+        ))
+    }
+
+    /// Reads a schema named by a path relative to the config directory;
+    /// anything that could leave that directory is refused.
+    fn read_schema_file(&self, given: &str) -> Result<String, ApiError> {
+        let Some(dir) = &self.options.config_dir else {
+            return Err(ApiError::bad(
+                "schema",
+                "schema paths are disabled (no config directory): send the schema inline",
+            ));
+        };
+        let rel = Path::new(given);
+        if given.is_empty()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err(ApiError::bad(
+                "schema",
+                "must be a relative path without '..' inside the config directory",
+            ));
+        }
+        let outside = || ApiError::bad("schema", "the path leaves the config directory");
+        let root = dir
+            .canonicalize()
+            .map_err(|e| ApiError::bad("schema", format!("config directory: {e}")))?;
+        let full = root
+            .join(rel)
+            .canonicalize()
+            .map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))?;
+        if !full.starts_with(&root) {
+            return Err(outside());
+        }
+        std::fs::read_to_string(&full).map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))
+    }
+
+    async fn patch(&self, name: &str, body: Value) -> Reply {
+        if self.engine.get(name).is_none() {
+            return Err(ApiError::no_channel(name));
+        }
+        if !body.is_object() {
+            return Err(ApiError::bad("config", "the body must be a JSON object"));
+        }
+        let info = self.engine.update(name, body).await?;
+        ok(to_value(&info))
+    }
+
+    fn schema(&self, name: &str) -> Reply {
+        let text = self
+            .engine
+            .schema(name)
+            .ok_or_else(|| ApiError::no_channel(name))?;
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) => ok(v),
+            // A bare primitive name stored as text is still a schema.
+            Err(_) => ok(Value::String(text)),
+        }
+    }
+
+    /// Compares a provided schema with the registered one by Avro schema
+    /// resolution, taking the provided schema as the new version:
+    ///
+    /// - `backward`: the provided schema can read records written with the
+    ///   registered one (new consumers read existing data);
+    /// - `forward`: the registered schema can read records written with the
+    ///   provided one (existing consumers read new data);
+    /// - `full`: both; `identical`: same canonical form.
+    fn validate_schema(&self, name: &str, body: Value) -> Reply {
+        let registered_text = self
+            .engine
+            .schema(name)
+            .ok_or_else(|| ApiError::no_channel(name))?;
+        let provided = match body {
+            Value::Object(mut m) if !m.contains_key("type") && m.contains_key("schema") => {
+                m.remove("schema").unwrap_or(Value::Null)
+            }
+            other => other,
+        };
+        let provided_text = match provided {
+            Value::String(s) if serde_json::from_str::<Value>(&s).is_ok() => s,
+            other => other.to_string(),
+        };
+        let provided = Schema::parse_str(&provided_text)
+            .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
+        let registered = Schema::parse_str(&registered_text).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the registered schema no longer parses: {e}"),
+            )
+        })?;
+        if provided.canonical_form() == registered.canonical_form() {
+            return ok(json!({ "valid": true, "compatibility": "identical" }));
+        }
+        let mut reasons = Vec::new();
+        let mut check = |writer: &Schema, reader: &Schema, what: &str| -> bool {
+            match SchemaCompatibility::can_read(writer, reader) {
+                Ok(Compatibility::Full) => true,
+                Ok(_) => {
+                    reasons.push(format!("{what}: resolution can fail for some values"));
+                    false
+                }
+                Err(e) => {
+                    reasons.push(format!("{what}: {e}"));
+                    false
+                }
+            }
+        };
+        let backward = check(
+            &registered,
+            &provided,
+            "the provided schema cannot read data written with the registered one",
+        );
+        let forward = check(
+            &provided,
+            &registered,
+            "the registered schema cannot read data written with the provided one",
+        );
+        let compatibility = match (backward, forward) {
+            (true, true) => "full",
+            (true, false) => "backward",
+            (false, true) => "forward",
+            (false, false) => {
+                return Ok(json_response(
+                    StatusCode::CONFLICT,
+                    &json!({
+                        "valid": false,
+                        "compatibility": "incompatible",
+                        "error": "the schemas are incompatible",
+                        "reasons": reasons,
+                    }),
+                ));
+            }
+        };
+        ok(json!({ "valid": true, "compatibility": compatibility, "details": reasons }))
+    }
+
+    async fn ports_available(&self, query: &str) -> Reply {
+        let start = parse_port(query_param(query, "start"), "start")?;
+        let end = parse_port(query_param(query, "end"), "end")?;
+        if start > end {
+            return Err(ApiError::bad("end", "must not be below start"));
+        }
+        if u32::from(end - start) > MAX_PORT_SPAN {
+            return Err(ApiError::bad(
+                "end",
+                format!("the range may span at most {MAX_PORT_SPAN} ports"),
+            ));
+        }
+        let held: Vec<u16> = self.engine.list().iter().map(|c| c.port).collect();
+        let available = tokio::task::spawn_blocking(move || {
+            (start..=end)
+                .filter(|p| !held.contains(p) && bindable(*p))
+                .collect::<Vec<u16>>()
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        ok(json!({
+            "range": { "start": start, "end": end },
+            "count": available.len(),
+            "available": available,
+        }))
+    }
+
+    async fn port_status(&self, port: &str) -> Reply {
+        let port = parse_port(Some(port), "port")?;
+        if let Some(owner) = self.engine.port_owner(port) {
+            return ok(json!({
+                "port": port, "available": false, "status": "in_use", "channel": owner,
+            }));
+        }
+        let free = tokio::task::spawn_blocking(move || bindable(port))
+            .await
+            .unwrap_or(false);
+        ok(json!({
+            "port": port,
+            "available": free,
+            "status": if free { "free" } else { "in_use" },
+        }))
+    }
+}
+
+/// Whether a channel could bind `port` right now (UDP on every address).
+fn bindable(port: u16) -> bool {
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+fn parse_port(value: Option<&str>, field: &str) -> Result<u16, ApiError> {
+    match value.map(str::parse::<u16>) {
+        Some(Ok(p)) if p != 0 => Ok(p),
+        None => Err(ApiError::bad(field, "is required")),
+        _ => Err(ApiError::bad(
+            field,
+            "must be an integer between 1 and 65535",
+        )),
+    }
+}
+
+/// The first value of `key` in a query string (no percent-decoding: every
+/// parameter of this API is a plain word or number).
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Reads a JSON body: 415 unless declared JSON, 413 over [`MAX_BODY`] (by
+/// `Content-Length` first, then while reading), 400 unless it parses.
+async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" && !essence.ends_with("+json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body: {e}"),
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })
+}
