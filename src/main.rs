@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use speedrelay::api::ApiOptions;
 use speedrelay::baseline::{self, Baseline, ConfigError};
 use speedrelay::engine::{Engine, EngineOptions, Status};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "speedrelay", version, about = "UDP/Avro telemetry relay")]
@@ -37,6 +39,10 @@ struct ServeArgs {
     /// Where archives go. Default: storage.avro_path of global.yaml, else ./data.
     #[arg(long, env = "SPEEDRELAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Address of the HTTP API. Default: api.listen of global.yaml, else
+    /// 127.0.0.1:8080.
+    #[arg(long, env = "SPEEDRELAY_API")]
+    api: Option<String>,
     /// Runtime worker threads; 1 runs everything on one thread (the
     /// Raspberry Pi profile). Default: one per core.
     #[arg(long, env = "SPEEDRELAY_THREADS")]
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
@@ -97,7 +104,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             .build(),
     }
     .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(baseline, &data_dir))
+    let api = args
+        .api
+        .or_else(|| baseline.api_listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".to_string());
+    runtime.block_on(run(baseline, &data_dir, &api))
 }
 
 /// `speedrelay check-config PATH`: `PATH: ok (N channels)` and 0; every
@@ -124,7 +135,7 @@ fn check_config(path: &Path) -> ExitCode {
 
 /// Start-up order of SPEC §6: config (already loaded) → registry → seed →
 /// channels; then wait for a signal and stop every channel cleanly.
-async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
+async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), String> {
     let mut signals = ShutdownSignals::install()?;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
@@ -135,6 +146,32 @@ async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
     let engine = Engine::start(options, &baseline.channels)
         .await
         .map_err(|e| e.to_string())?;
+    let listener = match tokio::net::TcpListener::bind(api).await {
+        Ok(l) => l,
+        Err(e) => {
+            engine.shutdown().await;
+            return Err(format!("cannot listen on {api} for the API: {e}"));
+        }
+    };
+    let api_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The token is read from the environment only here, never logged.
+    let token = std::env::var("SPEEDRELAY_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| baseline.api_token.clone());
+    let api_options = ApiOptions {
+        token,
+        config_dir: baseline.config_dir.clone(),
+        ports: baseline.ports,
+        ..ApiOptions::default()
+    };
+    let stop_api = CancellationToken::new();
+    let api_task = tokio::spawn(speedrelay::api::serve(
+        listener,
+        engine.clone(),
+        api_options,
+        stop_api.clone(),
+    ));
     let channels = engine.list();
     let active = channels
         .iter()
@@ -143,11 +180,14 @@ async fn run(baseline: Baseline, data_dir: &Path) -> Result<(), String> {
     tracing::info!(
         channels = channels.len(),
         active,
+        api = %api_addr,
         data_dir = %data_dir.display(),
         "speedrelay running; SIGINT or SIGTERM stops it"
     );
     signals.recv().await;
     tracing::info!("stopping: flushing every archive");
+    stop_api.cancel();
+    let _ = api_task.await;
     engine.shutdown().await;
     Ok(())
 }

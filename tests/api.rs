@@ -4,11 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
@@ -72,68 +70,6 @@ async fn server_with(token: Option<&str>, ports: Option<(u16, u16)>) -> Server {
         config_dir,
         _dir: dir,
     }
-}
-
-/// One HTTP/1.1 exchange over a fresh connection: the status and the body
-/// parsed as JSON (a non-JSON body comes back as a JSON string).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(String, String)],
-    body: Option<&[u8]>,
-) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).expect("connect to the API");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    let chunked = headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
-    if let (Some(b), false) = (body, chunked) {
-        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    if let Some(b) = body {
-        // The server may answer (413) and close before reading it all.
-        if chunked {
-            for c in b.chunks(64 * 1024) {
-                let mut frame = format!("{:x}\r\n", c.len()).into_bytes();
-                frame.extend_from_slice(c);
-                frame.extend_from_slice(b"\r\n");
-                if s.write_all(&frame).is_err() {
-                    break;
-                }
-            }
-            let _ = s.write_all(b"0\r\n\r\n");
-        } else {
-            let _ = s.write_all(b);
-        }
-    }
-    let mut buf = Vec::new();
-    // Data read before a reset is kept in `buf`.
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP response to {method} {path}: {text:?}"));
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line: {head}"));
-    if status != 204 {
-        assert!(
-            head.to_ascii_lowercase()
-                .contains("content-type: application/json"),
-            "{method} {path}: not JSON: {head}"
-        );
-    }
-    let json = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
-    (status, json)
 }
 
 impl Server {
@@ -207,14 +143,6 @@ impl Server {
         self.task.await.unwrap().unwrap();
         self.engine.shutdown().await;
     }
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn inline(name: &str, port: u16) -> Value {

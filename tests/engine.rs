@@ -15,14 +15,6 @@ use speedrelay::engine::{Engine, EngineError, EngineOptions, Registration, Statu
 
 const T: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn defaults(extra: Value) -> Value {
     let mut d = json!({
         "socket": {"bind": "127.0.0.1"},

@@ -48,6 +48,7 @@ fn serve_relays_from_config_and_flushes_on_sigterm() {
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
+        .args(["--api", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -112,6 +113,7 @@ fn start_serve(config: &std::path::Path, data: &std::path::Path) -> std::process
         .arg(config)
         .arg("--data-dir")
         .arg(data)
+        .args(["--api", "127.0.0.1:0"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -157,6 +159,7 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
         .arg(&config)
         .arg("--data-dir")
         .arg(&data)
+        .args(["--api", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!second.status.success());

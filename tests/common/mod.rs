@@ -2,12 +2,14 @@
 //! waiting for counters, reading archives back.
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use apache_avro::types::{Record, Value};
+use serde_json::Value as Json;
 use speedrelay::channel::{BoundChannel, ChannelHandle, ChannelSpec};
 use speedrelay::config::{ChannelSettings, Destination};
 
@@ -189,4 +191,84 @@ pub fn in_private_netns() -> bool {
 /// not a skip.
 pub fn under_test_script() -> bool {
     std::env::var_os("SPEEDRELAY_TEST_NETNS").is_some()
+}
+
+/// A UDP port nothing is bound to, never the same twice in this process
+/// (the kernel may hand a just-released ephemeral port out again).
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection: the status and the body
+/// parsed as JSON (a non-JSON body comes back as a JSON string).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+) -> (u16, Json) {
+    let mut s = TcpStream::connect(addr).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let chunked = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("transfer-encoding"));
+    if let (Some(b), false) = (body, chunked) {
+        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    if let Some(b) = body {
+        // The server may answer (413) and close before reading it all.
+        if chunked {
+            for c in b.chunks(64 * 1024) {
+                let mut frame = format!("{:x}\r\n", c.len()).into_bytes();
+                frame.extend_from_slice(c);
+                frame.extend_from_slice(b"\r\n");
+                if s.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+            let _ = s.write_all(b"0\r\n\r\n");
+        } else {
+            let _ = s.write_all(b);
+        }
+    }
+    let mut buf = Vec::new();
+    // Data read before a reset is kept in `buf`.
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response to {method} {path}: {text:?}"));
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    if status != 204 {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{method} {path}: not JSON: {head}"
+        );
+    }
+    let json = serde_json::from_str(body).unwrap_or(Json::String(body.to_string()));
+    (status, json)
 }
