@@ -4,19 +4,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn serve_relays_from_config_and_flushes_on_sigterm() {
@@ -25,7 +17,7 @@ fn serve_relays_from_config_and_flushes_on_sigterm() {
     std::fs::create_dir_all(config.join("agents")).unwrap();
     std::fs::write(config.join("agents/example.avsc"), EXAMPLE_SCHEMA).unwrap();
     let (dest, d) = receiver();
-    let port = free_udp_port();
+    let port = free_port();
     std::fs::write(
         config.join("relay.yaml"),
         format!(
@@ -108,6 +100,14 @@ fn serve_refuses_an_invalid_config_and_says_why() {
 
 /// Starts `speedrelay serve` and returns once it logs that it is running.
 fn start_serve(config: &std::path::Path, data: &std::path::Path) -> std::process::Child {
+    start_serve_api(config, data).0
+}
+
+/// Like `start_serve`, also returning the API's address from the log line.
+fn start_serve_api(
+    config: &std::path::Path,
+    data: &std::path::Path,
+) -> (std::process::Child, SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
         .args(["serve", "--config"])
         .arg(config)
@@ -129,8 +129,13 @@ fn start_serve(config: &std::path::Path, data: &std::path::Path) -> std::process
             "relay exited early"
         );
     }
+    let api = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no api= in {line:?}"));
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    child
+    (child, api)
 }
 
 fn stop(mut child: std::process::Child) {
@@ -146,7 +151,7 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     std::fs::create_dir_all(&config).unwrap();
     std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
     let (dest, d) = receiver();
-    let port = free_udp_port();
+    let port = free_port();
     std::fs::write(
         config.join("relay.yaml"),
         format!("channels:\n  - {{name: ex, port: {port}, schema: example.avsc}}\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\noutputs: {{full_rate: {{address: 127.0.0.1, port: {}}}}}\n", d.port),
@@ -191,4 +196,125 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     let mut twice = records.clone();
     twice.extend(records);
     assert_eq!(archived_datums(&data, "ex", EXAMPLE_SCHEMA), twice);
+}
+
+fn json_headers() -> Vec<(String, String)> {
+    vec![("Content-Type".into(), "application/json".into())]
+}
+
+fn empty_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("relay.yaml"),
+        "channels: []\nsocket: {bind: 127.0.0.1}\ndecimation: {enabled: false}\n",
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn registered_over_http_relays_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let data = dir.path().join("data");
+    let (relay, api) = start_serve_api(&config, &data);
+    let (status, body) = http(api, "GET", "/api/v1/health", &[], None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+
+    let (dest, d) = receiver();
+    let port = free_port();
+    let request = serde_json::json!({
+        "name": "viahttp",
+        "port": port,
+        "schema": serde_json::from_str::<serde_json::Value>(EXAMPLE_SCHEMA).unwrap(),
+        "config": {"outputs": {"full_rate": {"address": "127.0.0.1", "port": d.port}}, "decimation": 3}
+    });
+    let body = serde_json::to_vec(&request).unwrap();
+    let (status, answer) = http(
+        api,
+        "POST",
+        "/api/v1/channels",
+        &json_headers(),
+        Some(&body),
+    );
+    assert_eq!(status, 201, "{answer}");
+    // No pause between the 201 and the first datagram.
+    let records = example_records(100);
+    let tx = sender();
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+    assert_eq!(recv_n(&dest, records.len()), records);
+    stop(relay);
+
+    let (relay, api) = start_serve_api(&config, &data);
+    let (status, channel) = http(api, "GET", "/api/v1/channels/viahttp", &[], None);
+    assert_eq!(status, 200);
+    assert_eq!(channel["status"], "active");
+    assert_eq!(channel["config"]["decimation"]["factor"], 3);
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+    assert_eq!(
+        recv_n(&dest, records.len()),
+        records,
+        "relaying after the restart"
+    );
+    let (status, _) = http(api, "DELETE", "/api/v1/channels/viahttp", &[], None);
+    assert_eq!(status, 200);
+    stop(relay);
+    let (relay, api) = start_serve_api(&config, &data);
+    let (status, _) = http(api, "GET", "/api/v1/channels/viahttp", &[], None);
+    assert_eq!(status, 404, "a deleted channel stays deleted");
+    stop(relay);
+}
+
+#[test]
+fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = empty_config(dir.path());
+    let data = dir.path().join("data");
+    let (relay, api) = start_serve_api(&config, &data);
+    let schema: serde_json::Value = serde_json::from_str(EXAMPLE_SCHEMA).unwrap();
+    let post = |name: String, port: u16| {
+        let schema = schema.clone();
+        std::thread::spawn(move || {
+            let body = serde_json::to_vec(
+                &serde_json::json!({"name": name, "port": port, "schema": schema}),
+            )
+            .unwrap();
+            http(
+                api,
+                "POST",
+                "/api/v1/channels",
+                &json_headers(),
+                Some(&body),
+            )
+            .0
+        })
+    };
+    let distinct: Vec<_> = (0..50)
+        .map(|i| post(format!("c{i}"), free_port()))
+        .collect();
+    for t in distinct {
+        assert_eq!(t.join().unwrap(), 201);
+    }
+    let contested = free_port();
+    let racing: Vec<_> = (0..50)
+        .map(|i| post(format!("race{i}"), contested))
+        .collect();
+    let statuses: Vec<u16> = racing.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|&s| s == 201 || s == 409),
+        "{statuses:?}"
+    );
+    let (_, list) = http(api, "GET", "/api/v1/channels", &[], None);
+    assert_eq!(list["channels"].as_array().map(Vec::len), Some(51));
+    stop(relay);
 }
