@@ -75,7 +75,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let limit = Arc::new(Semaphore::new(options.max_connections.max(1)));
-    let api = Arc::new(Api { engine, options });
+    let own_port = listener.local_addr()?.port();
+    let api = Arc::new(Api {
+        engine,
+        options,
+        own_port,
+    });
     let tracker = TaskTracker::new();
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -134,6 +139,8 @@ pub async fn serve(
 struct Api {
     engine: Arc<Engine>,
     options: ApiOptions,
+    /// The API's own TCP port: refused for a channel, to keep the two apart.
+    own_port: u16,
 }
 
 /// An error answer: `{error, field?, details?}` plus any route-specific
@@ -371,6 +378,12 @@ impl Api {
                 }
             },
         };
+        if port == self.own_port {
+            return Err(ApiError::bad(
+                "port",
+                format!("{port} is the API's own port"),
+            ));
+        }
         if let Some((lo, hi)) = self.options.ports
             && !(lo..=hi).contains(&port)
         {

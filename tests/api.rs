@@ -423,6 +423,7 @@ async fn bad_input_is_4xx_and_changes_nothing() {
         (with("port", json!(70000)), 400, Some("port")),
         (with("port", json!(-5)), 400, Some("port")),
         (with("port", json!(80.5)), 400, Some("port")),
+        (with("port", json!(s.addr.port())), 400, Some("port")),
         (with("name", json!("")), 400, Some("name")),
         (with("name", json!(long)), 400, Some("name")),
         (with("name", json!("a/b")), 400, Some("name")),

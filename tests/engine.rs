@@ -296,9 +296,27 @@ async fn update_applies_live_and_loses_no_full_rate_record() {
     e.register(registration("live", port, Some(d.port)))
         .await
         .unwrap();
-    let records = example_records(400);
-    let (first, second) = records.split_at(200);
-    let dest = assert_relays(port, dest, first.to_vec()).await;
+    // A continuous stream: the sender never pauses for the update, which
+    // lands while chunk 10 of 40 is in flight.
+    let records = example_records(2000);
+    let (halfway, reached) = tokio::sync::oneshot::channel();
+    let sent = records.clone();
+    let stream = tokio::task::spawn_blocking(move || {
+        let tx = sender();
+        let mut got = Vec::new();
+        let mut halfway = Some(halfway);
+        for (i, chunk) in sent.chunks(50).enumerate() {
+            if i == 10 {
+                let _ = halfway.take().map(|h| h.send(()));
+            }
+            for r in chunk {
+                tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+            }
+            got.extend(recv_n(&dest, chunk.len()));
+        }
+        got
+    });
+    reached.await.unwrap();
     let info = e
         .update(
             "live",
@@ -308,7 +326,10 @@ async fn update_applies_live_and_loses_no_full_rate_record() {
         .unwrap();
     assert_eq!(info.config.decimation.factor, 3);
     assert!(info.config.decimation.enabled);
-    assert_relays(port, dest, second.to_vec()).await;
+    assert!(
+        stream.await.unwrap() == records,
+        "every full-rate record arrived, in order"
+    );
     assert!(matches!(
         e.update("nope", json!({})).await,
         Err(EngineError::NotFound { .. })
