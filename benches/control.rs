@@ -2,7 +2,7 @@
 //! parsing on top): register (port bound + durable registry commit) and
 //! deregister over 200 channels, `list` with 1,000 channels, and start-up
 //! time and RSS with 1,000 persisted channels, on a current-thread and a
-//! multi-thread runtime. Binds UDP ports 30000-31199, so run it with
+//! multi-thread runtime. Binds UDP ports 30000-31399, so run it with
 //! `benches/run.sh control` (a private network namespace).
 
 use std::time::{Duration, Instant};
@@ -126,6 +126,7 @@ async fn run() {
         assert!(body.len() > 1000);
     }
     report("list with 1,000 channels as JSON", json_list);
+    http_figures(engine.clone()).await;
     engine.shutdown().await;
     drop(engine);
 
@@ -147,4 +148,76 @@ async fn run() {
         rss_kib()
     );
     engine.shutdown().await;
+}
+
+/// The same operations through the real HTTP API on loopback: POST and
+/// DELETE over 200 new channels, and GET /channels with the 1,000 present.
+async fn http_figures(engine: std::sync::Arc<Engine>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let api = tokio::spawn(speedrelay::api::serve(
+        listener,
+        engine,
+        speedrelay::api::ApiOptions::default(),
+        stop.clone(),
+    ));
+    let (post, delete, get) = tokio::task::spawn_blocking(move || {
+        let schema: serde_json::Value = serde_json::from_str(SCHEMA).expect("schema");
+        let mut post = Vec::new();
+        for i in 0..200u16 {
+            let body = serde_json::to_vec(
+                &json!({"name": format!("h{i}"), "port": 31200 + i, "schema": schema}),
+            )
+            .expect("json");
+            let t = Instant::now();
+            assert_eq!(request(addr, "POST", "/api/v1/channels", Some(&body)), 201);
+            post.push(t.elapsed());
+        }
+        let mut delete = Vec::new();
+        for i in 0..200u16 {
+            let t = Instant::now();
+            assert_eq!(
+                request(addr, "DELETE", &format!("/api/v1/channels/h{i}"), None),
+                200
+            );
+            delete.push(t.elapsed());
+        }
+        let mut get = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            assert_eq!(request(addr, "GET", "/api/v1/channels", None), 200);
+            get.push(t.elapsed());
+        }
+        (post, delete, get)
+    })
+    .await
+    .expect("client");
+    report("HTTP POST /channels (bound + durable)", post);
+    report("HTTP DELETE /channels/{name}", delete);
+    report("HTTP GET /channels with 1,000 channels", get);
+    stop.cancel();
+    let _ = api.await;
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status.
+fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let body = body.unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).expect("write");
+    s.write_all(body).expect("write");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("read");
+    String::from_utf8_lossy(&answer)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
