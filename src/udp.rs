@@ -101,11 +101,56 @@ pub fn connect_destination(dest: &Destination) -> io::Result<StdUdpSocket> {
     Ok(socket.into())
 }
 
+/// Receive memory mapped straight from the kernel: pages are only backed
+/// (and count in RSS) once a datagram lands in them, whatever the
+/// allocator's recycling, and an idle channel maps nothing at all (the
+/// mapping is made at the first receive).
+struct PageBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl PageBuf {
+    fn map(len: usize) -> io::Result<Self> {
+        // SAFETY: an anonymous private mapping with no address hint.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` readable bytes, zero-filled by the kernel.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PageBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 /// One reused receive buffer of [`BATCH`] slots and the `mmsghdr`s that
 /// point into it. The headers are re-pointed before every call, so the
 /// struct holds no pointer across an `.await`.
 pub struct RecvBatch {
-    buf: Vec<u8>,
+    /// Mapped at the first receive.
+    buf: Option<PageBuf>,
     slot: usize,
     cmsg: Vec<u8>,
     hdrs: Vec<libc::mmsghdr>,
@@ -125,12 +170,12 @@ unsafe impl Send for RecvBatch {}
 unsafe impl Sync for RecvBatch {}
 
 impl RecvBatch {
-    /// `max_datagram` bytes per slot. The buffer is zero-allocated, so pages
-    /// are only touched (and count in RSS) once datagrams land in them.
+    /// `max_datagram` bytes per slot; no memory is mapped until the first
+    /// receive.
     pub fn new(max_datagram: usize) -> Self {
         let slot = max_datagram.max(1);
         Self {
-            buf: vec![0; slot * BATCH],
+            buf: None,
             slot,
             cmsg: vec![0; CMSG_ROOM * BATCH],
             // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
@@ -155,12 +200,21 @@ impl RecvBatch {
     pub fn get(&self, i: usize) -> (&[u8], bool) {
         let start = i * self.slot;
         let len = self.lens[i] as usize;
-        (&self.buf[start..start + len], self.truncated[i])
+        match &self.buf {
+            Some(buf) => (&buf.as_slice()[start..start + len], self.truncated[i]),
+            None => (&[], false),
+        }
     }
 
     /// One non-blocking `recvmmsg`; `WouldBlock` when nothing is queued.
     fn recv_now(&mut self, fd: i32) -> io::Result<usize> {
-        let base = self.buf.as_mut_ptr();
+        if self.buf.is_none() {
+            self.buf = Some(PageBuf::map(self.slot * BATCH)?);
+        }
+        let base = match &self.buf {
+            Some(buf) => buf.ptr,
+            None => return Ok(0),
+        };
         let cbase = self.cmsg.as_mut_ptr();
         for i in 0..BATCH {
             self.iovs[i] = libc::iovec {
