@@ -113,6 +113,16 @@ struct Sample {
     d: f64,
 }
 
+fn sample(label: &str, i: i32, l: i64, f: f32, d: f64) -> Sample {
+    Sample {
+        label: label.into(),
+        i,
+        l,
+        f,
+        d,
+    }
+}
+
 fn decode_sample(datum: &[u8]) -> Sample {
     let v = decode(&schema(NUMERIC_SCHEMA), datum);
     let Value::Record(fields) = v else {
@@ -186,22 +196,7 @@ async fn average_gives_the_window_means() {
     let got: Vec<Sample> = out.iter().map(|d| decode_sample(d)).collect();
     assert_eq!(
         got,
-        vec![
-            Sample {
-                label: "r3".into(),
-                i: 2,
-                l: 20,
-                f: 1.0,
-                d: 3.0
-            },
-            Sample {
-                label: "r6".into(),
-                i: 5,
-                l: 50,
-                f: 2.5,
-                d: 7.5
-            },
-        ]
+        vec![sample("r3", 2, 20, 1.0, 3.0), sample("r6", 5, 50, 2.5, 7.5),]
     );
 }
 
@@ -212,34 +207,10 @@ async fn minmax_gives_minimum_then_maximum_per_window() {
     assert_eq!(
         got,
         vec![
-            Sample {
-                label: "r3".into(),
-                i: 1,
-                l: 10,
-                f: 0.5,
-                d: 1.5
-            },
-            Sample {
-                label: "r3".into(),
-                i: 3,
-                l: 30,
-                f: 1.5,
-                d: 4.5
-            },
-            Sample {
-                label: "r6".into(),
-                i: 4,
-                l: 40,
-                f: 2.0,
-                d: 6.0
-            },
-            Sample {
-                label: "r6".into(),
-                i: 6,
-                l: 60,
-                f: 3.0,
-                d: 9.0
-            },
+            sample("r3", 1, 10, 0.5, 1.5),
+            sample("r3", 3, 30, 1.5, 4.5),
+            sample("r6", 4, 40, 2.0, 6.0),
+            sample("r6", 6, 60, 3.0, 9.0),
         ]
     );
 }

@@ -35,29 +35,8 @@ fn serve_relays_from_config_and_flushes_on_sigterm() {
     .unwrap();
     let data = dir.path().join("data");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--api", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    // The log line is the event that says the port is bound.
-    while !line.contains("channel started") {
-        line.clear();
-        assert!(Instant::now() < deadline, "no 'channel started' line");
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "relay exited early"
-        );
-    }
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    // Returns once the relay logs that it runs: every channel is bound.
+    let child = start_serve(&config, &data);
 
     let records = example_records(1000);
     let tx = sender();
@@ -67,10 +46,7 @@ fn serve_relays_from_config_and_flushes_on_sigterm() {
         }
         assert_eq!(recv_n(&dest, chunk.len()), chunk);
     }
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "exit status after SIGTERM: {status}");
+    stop(child);
     assert_eq!(archived_datums(&data, "example", EXAMPLE_SCHEMA), records);
 }
 
