@@ -193,10 +193,24 @@ fn empty_config(dir: &std::path::Path) -> std::path::PathBuf {
 fn registered_over_http_relays_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = empty_config(dir.path());
+    // A baseline channel, deleted through the API below.
+    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
+    std::fs::write(
+        config.join("relay.yaml"),
+        format!(
+            "channels:\n  - {{name: base, port: {}, schema: example.avsc}}\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n",
+            free_port()
+        ),
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let (relay, api) = start_serve_api(&config, &data);
     let (status, body) = http(api, "GET", "/api/v1/health", &[], None);
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, base) = http(api, "GET", "/api/v1/channels/base", &[], None);
+    assert_eq!((status, base["status"].as_str()), (200, Some("active")));
+    let (status, _) = http(api, "DELETE", "/api/v1/channels/base", &[], None);
+    assert_eq!(status, 200);
 
     let (dest, d) = receiver();
     let port = free_port();
@@ -243,6 +257,11 @@ fn registered_over_http_relays_and_survives_a_restart() {
     let (relay, api) = start_serve_api(&config, &data);
     let (status, _) = http(api, "GET", "/api/v1/channels/viahttp", &[], None);
     assert_eq!(status, 404, "a deleted channel stays deleted");
+    let (status, _) = http(api, "GET", "/api/v1/channels/base", &[], None);
+    assert_eq!(
+        status, 404,
+        "a deleted baseline channel stays deleted though still in relay.yaml"
+    );
     stop(relay);
 }
 
