@@ -259,21 +259,12 @@ pub struct ChannelHandle {
 }
 
 impl ChannelHandle {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
     pub fn counters(&self) -> &Arc<ChannelCounters> {
         &self.counters
-    }
-
-    /// Whether the task has ended (stopped, failed or panicked).
-    pub fn is_finished(&self) -> bool {
-        self.join.is_finished()
     }
 
     /// Applies new settings without touching the socket: destinations,

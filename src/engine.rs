@@ -241,9 +241,7 @@ impl Engine {
                     message: format!("port {port} cannot be bound: {source}"),
                     used_by: None,
                 },
-                ChannelError::Destination { address, source } => {
-                    invalid("config.outputs", format!("destination {address}: {source}"))
-                }
+                e @ ChannelError::Destination { .. } => invalid_settings(e),
                 other => invalid("schema", other.to_string()),
             })?;
         let record = ChannelRecord {
@@ -299,17 +297,11 @@ impl Engine {
             settings: Box::new(settings.clone()),
             reply,
         };
-        if commands.send(command).is_ok() {
-            match answer.await {
-                Ok(Err(ChannelError::Destination { address, source })) => {
-                    return Err(invalid(
-                        "config.outputs",
-                        format!("destination {address}: {source}"),
-                    ));
-                }
-                Ok(Err(e)) => return Err(invalid("config", e.to_string())),
-                Ok(Ok(())) | Err(_) => {}
-            }
+        // A supervisor that is gone (shutting down) just stores the settings.
+        if commands.send(command).is_ok()
+            && let Ok(Err(e)) = answer.await
+        {
+            return Err(invalid_settings(e));
         }
         let config = serde_json::to_value(&settings).unwrap_or(Value::Null);
         let owned = name.to_string();
@@ -551,6 +543,17 @@ fn set_health(health: &Mutex<Health>, status: Status, error: Option<String>) {
     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
     h.status = status;
     h.error = error;
+}
+
+/// A channel refusing its settings: a destination that cannot be opened is
+/// the user's `config.outputs`, anything else their `config`.
+fn invalid_settings(e: ChannelError) -> EngineError {
+    match e {
+        ChannelError::Destination { address, source } => {
+            invalid("config.outputs", format!("destination {address}: {source}"))
+        }
+        other => invalid("config", other.to_string()),
+    }
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> EngineError {

@@ -359,14 +359,6 @@ pub struct Loaded<'a> {
 }
 
 impl Loaded<'_> {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Sends every loaded datagram to the connected `socket`, in order, in
     /// as few `sendmmsg` calls as the kernel allows. A full socket buffer is
     /// waited on for at most [`SEND_STALL`]; any other error skips that
