@@ -193,8 +193,9 @@ pub fn under_test_script() -> bool {
     std::env::var_os("SPEEDRELAY_TEST_NETNS").is_some()
 }
 
-/// A UDP port nothing is bound to, never the same twice in this process
-/// (the kernel may hand a just-released ephemeral port out again).
+/// A UDP port nothing is bound to, and no TCP listener either, never the
+/// same twice in this process (the kernel may hand a just-released
+/// ephemeral port out again).
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,7 +205,10 @@ pub fn free_port() -> u16 {
             .local_addr()
             .unwrap()
             .port();
-        if !given.contains(&port) {
+        // A TCP listener on the same number (the API under test) would make
+        // the registration a 400 for "the API's own port".
+        let tcp_free = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
+        if tcp_free && !given.contains(&port) {
             given.push(port);
             return port;
         }
