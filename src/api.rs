@@ -146,10 +146,10 @@ struct Api {
 /// An error answer: `{error, field?, details?}` plus any route-specific
 /// members (`used_by`).
 #[derive(Debug)]
-struct ApiError {
-    status: StatusCode,
-    error: String,
-    field: Option<String>,
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub field: Option<String>,
     extra: Option<(&'static str, Value)>,
     /// Methods to list in `Allow` (405 only).
     allow: Option<&'static str>,
@@ -354,72 +354,8 @@ impl Api {
     }
 
     async fn register(&self, body: Value) -> Reply {
-        let Value::Object(body) = body else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "the body must be a JSON object",
-            ));
-        };
-        let name = match body.get("name") {
-            Some(Value::String(s)) => s.clone(),
-            Some(_) => return Err(ApiError::bad("name", "must be a string")),
-            None => return Err(ApiError::bad("name", "is required")),
-        };
-        check_name(&name)?;
-        let port = match body.get("port") {
-            None => return Err(ApiError::bad("port", "is required")),
-            Some(v) => match v.as_u64() {
-                Some(p @ 1..=65535) => p as u16,
-                _ => {
-                    return Err(ApiError::bad(
-                        "port",
-                        "must be an integer between 1 and 65535",
-                    ));
-                }
-            },
-        };
-        if port == self.own_port {
-            return Err(ApiError::bad(
-                "port",
-                format!("{port} is the API's own port"),
-            ));
-        }
-        if let Some((lo, hi)) = self.options.ports
-            && !(lo..=hi).contains(&port)
-        {
-            return Err(ApiError::bad(
-                "port",
-                format!("must be inside the configured range {lo}-{hi}"),
-            ));
-        }
-        let (schema_json, schema_path) = match body.get("schema") {
-            None | Some(Value::Null) => return Err(ApiError::bad("schema", "is required")),
-            Some(Value::String(path)) => (self.read_schema_file(path)?, Some(path.clone())),
-            Some(v @ Value::Object(_)) => (v.to_string(), None),
-            Some(_) => {
-                return Err(ApiError::bad(
-                    "schema",
-                    "must be a path inside the config directory or an Avro schema object",
-                ));
-            }
-        };
-        Schema::parse_str(&schema_json)
-            .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
-        let config = match body.get("config") {
-            None | Some(Value::Null) => None,
-            Some(v @ Value::Object(_)) => Some(v.clone()),
-            Some(_) => return Err(ApiError::bad("config", "must be a JSON object")),
-        };
-        let info = self
-            .engine
-            .register(Registration {
-                name,
-                port,
-                schema_json,
-                schema_path,
-                config,
-            })
-            .await?;
+        let registration = registration_from(body, &self.options, self.own_port)?;
+        let info = self.engine.register(registration).await?;
         Ok(json_response(
             StatusCode::CREATED,
             &json!({
@@ -430,40 +366,6 @@ impl Api {
                 "message": format!("channel {} listening on port {}", info.name, info.port),
             }),
         ))
-    }
-
-    /// Reads a schema named by a path relative to the config directory;
-    /// anything that could leave that directory is refused.
-    fn read_schema_file(&self, given: &str) -> Result<String, ApiError> {
-        let Some(dir) = &self.options.config_dir else {
-            return Err(ApiError::bad(
-                "schema",
-                "schema paths are disabled (no config directory): send the schema inline",
-            ));
-        };
-        let rel = Path::new(given);
-        if given.is_empty()
-            || rel
-                .components()
-                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-        {
-            return Err(ApiError::bad(
-                "schema",
-                "must be a relative path without '..' inside the config directory",
-            ));
-        }
-        let outside = || ApiError::bad("schema", "the path leaves the config directory");
-        let root = dir
-            .canonicalize()
-            .map_err(|e| ApiError::bad("schema", format!("config directory: {e}")))?;
-        let full = root
-            .join(rel)
-            .canonicalize()
-            .map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))?;
-        if !full.starts_with(&root) {
-            return Err(outside());
-        }
-        std::fs::read_to_string(&full).map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))
     }
 
     async fn patch(&self, name: &str, body: Value) -> Reply {
@@ -502,68 +404,7 @@ impl Api {
             .engine
             .schema(name)
             .ok_or_else(|| ApiError::no_channel(name))?;
-        let provided = match body {
-            Value::Object(mut m) if !m.contains_key("type") && m.contains_key("schema") => {
-                m.remove("schema").unwrap_or(Value::Null)
-            }
-            other => other,
-        };
-        let provided_text = match provided {
-            Value::String(s) if serde_json::from_str::<Value>(&s).is_ok() => s,
-            other => other.to_string(),
-        };
-        let provided = Schema::parse_str(&provided_text)
-            .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
-        let registered = Schema::parse_str(&registered_text).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the registered schema no longer parses: {e}"),
-            )
-        })?;
-        if provided.canonical_form() == registered.canonical_form() {
-            return ok(json!({ "valid": true, "compatibility": "identical" }));
-        }
-        let mut reasons = Vec::new();
-        let mut check = |writer: &Schema, reader: &Schema, what: &str| -> bool {
-            match SchemaCompatibility::can_read(writer, reader) {
-                Ok(Compatibility::Full) => true,
-                Ok(_) => {
-                    reasons.push(format!("{what}: resolution can fail for some values"));
-                    false
-                }
-                Err(e) => {
-                    reasons.push(format!("{what}: {e}"));
-                    false
-                }
-            }
-        };
-        let backward = check(
-            &registered,
-            &provided,
-            "the provided schema cannot read data written with the registered one",
-        );
-        let forward = check(
-            &provided,
-            &registered,
-            "the registered schema cannot read data written with the provided one",
-        );
-        let compatibility = match (backward, forward) {
-            (true, true) => "full",
-            (true, false) => "backward",
-            (false, true) => "forward",
-            (false, false) => {
-                return Ok(json_response(
-                    StatusCode::CONFLICT,
-                    &json!({
-                        "valid": false,
-                        "compatibility": "incompatible",
-                        "error": "the schemas are incompatible",
-                        "reasons": reasons,
-                    }),
-                ));
-            }
-        };
-        ok(json!({ "valid": true, "compatibility": compatibility, "details": reasons }))
+        compare_schemas(&registered_text, body)
     }
 
     async fn ports_available(&self, query: &str) -> Reply {
@@ -609,6 +450,184 @@ impl Api {
             "status": if free { "free" } else { "in_use" },
         }))
     }
+}
+
+/// The checks `POST /channels` makes on its body before the engine is
+/// asked (which then compiles the schema and the settings). Public so that
+/// the fuzz targets in `fuzz/` can run them without an engine.
+pub fn registration_from(
+    body: Value,
+    options: &ApiOptions,
+    own_port: u16,
+) -> Result<Registration, ApiError> {
+    let Value::Object(body) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
+    };
+    let name = match body.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(ApiError::bad("name", "must be a string")),
+        None => return Err(ApiError::bad("name", "is required")),
+    };
+    check_name(&name)?;
+    let port = match body.get("port") {
+        None => return Err(ApiError::bad("port", "is required")),
+        Some(v) => match v.as_u64() {
+            Some(p @ 1..=65535) => p as u16,
+            _ => {
+                return Err(ApiError::bad(
+                    "port",
+                    "must be an integer between 1 and 65535",
+                ));
+            }
+        },
+    };
+    if port == own_port {
+        return Err(ApiError::bad(
+            "port",
+            format!("{port} is the API's own port"),
+        ));
+    }
+    if let Some((lo, hi)) = options.ports
+        && !(lo..=hi).contains(&port)
+    {
+        return Err(ApiError::bad(
+            "port",
+            format!("must be inside the configured range {lo}-{hi}"),
+        ));
+    }
+    let (schema_json, schema_path) = match body.get("schema") {
+        None | Some(Value::Null) => return Err(ApiError::bad("schema", "is required")),
+        Some(Value::String(path)) => (
+            read_schema_file(options.config_dir.as_deref(), path)?,
+            Some(path.clone()),
+        ),
+        Some(v @ Value::Object(_)) => (v.to_string(), None),
+        Some(_) => {
+            return Err(ApiError::bad(
+                "schema",
+                "must be a path inside the config directory or an Avro schema object",
+            ));
+        }
+    };
+    Schema::parse_str(&schema_json)
+        .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
+    let config = match body.get("config") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(v.clone()),
+        Some(_) => return Err(ApiError::bad("config", "must be a JSON object")),
+    };
+    Ok(Registration {
+        name,
+        port,
+        schema_json,
+        schema_path,
+        config,
+    })
+}
+
+/// Reads a schema named by a path relative to the config directory;
+/// anything that could leave that directory is refused.
+fn read_schema_file(config_dir: Option<&Path>, given: &str) -> Result<String, ApiError> {
+    let Some(dir) = config_dir else {
+        return Err(ApiError::bad(
+            "schema",
+            "schema paths are disabled (no config directory): send the schema inline",
+        ));
+    };
+    let rel = Path::new(given);
+    if given.is_empty()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(ApiError::bad(
+            "schema",
+            "must be a relative path without '..' inside the config directory",
+        ));
+    }
+    let outside = || ApiError::bad("schema", "the path leaves the config directory");
+    let root = dir
+        .canonicalize()
+        .map_err(|e| ApiError::bad("schema", format!("config directory: {e}")))?;
+    let full = root
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))?;
+    if !full.starts_with(&root) {
+        return Err(outside());
+    }
+    std::fs::read_to_string(&full).map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))
+}
+
+/// The answer of `POST /channels/{name}/validate-schema` for a channel
+/// whose registered schema is `registered_text` (see
+/// `Api::validate_schema`). Public for the fuzz targets in `fuzz/`.
+pub fn compare_schemas(registered_text: &str, body: Value) -> Reply {
+    let provided = match body {
+        Value::Object(mut m) if !m.contains_key("type") && m.contains_key("schema") => {
+            m.remove("schema").unwrap_or(Value::Null)
+        }
+        other => other,
+    };
+    let provided_text = match provided {
+        Value::String(s) if serde_json::from_str::<Value>(&s).is_ok() => s,
+        other => other.to_string(),
+    };
+    let provided = Schema::parse_str(&provided_text)
+        .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
+    let registered = Schema::parse_str(registered_text).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the registered schema no longer parses: {e}"),
+        )
+    })?;
+    if provided.canonical_form() == registered.canonical_form() {
+        return ok(json!({ "valid": true, "compatibility": "identical" }));
+    }
+    let mut reasons = Vec::new();
+    let mut check = |writer: &Schema, reader: &Schema, what: &str| -> bool {
+        match SchemaCompatibility::can_read(writer, reader) {
+            Ok(Compatibility::Full) => true,
+            Ok(_) => {
+                reasons.push(format!("{what}: resolution can fail for some values"));
+                false
+            }
+            Err(e) => {
+                reasons.push(format!("{what}: {e}"));
+                false
+            }
+        }
+    };
+    let backward = check(
+        &registered,
+        &provided,
+        "the provided schema cannot read data written with the registered one",
+    );
+    let forward = check(
+        &provided,
+        &registered,
+        "the registered schema cannot read data written with the provided one",
+    );
+    let compatibility = match (backward, forward) {
+        (true, true) => "full",
+        (true, false) => "backward",
+        (false, true) => "forward",
+        (false, false) => {
+            return Ok(json_response(
+                StatusCode::CONFLICT,
+                &json!({
+                    "valid": false,
+                    "compatibility": "incompatible",
+                    "error": "the schemas are incompatible",
+                    "reasons": reasons,
+                }),
+            ));
+        }
+    };
+    ok(json!({ "valid": true, "compatibility": compatibility, "details": reasons }))
 }
 
 /// Whether a channel could bind `port` right now (UDP on every address).
@@ -685,7 +704,12 @@ async fn read_json(req: Request<Incoming>) -> Result<Value, ApiError> {
             ));
         }
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    body_json(&bytes)
+}
+
+/// A request body as JSON, or 400. Public for the fuzz targets in `fuzz/`.
+pub fn body_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("the body is not JSON: {e}"),

@@ -188,9 +188,31 @@ pub fn load(path: &Path) -> Result<Baseline, ConfigError> {
         let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         (dir, path.to_path_buf(), None)
     };
-    let relay_doc = read_document(&relay_path)?;
-    let global_doc = match &global_path {
-        Some(p) => Some((read_document(p)?, p)),
+    let relay_text = read_text(&relay_path)?;
+    let global_text = match &global_path {
+        Some(p) => Some((read_text(p)?, p.as_path())),
+        None => None,
+    };
+    load_texts(
+        config_dir,
+        (&relay_text, &relay_path),
+        global_text.as_ref().map(|(t, p)| (t.as_str(), *p)),
+    )
+}
+
+/// [`load`] on file contents already in memory: `relay` and `global` are
+/// each a YAML text and the path it is reported under; channel schema paths
+/// are still resolved (and read) in `config_dir`. Used by `load` and by the
+/// fuzz targets in `fuzz/`.
+pub fn load_texts(
+    config_dir: PathBuf,
+    relay: (&str, &Path),
+    global: Option<(&str, &Path)>,
+) -> Result<Baseline, ConfigError> {
+    let relay_path = relay.1.to_path_buf();
+    let relay_doc = parse_document(relay.0, &relay_path)?;
+    let global_doc = match global {
+        Some((text, p)) => Some((parse_document(text, p)?, p)),
         None => None,
     };
 
@@ -285,20 +307,22 @@ pub fn load(path: &Path) -> Result<Baseline, ConfigError> {
     })
 }
 
-/// A YAML file as JSON. Syntax errors keep serde_yaml's line and column; an
-/// empty file (or one of comments only) is an empty mapping.
-fn read_document(path: &Path) -> Result<Value, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// A YAML file as JSON. Syntax errors keep serde_yaml's line and column; an
+/// empty file (or one of comments only) is an empty mapping.
+fn parse_document(text: &str, path: &Path) -> Result<Value, ConfigError> {
     let invalid = |message: String| ConfigError::Invalid {
         path: path.to_path_buf(),
         message,
     };
     // Through serde_yaml's own Value, which refuses duplicate keys.
-    let yaml: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    let yaml: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
     match serde_json::to_value(yaml).map_err(|e| invalid(e.to_string()))? {
         Value::Null => Ok(Value::Object(Map::new())),
         doc => Ok(doc),
