@@ -19,3 +19,4 @@ pub mod engine;
 pub mod registry;
 pub mod udp;
 pub mod validator;
+pub mod verify;
