@@ -15,6 +15,7 @@ use speedrelay::baseline;
 use speedrelay::config::{Algorithm, ChannelSettings};
 use speedrelay::decimator::{DecimatedBatch, Decimator};
 use speedrelay::validator::{Captured, Num, NumericKind, Validator};
+use speedrelay::verify;
 
 /// A target body: one input, panics on a finding.
 pub type Target = fn(&[u8]);
@@ -27,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("decimate", decimate),
     ("config", config),
     ("api_body", api_body),
+    ("verify", verify),
 ];
 
 /// The repository root, whichever crate includes this file (the fuzz crate
@@ -458,4 +460,57 @@ pub fn api_body(data: &[u8]) {
             }
         }
     }
+}
+
+/// `verify`: arbitrary bytes as an archive file, through the reader of
+/// `speedrelay verify`. Refuses or reports, never panics; the report is
+/// consistent (the readable part ends where the tail starts); cutting the
+/// file at `complete_len` (what `repair` keeps) gives a healthy file with
+/// the same blocks and records; and a healthy file is one apache-avro reads
+/// to the end, with as many records.
+pub fn verify(data: &[u8]) {
+    let Ok(report) = verify::scan_bytes(data) else {
+        return;
+    };
+    assert_eq!(report.file_len, data.len() as u64);
+    assert!(report.header_len <= report.complete_len && report.complete_len <= report.file_len);
+    match &report.tail {
+        None => assert_eq!(report.complete_len, report.file_len, "healthy = all read"),
+        Some(tail) => {
+            assert_eq!(
+                tail.offset, report.complete_len,
+                "tail starts where reading stopped"
+            );
+            assert!(report.complete_len < report.file_len, "a tail has bytes");
+        }
+    }
+    if report.header_len == 0 {
+        assert_eq!((report.blocks, report.records), (0, 0));
+        return;
+    }
+    let kept = &data[..report.complete_len as usize];
+    if report.tail.is_some() {
+        let after = verify::scan_bytes(kept).expect("the complete part scans");
+        assert!(
+            after.is_healthy(),
+            "the complete part is healthy: {:?}",
+            after.tail
+        );
+        assert_eq!(
+            (after.blocks, after.records),
+            (report.blocks, report.records)
+        );
+    }
+    let reader = match apache_avro::Reader::new(kept) {
+        Ok(r) => r,
+        Err(e) => panic!("verify reads a header apache-avro refuses: {e}"),
+    };
+    let mut records = 0u64;
+    for value in reader {
+        if let Err(e) = value {
+            panic!("verify passes a block apache-avro cannot read: {e}");
+        }
+        records += 1;
+    }
+    assert_eq!(records, report.records, "apache-avro reads as many records");
 }

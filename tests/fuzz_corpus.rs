@@ -68,10 +68,17 @@ fn api_body_corpus() {
     replay_target("api_body");
 }
 
+#[test]
+fn verify_corpus() {
+    replay_target("verify");
+}
+
 /// A target added to fuzz/targets.rs gets a test here too.
 #[test]
 fn every_target_is_replayed() {
-    let tested = ["validate", "schema", "decimate", "config", "api_body"];
+    let tested = [
+        "validate", "schema", "decimate", "config", "api_body", "verify",
+    ];
     for (name, _) in targets::TARGETS {
         assert!(tested.contains(name), "add a test replaying {name}");
     }

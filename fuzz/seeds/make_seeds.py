@@ -132,3 +132,41 @@ for route, body in bodies:
     write('api_body', bytes([route]) + json.dumps(body).encode())
 write('api_body', b'\x00{"name":')
 write('api_body', b'\x01' + b'[' * 200)
+
+# verify: archive files (Avro Object Container Files) in every codec the
+# reader supports, healthy and torn.
+import zlib, subprocess, binascii
+def ocf(schema_text, codec, blocks, sync=b'0123456789abcdef'):
+    meta = [(b'avro.schema', schema_text.encode())]
+    if codec is not None: meta.append((b'avro.codec', codec.encode()))
+    out = b'Obj\x01' + zz(len(meta)) + b''.join(s(k) + s(v) for k, v in meta) + zz(0) + sync
+    for records in blocks:
+        raw = b''.join(records)
+        if codec == 'deflate':
+            c = zlib.compressobj(6, zlib.DEFLATED, -15); body = c.compress(raw) + c.flush()
+        elif codec == 'zstandard':
+            body = subprocess.run(['zstd', '-q', '-c'], input=raw, capture_output=True, check=True).stdout
+        elif codec == 'snappy':
+            lit = bytearray()
+            for i in range(0, len(raw), 60):
+                chunk = raw[i:i+60]; lit.append((len(chunk) - 1) << 2); lit += chunk
+            body = zz(0)[:0] + uvarint(len(raw)) + bytes(lit) + struct.pack('>I', binascii.crc32(raw) & 0xffffffff)
+        else:
+            body = raw
+        out += zz(len(records)) + zz(len(body)) + body + sync
+    return out
+def uvarint(n):
+    out = bytearray()
+    while n >= 0x80: out.append((n & 0x7f) | 0x80); n >>= 7
+    out.append(n); return bytes(out)
+ex_schema = read('config/agents/example.avsc')
+recs = [example, zz(7) + s("x") + zz(-1) + f64(1.0) * 4]
+for codec in [None, 'null', 'deflate', 'snappy', 'zstandard']:
+    f = ocf(ex_schema, codec, [recs, recs[:1]])
+    write('verify', f)
+write('verify', ocf(ex_schema, 'deflate', [recs])[:-7])            # torn inside the last sync
+write('verify', ocf(ex_schema, None, [recs, recs])[:-30])         # torn inside a block
+write('verify', ocf(ex_schema, None, [])[:20])                     # torn header
+write('verify', ocf('"long"', None, [[zz(1), zz(2)]]) + b'\x02\x02\x00garbage-sync-xx')
+write('verify', ocf('{"type":"array","items":"int"}', 'null', [[zz(1) + zz(5) + zz(0)]]))
+write('verify', b'Obj')
