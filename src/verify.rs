@@ -403,6 +403,11 @@ fn read_header<R: Read>(input: &mut Input<R>) -> Result<Option<Header>, ScanErro
                     return Ok(None);
                 }
             }
+            // Metadata keys are Avro strings: Avro readers (apache-avro)
+            // refuse a file whose key is not UTF-8, so it is not healthy.
+            if std::str::from_utf8(&key).is_err() {
+                return Err(not_avro("metadata key is not UTF-8"));
+            }
             let text = || {
                 String::from_utf8(value.clone())
                     .map_err(|_| not_avro("metadata value is not UTF-8"))
