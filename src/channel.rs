@@ -79,6 +79,7 @@ pub struct BoundChannel {
     decimated: Vec<StdUdpSocket>,
     channel_dir: PathBuf,
     counters: Arc<ChannelCounters>,
+    batch_limit: usize,
 }
 
 impl BoundChannel {
@@ -130,7 +131,17 @@ impl BoundChannel {
             decimated,
             channel_dir,
             counters,
+            batch_limit: BATCH,
         })
+    }
+
+    /// Receives at most `limit` datagrams per system call (1..=64; 64 by
+    /// default). Not a user setting: the batching test runs the same input
+    /// with 1 and with 64 to show the batched path changes no output.
+    #[doc(hidden)]
+    pub fn with_batch_limit(mut self, limit: usize) -> Self {
+        self.batch_limit = limit;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -163,11 +174,13 @@ impl BoundChannel {
         let cancel = CancellationToken::new();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let slots = self.validator.numeric_slots().len();
+        let mut batch = RecvBatch::new(settings.socket.max_datagram as usize);
+        batch.set_limit(self.batch_limit);
         let task = ChannelTask {
             name: self.spec.name.clone(),
             port,
             socket,
-            batch: RecvBatch::new(settings.socket.max_datagram as usize),
+            batch,
             send: SendBatch::default(),
             decimator: Decimator::new(
                 self.validator.clone(),
@@ -372,7 +385,7 @@ impl ChannelTask {
                         if n > 0 {
                             self.process_batch().await;
                         }
-                        if n < BATCH {
+                        if n < self.batch.limit() {
                             break;
                         }
                     }

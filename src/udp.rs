@@ -158,6 +158,8 @@ pub struct RecvBatch {
     lens: [u32; BATCH],
     truncated: [bool; BATCH],
     len: usize,
+    /// Datagrams asked of one `recvmmsg` (1..=BATCH).
+    limit: usize,
     /// The kernel's drop count as last reported, if it reported one.
     pub kernel_drops: Option<u32>,
 }
@@ -184,8 +186,20 @@ impl RecvBatch {
             lens: [0; BATCH],
             truncated: [false; BATCH],
             len: 0,
+            limit: BATCH,
             kernel_drops: None,
         }
+    }
+
+    /// Takes at most `limit` datagrams per receive (clamped to 1..=BATCH);
+    /// 1 gives the single-datagram path the batching test compares against.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, BATCH);
+    }
+
+    /// Datagrams asked of one receive.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     pub fn len(&self) -> usize {
@@ -238,7 +252,7 @@ impl RecvBatch {
             libc::recvmmsg(
                 fd,
                 self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.limit as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
