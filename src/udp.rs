@@ -172,17 +172,16 @@ unsafe impl Send for RecvBatch {}
 unsafe impl Sync for RecvBatch {}
 
 impl RecvBatch {
-    /// `max_datagram` bytes per slot; no memory is mapped until the first
-    /// receive.
+    /// `max_datagram` bytes per slot. Nothing is allocated or mapped until
+    /// the first receive, so an idle channel costs a few hundred bytes here.
     pub fn new(max_datagram: usize) -> Self {
         let slot = max_datagram.max(1);
         Self {
             buf: None,
             slot,
-            cmsg: vec![0; CMSG_ROOM * BATCH],
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            iovs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            cmsg: Vec::new(),
+            hdrs: Vec::new(),
+            iovs: Vec::new(),
             lens: [0; BATCH],
             truncated: [false; BATCH],
             len: 0,
@@ -224,6 +223,10 @@ impl RecvBatch {
     fn recv_now(&mut self, fd: i32) -> io::Result<usize> {
         if self.buf.is_none() {
             self.buf = Some(PageBuf::map(self.slot * BATCH)?);
+            self.cmsg = vec![0; CMSG_ROOM * BATCH];
+            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
+            self.hdrs = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            self.iovs = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
         }
         let base = match &self.buf {
             Some(buf) => buf.ptr,
@@ -332,16 +335,13 @@ pub struct SendBatch {
 // `Loaded` borrows, and only dereferenced (by the kernel) while it lives.
 unsafe impl Send for SendBatch {}
 
+/// Empty: the headers are allocated by the first [`SendBatch::load`], so a
+/// channel that never forwards does not hold them.
 impl Default for SendBatch {
     fn default() -> Self {
         Self {
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            hdrs: (0..SEND_CAPACITY)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-            iovs: (0..SEND_CAPACITY)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
+            hdrs: Vec::new(),
+            iovs: Vec::new(),
         }
     }
 }
@@ -349,6 +349,15 @@ impl Default for SendBatch {
 impl SendBatch {
     /// Points the headers at up to [`SEND_CAPACITY`] datagrams, in order.
     pub fn load<'a>(&'a mut self, datagrams: impl Iterator<Item = &'a [u8]>) -> Loaded<'a> {
+        if self.hdrs.is_empty() {
+            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
+            self.hdrs = (0..SEND_CAPACITY)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect();
+            self.iovs = (0..SEND_CAPACITY)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect();
+        }
         let mut len = 0;
         for d in datagrams.take(SEND_CAPACITY) {
             self.iovs[len] = libc::iovec {
