@@ -14,6 +14,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -104,14 +105,23 @@ impl BoundChannel {
                 source,
             },
         )?;
-        // Linux reports twice the usable size; warn only when it is below the request.
-        if bound.recv_buffer_granted / 2 < sock.recv_buffer as usize {
-            tracing::warn!(
-                channel = %spec.name,
-                requested = sock.recv_buffer,
-                granted = bound.recv_buffer_granted / 2,
-                "receive buffer clamped by the kernel (raise net.core.rmem_max)"
-            );
+        // Linux reports twice the usable size; warn only when it is below
+        // the request, and once per process: the cause (net.core.rmem_max)
+        // is the same for every channel.
+        let granted = bound.recv_buffer_granted / 2;
+        if granted < sock.recv_buffer as usize {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Relaxed) {
+                tracing::warn!(
+                    channel = %spec.name,
+                    requested = sock.recv_buffer,
+                    granted,
+                    "receive buffer clamped by the kernel (raise net.core.rmem_max); \
+                     further channels clamped alike are logged at debug level"
+                );
+            } else {
+                tracing::debug!(channel = %spec.name, requested = sock.recv_buffer, granted, "receive buffer clamped");
+            }
         }
         let local_addr = bound
             .socket
@@ -397,7 +407,8 @@ impl ChannelTask {
     /// After a stop, processes what the kernel had already accepted.
     async fn drain_queued(&mut self) {
         for _ in 0..STOP_DRAIN_BATCHES {
-            match self.receive() {
+            let r = self.batch.recv_queued(&self.socket);
+            match r {
                 Ok(0) | Err(_) => return,
                 Ok(_) => self.process_batch().await,
             }

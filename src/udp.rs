@@ -278,11 +278,37 @@ impl RecvBatch {
     }
 
     /// Receives one batch if any datagram is queued, without waiting;
-    /// `Ok(0)` when the socket is drained (readiness is then cleared, so the
-    /// next `readable().await` sleeps until new data).
+    /// `Ok(0)` when the socket is drained. A batch shorter than the limit
+    /// also means the queue was empty when the call returned, so readiness
+    /// is cleared then too: the next `readable().await` sleeps until new
+    /// data (whose arrival wakes epoll again) instead of costing one more
+    /// `recvmmsg` that finds nothing.
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
-        match socket.try_io(Interest::READABLE, || self.recv_now(fd)) {
+        let mut got = 0;
+        let r = socket.try_io(Interest::READABLE, || {
+            got = self.recv_now(fd)?;
+            if got < self.limit {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.len = got;
+                Ok(got)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Like [`RecvBatch::try_recv`] but asks the kernel whatever tokio's
+    /// readiness says: for draining the queue after a stop, when readiness
+    /// may be stale because the runtime has not polled epoll since.
+    pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        match self.recv_now(socket.as_raw_fd()) {
             Ok(n) => Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.len = 0;
