@@ -19,7 +19,7 @@ if [ "${SPEEDRELAY_IN_NETNS:-}" != 1 ]; then
   exit
 fi
 ip link set lo up
-bin=target/release/speedrelay
+bin=${CARGO_TARGET_DIR:-target}/release/speedrelay
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/config"
 printf 'channels: []\nsocket: {bind: 127.0.0.1}\n' > "$work/config/relay.yaml"
