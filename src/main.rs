@@ -28,6 +28,11 @@ enum Command {
         /// A config directory (relay.yaml, optional global.yaml) or one YAML file.
         path: PathBuf,
     },
+    /// Manage the channels of a running relay through its HTTP API.
+    Channels(speedrelay::client::ChannelsArgs),
+    /// Send valid random records of a schema to a port: the demo source and
+    /// load generator.
+    Send(speedrelay::send::SendArgs),
 }
 
 #[derive(Parser, Default)]
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { path } => return check_config(&path),
+        Command::Channels(args) => speedrelay::client::run(args).map_err(|e| e.to_string()),
+        Command::Send(args) => speedrelay::send::run(args).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
