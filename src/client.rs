@@ -96,7 +96,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 pub enum ClientError {
     #[error("{url} is not a usable API URL: {reason}")]
     BadUrl { url: String, reason: String },
-    #[error("cannot connect to {url}: {source} (is `speedrelay serve` running there?)")]
+    #[error("cannot connect to {url} ({}): is `speedrelay serve` running there?", source.kind())]
     Connect { url: String, source: std::io::Error },
     #[error("no answer from {url} within {secs} s")]
     Timeout { url: String, secs: u64 },
@@ -139,7 +139,7 @@ pub fn run(args: ChannelsArgs) -> Result<(), ClientError> {
         match args.action {
             ChannelsAction::List { interval } => {
                 let table = list(&client, interval).await?;
-                print!("{table}");
+                out(&table);
             }
             ChannelsAction::Get { name } => {
                 let channel = client
@@ -149,27 +149,32 @@ pub fn run(args: ChannelsArgs) -> Result<(), ClientError> {
                         None,
                     )
                     .await?;
-                println!("{}", pretty(&channel));
+                out(&format!("{}\n", pretty(&channel)));
             }
             ChannelsAction::Add(add) => {
                 let body = registration(&add)?;
                 let answer = client.call(Method::POST, "/channels", Some(body)).await?;
-                println!(
-                    "{}",
-                    message_of(&answer, &format!("channel {} added", add.name))
-                );
+                let message = message_of(&answer, &format!("channel {} added", add.name));
+                out(&format!("{message}\n"));
             }
             ChannelsAction::Rm { name } => {
                 let path = format!("/channels/{}", encode_segment(&name));
                 let answer = client.call(Method::DELETE, &path, None).await?;
-                println!(
-                    "{}",
-                    message_of(&answer, &format!("channel {name} removed"))
-                );
+                let message = message_of(&answer, &format!("channel {name} removed"));
+                out(&format!("{message}\n"));
             }
         }
         Ok(())
     })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// The API's base address and credentials.

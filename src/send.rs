@@ -155,13 +155,15 @@ pub fn run(args: SendArgs) -> Result<(), SendError> {
         duration: args.duration.map(Duration::from_secs_f64),
     };
     let report = Sender::connect(addr, pool)?.run(limits, &STOP)?;
-    println!(
-        "sent {} records ({}) to {addr} in {:.3} s: {:.0} records/s",
+    let summary = format!(
+        "sent {} records ({}) to {addr} in {:.3} s: {:.0} records/s\n",
         report.records,
         crate::client::human_bytes(report.bytes),
         report.elapsed.as_secs_f64(),
         report.rate()
     );
+    // A closed stdout (`| head`) must not turn a finished run into a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), summary.as_bytes());
     if report.refused > 0 {
         eprintln!(
             "speedrelay: {addr} refused {} sends: is a channel listening on port {}?",

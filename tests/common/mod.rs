@@ -276,3 +276,55 @@ pub fn http(
     let json = serde_json::from_str(body).unwrap_or(Json::String(body.to_string()));
     (status, json)
 }
+
+/// `speedrelay serve` (the real binary) on `config` with its API on an
+/// ephemeral loopback port and `env` set; returns once it logs that it
+/// runs, with the API's address read from that log line.
+pub fn start_relay_process(
+    config: &Path,
+    data: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--api", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env_remove("SPEEDRELAY_API_TOKEN")
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while !line.contains("speedrelay running") {
+        line.clear();
+        assert!(Instant::now() < deadline, "relay did not start");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "relay exited early"
+        );
+    }
+    let api = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no api= in {line:?}"));
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, api)
+}
+
+/// SIGTERM, then asserts a clean exit (every archive flushed and closed).
+pub fn stop_relay_process(mut child: std::process::Child) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(
+        child.wait().unwrap().success(),
+        "relay did not exit cleanly"
+    );
+}
