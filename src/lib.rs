@@ -21,3 +21,4 @@ pub mod registry;
 pub mod send;
 pub mod udp;
 pub mod validator;
+pub mod verify;
