@@ -31,8 +31,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// `speedrelay channels …`
 #[derive(Debug, clap::Args)]
 pub struct ChannelsArgs {
-    /// Base URL of the relay's API (http only). The token, if the relay
-    /// has one, is taken from the environment variable SPEEDRELAY_API_TOKEN.
+    /// Base URL of the relay's API (http only).
+    ///
+    /// The token, if the relay has one, is taken from the environment
+    /// variable SPEEDRELAY_API_TOKEN and sent as `Authorization: Bearer`.
     #[arg(long, env = "SPEEDRELAY_URL", default_value = DEFAULT_URL, global = true)]
     pub url: String,
     #[command(subcommand)]
@@ -41,10 +43,12 @@ pub struct ChannelsArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ChannelsAction {
-    /// A table of every channel: name, port, status, packets/s, packets,
-    /// invalid, kernel drops, archive size. The relay reports cumulative
-    /// counters only, so packets/s is computed from two samples taken
-    /// --interval seconds apart.
+    /// A table of every channel with its status and counters.
+    ///
+    /// Columns: name, port, status, packets/s, packets, invalid, drops
+    /// (datagrams the kernel dropped because the receive buffer was full),
+    /// archive size. The relay reports cumulative counters only, so
+    /// packets/s is computed from two samples taken --interval seconds apart.
     List {
         /// Seconds between the two samples packets/s is computed from;
         /// 0 takes one sample and leaves the rate column out.

@@ -32,6 +32,11 @@ enum Command {
     Channels(speedrelay::client::ChannelsArgs),
     /// Send valid random records of a schema to a port: the demo source and
     /// load generator.
+    ///
+    /// Every Avro type is filled with random values; a `long` field named
+    /// `time` gets the current time in nanoseconds. 1024 records are
+    /// generated up front and cycled through, sent in batches (sendmmsg).
+    /// Prints the achieved rate at the end.
     Send(speedrelay::send::SendArgs),
     /// Check archive files: schema, codec, blocks, records, and whether the
     /// tail is torn (a crash or a full disk). One line per file. Exit status:

@@ -42,6 +42,8 @@ const MAX_ITEMS: u64 = 4;
 const MAX_STRING: u64 = 16;
 /// Pacing never sleeps less than this: more datagrams per wake-up instead.
 const MIN_TICK: Duration = Duration::from_millis(1);
+/// Nor longer than this, so Ctrl-C is seen promptly even at 1 record/s.
+const MAX_TICK: Duration = Duration::from_millis(50);
 
 /// `speedrelay send …`
 #[derive(Debug, Clone, clap::Args)]
@@ -254,9 +256,10 @@ impl Sender {
             refused: 0,
         };
         let rate = limits.rate as f64;
-        // Up to 20 ms of records may go in one burst after a stall, and at
-        // least one full batch, so high rates are not held back by MIN_TICK.
-        let burst = (rate * 0.02).max(BATCH as f64);
+        // Credit is kept for up to 100 ms of records (at least one batch):
+        // enough that a sleep overshooting on a busy machine is made up,
+        // not so much that a long stall (SIGSTOP) turns into a flood.
+        let burst = (rate * 0.1).max(BATCH as f64);
         let mut tokens = 1.0f64;
         let mut refilled = start;
         let mut cursor = 0usize;
@@ -279,7 +282,8 @@ impl Sender {
                 tokens = (tokens + rate * (now - refilled).as_secs_f64()).min(burst);
                 refilled = now;
                 if tokens < 1.0 {
-                    let mut nap = Duration::from_secs_f64((1.0 - tokens) / rate).max(MIN_TICK);
+                    let mut nap =
+                        Duration::from_secs_f64((1.0 - tokens) / rate).clamp(MIN_TICK, MAX_TICK);
                     if let Some(d) = deadline {
                         nap = nap.min(d.saturating_duration_since(now));
                     }
