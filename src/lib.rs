@@ -16,6 +16,8 @@ pub mod config;
 pub mod counters;
 pub mod decimator;
 pub mod engine;
+pub mod metrics;
 pub mod registry;
 pub mod udp;
 pub mod validator;
+pub mod web;
