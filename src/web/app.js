@@ -134,7 +134,7 @@ function el(tag, attrs, text) {
 
 function errorText(e) {
   let msg = e.message;
-  if (e.body && e.body.used_by) msg += ` (used by channel ${e.body.used_by})`;
+  if (e.body && e.body.used_by && !msg.includes(e.body.used_by)) msg += ` (used by channel ${e.body.used_by})`;
   if (e.body && e.body.details) {
     const d = Array.isArray(e.body.details) ? e.body.details.join('; ') : String(e.body.details);
     if (d) msg += ': ' + d;
@@ -339,6 +339,14 @@ function fieldFor(field) {
   return FIELD_ERRORS[field] || null;
 }
 
+/** The form field an API error is about: its `field`, or for a 409 the
+ *  name or the port, whichever is taken. */
+function fieldOf(err) {
+  if (err.field) return err.field;
+  if (err.status === 409) return /channel named/.test(err.message) ? 'name' : 'port';
+  return null;
+}
+
 function clearFormErrors() {
   for (const id of ['f-name', 'f-port', 'f-factor', 'f-algorithm', 'f-schema-file', 'f-schema-path']) {
     $(id).removeAttribute('aria-invalid');
@@ -450,7 +458,7 @@ async function onRegister(e) {
       suggested = null;
       await Promise.all([refresh(), suggestPort(true)]);
     } catch (err) {
-      formError(err.field, errorText(err), true);
+      formError(fieldOf(err), errorText(err), true);
     }
   } finally {
     submit.disabled = false;
