@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod registry;
 pub mod udp;
 pub mod validator;
+pub mod verify;
 pub mod web;
