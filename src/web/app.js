@@ -258,6 +258,8 @@ async function refresh() {
     }
     setConnection(false, errorText(e));
   }
+  // Two refreshes may overlap (one after a registration): keep one timer.
+  clearTimeout(refreshTimer);
   refreshTimer = setTimeout(refresh, REFRESH_MS);
 }
 
