@@ -213,6 +213,11 @@ def token_flow(driver):
     field.send_keys("not-the-token", Keys.ENTER)
     wait(driver, "the refusal", lambda d: visible_text(d, "f-token-error"))
     check(dialog.is_displayed(), "still asking")
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    shot(driver, "web-token-dark.png")
     field.send_keys(ARGS["token"], Keys.ENTER)
     wait(driver, "the token dialog to close", lambda d: not dialog.is_displayed())
     wait(driver, "row " + ARGS["token_existing"], lambda d: row(d, ARGS["token_existing"]))
