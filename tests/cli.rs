@@ -87,7 +87,8 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
 async fn every_subcommand_against_a_running_relay() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (relay, api) = start_relay_process(&empty_config(dir.path()), &data, &[]);
+    let relay = Relay::start(&empty_config(dir.path()), &data, &[]);
+    let api = relay.api;
     let example = repo_file("config/agents/example.avsc");
     let example = example.to_str().unwrap();
 
@@ -297,7 +298,7 @@ async fn every_subcommand_against_a_running_relay() {
     let gone = one_line_failure(channels(api, &["rm", "demo"], &[]));
     assert_eq!(gone, "speedrelay: no channel named demo (404)");
 
-    stop_relay_process(relay);
+    relay.stop();
 }
 
 #[test]
@@ -326,11 +327,12 @@ fn refused_connection_and_bad_url_are_one_line() {
 #[test]
 fn token_and_url_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let (relay, api) = start_relay_process(
+    let relay = Relay::start(
         &empty_config(dir.path()),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", "s3cret")],
     );
+    let api = relay.api;
     let denied = one_line_failure(channels(api, &["list"], &[]));
     assert!(
         denied.contains("(401)") && denied.contains("set SPEEDRELAY_API_TOKEN"),
@@ -361,5 +363,5 @@ fn token_and_url_come_from_the_environment() {
         .output()
         .unwrap();
     assert_eq!(ok(o), "no channels registered\n");
-    stop_relay_process(relay);
+    relay.stop();
 }

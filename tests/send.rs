@@ -73,7 +73,8 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
     const N: u64 = 600;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let (relay, api) = start_relay_process(&empty_config(dir.path()), &data, &[]);
+    let relay = Relay::start(&empty_config(dir.path()), &data, &[]);
+    let api = relay.api;
     let schemas = [
         ("example", repo_file("config/agents/example.avsc")),
         ("temperature", repo_file("config/agents/temperature.avsc")),
@@ -119,7 +120,7 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
         assert!(s.get("last_invalid").is_none(), "{name}: {s}");
     }
     // SIGTERM closes every archive: then exactly N records each.
-    stop_relay_process(relay);
+    relay.stop();
     for (name, path) in &schemas {
         let text = std::fs::read_to_string(path).unwrap();
         let datums = archived_datums(&data, name, &text);
