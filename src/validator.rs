@@ -373,6 +373,20 @@ impl Validator {
         self.check::<true>(&self.full, datum, out)
     }
 
+    /// Checks that `data` starts with one datum of the schema and returns
+    /// its length: how records packed back to back (an archive block) are
+    /// walked. Off the hot path: reading archives back.
+    pub fn validate_prefix(&self, data: &[u8]) -> Result<usize, InvalidDatum> {
+        if u32::try_from(data.len()).map_or(true, |n| n == u32::MAX) {
+            return Err(InvalidDatum::at(InvalidKind::Oversized, 0));
+        }
+        if self.full.needs_stack {
+            run::<false, MAX_DEPTH>(&self.full, data, &mut [])
+        } else {
+            run::<false, 0>(&self.full, data, &mut [])
+        }
+    }
+
     #[inline]
     fn check<const CAPTURE: bool>(
         &self,
