@@ -123,7 +123,11 @@ impl Subject {
 struct Figures {
     flood_rate: f64,
     flood_loss: f64,
+    /// Share of the flood dropped at the subject's socket and at the sink's.
+    flood_drop_in: f64,
+    flood_drop_sink: f64,
     loss_at_100k: f64,
+    drop_in_100k: f64,
     max_paced: f64,
     cpu_per_million: f64,
 }
@@ -138,7 +142,10 @@ impl Figures {
         Figures {
             flood_rate: m(|f| f.flood_rate),
             flood_loss: m(|f| f.flood_loss),
+            flood_drop_in: m(|f| f.flood_drop_in),
+            flood_drop_sink: m(|f| f.flood_drop_sink),
             loss_at_100k: m(|f| f.loss_at_100k),
+            drop_in_100k: m(|f| f.drop_in_100k),
             max_paced: m(|f| f.max_paced),
             cpu_per_million: m(|f| f.cpu_per_million),
         }
@@ -149,10 +156,13 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "flood {:>8.0} rec/s (loss {:5.1} %) | loss at 100k/s {:6.3} % | max paced {:>7.0}/s | CPU {:.3} s per 1M rec at 50k/s",
+            "flood {:>8.0} rec/s (loss {:5.1} %: {:.1} % at its socket, {:.1} % at the sink) | loss at 100k/s {:6.3} % ({:.3} % at its socket) | max paced {:>7.0}/s | CPU {:.3} s per 1M rec at 50k/s",
             self.flood_rate,
             self.flood_loss * 100.0,
+            self.flood_drop_in * 100.0,
+            self.flood_drop_sink * 100.0,
             self.loss_at_100k * 100.0,
+            self.drop_in_100k * 100.0,
             self.max_paced,
             self.cpu_per_million
         )
@@ -174,9 +184,18 @@ fn print_table(size: usize, c: &Figures, r: &Figures) {
         r.flood_loss * 100.0
     );
     println!(
-        "| loss at 100,000/s paced | {:.3} % | {:.3} % | |",
+        "| of which dropped at the subject's socket / at the sink | {:.1} % / {:.1} % | {:.1} % / {:.1} % | |",
+        c.flood_drop_in * 100.0,
+        c.flood_drop_sink * 100.0,
+        r.flood_drop_in * 100.0,
+        r.flood_drop_sink * 100.0
+    );
+    println!(
+        "| loss at 100,000/s paced (at the subject's socket) | {:.3} % ({:.3} %) | {:.3} % ({:.3} %) | |",
         c.loss_at_100k * 100.0,
-        r.loss_at_100k * 100.0
+        c.drop_in_100k * 100.0,
+        r.loss_at_100k * 100.0,
+        r.drop_in_100k * 100.0
     );
     println!(
         "| highest paced rate with < 0.1 % loss (records/s) | {:.0} | {:.0} | {:.2} |",
@@ -462,9 +481,27 @@ impl Generator {
     }
 }
 
+/// Datagrams the kernel dropped at a full receive queue of the UDP socket
+/// bound to `port` in this namespace (the last column of /proc/net/udp).
+fn socket_drops(port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1)?.ends_with(&want)).then(|| f.last()?.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
 struct Trial {
     sent: u64,
     delivered: u64,
+    /// Dropped at the subject's receive queue and at the sink's.
+    drops_in: u64,
+    drops_sink: u64,
     /// From the first send to the last arrival.
     secs: f64,
     cpu: f64,
@@ -485,15 +522,21 @@ fn trial(
     limit: Duration,
 ) -> Trial {
     let before = sink.settle();
+    let in0: u64 = served.ports.iter().map(|&p| socket_drops(p)).sum();
+    let sink0 = socket_drops(sink.port);
     let cpu0 = cpu_secs(served.child.id());
     let t0 = sink.epoch.elapsed().as_nanos() as u64;
     let (sent, _) = generator.run(rate, count, limit);
     let after = sink.settle();
     let cpu1 = cpu_secs(served.child.id());
+    let in1: u64 = served.ports.iter().map(|&p| socket_drops(p)).sum();
+    let sink1 = socket_drops(sink.port);
     let last = sink.last_ns.load(Relaxed).max(t0 + 1);
     Trial {
         sent,
         delivered: after - before,
+        drops_in: in1 - in0,
+        drops_sink: sink1 - sink0,
         secs: (last - t0) as f64 / 1e9,
         // The idle settling time costs an idle subject nothing.
         cpu: cpu1 - cpu0,
@@ -566,7 +609,10 @@ fn measure(subject: Subject, record: &[u8]) -> Figures {
     Figures {
         flood_rate,
         flood_loss: flood.loss(),
+        flood_drop_in: flood.drops_in as f64 / flood.sent.max(1) as f64,
+        flood_drop_sink: flood.drops_sink as f64 / flood.sent.max(1) as f64,
         loss_at_100k: at_100k.loss(),
+        drop_in_100k: at_100k.drops_in as f64 / at_100k.sent.max(1) as f64,
         max_paced: lo as f64 * 10_000.0,
         cpu_per_million: cpu.cpu / (cpu.sent as f64 / 1e6),
     }
