@@ -40,7 +40,7 @@ wakeups() { # pid -> runs of all its threads so far
 idle() { # pid -> "RSS KiB, wake-ups in 10 s"
   sleep 1
   local w0; w0=$(wakeups "$1"); sleep 10; local w1; w1=$(wakeups "$1")
-  echo "RSS $(awk '/VmRSS/ {print $2}' /proc/"$1"/status) KiB, $((w1 - w0)) wake-ups in 10 s idle"
+  echo "RSS $(awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2} END {print r " KiB (anonymous " a ", file-backed " f ")"}' /proc/"$1"/status), $((w1 - w0)) wake-ups in 10 s idle"
 }
 echo "binary: $(stat -c %s "$bin") bytes ($bin, stripped by the release profile)"
 
