@@ -245,6 +245,8 @@ enum Command {
         full_rate: Vec<UdpSocket>,
         decimated: Vec<UdpSocket>,
     },
+    /// Fault injection: the task panics, as a bug in it would.
+    Panic,
 }
 
 /// The running channel, as its owner sees it. Dropping it does not stop the
@@ -282,6 +284,13 @@ impl ChannelHandle {
         self.commands
             .send(command)
             .map_err(|_| ChannelError::Task("channel task is not running".into()))
+    }
+
+    /// Fault injection for tests: makes the channel task panic between two
+    /// batches, as a bug would, so its supervisor's restart can be tested.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        let _ = self.commands.send(Command::Panic);
     }
 
     /// Resolves when the task ends on its own (an error or a panic); a
@@ -538,6 +547,7 @@ impl ChannelTask {
                 }
                 tracing::info!(channel = %self.name, "channel reconfigured");
             }
+            Command::Panic => panic!("injected fault: channel {} panics", self.name),
         }
     }
 }

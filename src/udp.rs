@@ -368,6 +368,8 @@ impl Loaded<'_> {
         let fd = socket.as_raw_fd();
         let n = self.len;
         let mut done = 0;
+        // Whether the datagram at `done` already met a stale refusal.
+        let mut refused_once = false;
         while done < n {
             let SendBatch { hdrs, iovs } = &mut *self.batch;
             for i in done..n {
@@ -399,6 +401,7 @@ impl Loaded<'_> {
                 Ok(sent) => {
                     done += sent;
                     report.sent += sent as u64;
+                    refused_once = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let ready = tokio::time::timeout(SEND_STALL, socket.writable()).await;
@@ -408,7 +411,16 @@ impl Loaded<'_> {
                         return report;
                     }
                 }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
+                    // An ICMP refusal of an earlier datagram, reported now:
+                    // it is counted, but this datagram was not sent. Sent
+                    // again, it reaches a destination that is back up.
+                    report.failed += 1;
+                    report.last_errno = libc::ECONNREFUSED;
+                    refused_once = true;
+                }
                 Err(e) => {
+                    refused_once = false;
                     // The datagram at `done` failed (ICMP unreachable reported
                     // late, no route, too big…): count it and go on.
                     report.failed += 1;
