@@ -340,8 +340,19 @@ impl Drop for Relay {
 /// 127.0.0.1:0` with `env` added, and returns once it logs that it runs.
 /// Panics (with its stderr) if it exits first.
 pub fn spawn_relay(config: &Path, data: &Path, env: &[(&str, &str)]) -> Relay {
+    spawn_relay_bin(
+        Path::new(env!("CARGO_BIN_EXE_speedrelay")),
+        config,
+        data,
+        env,
+    )
+}
+
+/// [`spawn_relay`] with another build of the binary (a release build, for
+/// figures).
+pub fn spawn_relay_bin(bin: &Path, config: &Path, data: &Path, env: &[(&str, &str)]) -> Relay {
     use std::io::BufRead;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+    let mut cmd = std::process::Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(config)
         .arg("--data-dir")
