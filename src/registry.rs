@@ -23,6 +23,7 @@
 //! time, so async callers should use `tokio::task::spawn_blocking`.
 
 use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -152,10 +153,32 @@ impl Registry {
     /// migration steps forward to [`CURRENT_VERSION`] in one write transaction.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| RegistryError::Storage {
-                path: path.to_path_buf(),
-                detail: format!("cannot create directory {}: {e}", parent.display()),
-            })?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(parent)
+                .map_err(|e| RegistryError::Storage {
+                    path: path.to_path_buf(),
+                    detail: format!("cannot create directory {}: {e}", parent.display()),
+                })?;
+        }
+        // redb would create the file with the umask's mode (usually 0644):
+        // create it first, readable by the owner's group only. redb
+        // initialises an empty file; an existing file keeps its mode.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(RegistryError::Storage {
+                    path: path.to_path_buf(),
+                    detail: format!("cannot create the file: {e}"),
+                });
+            }
         }
         let registry = Registry {
             db: RwLock::new(Some(open_database(path)?)),

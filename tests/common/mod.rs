@@ -351,18 +351,24 @@ pub fn spawn_relay(config: &Path, data: &Path, env: &[(&str, &str)]) -> Relay {
 /// [`spawn_relay`] with another build of the binary (a release build, for
 /// figures).
 pub fn spawn_relay_bin(bin: &Path, config: &Path, data: &Path, env: &[(&str, &str)]) -> Relay {
-    use std::io::BufRead;
     let mut cmd = std::process::Command::new(bin);
     cmd.args(["serve", "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data)
         .args(["--api", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped());
+        .env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
     }
+    spawn_relay_command(cmd)
+}
+
+/// Starts a prepared `speedrelay serve` command (stderr is captured) and
+/// returns once it logs that it runs.
+pub fn spawn_relay_command(mut cmd: std::process::Command) -> Relay {
+    use std::io::BufRead;
+    cmd.stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("binary starts");
     let stderr = child.stderr.take().expect("piped stderr");
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
