@@ -393,7 +393,9 @@ impl ChannelTask {
     /// After a stop, processes what the kernel had already accepted.
     async fn drain_queued(&mut self) {
         for _ in 0..STOP_DRAIN_BATCHES {
-            match self.receive() {
+            // Straight to the kernel: a stop right after datagrams arrived
+            // may come before tokio saw the socket readable.
+            match self.batch.recv_queued(&self.socket) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => self.process_batch().await,
             }
