@@ -376,14 +376,23 @@ impl ChannelTask {
                 _ = &mut self.flush_timer, if self.block_count > 0 => self.ship_block(),
                 ready = self.socket.readable() => {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                    let mut more = true;
                     for _ in 0..DRAIN_BATCHES {
                         let n = self.receive()?;
                         if n > 0 {
                             self.process_batch().await;
                         }
                         if n < BATCH {
+                            more = false;
                             break;
                         }
+                    }
+                    // Still flooded: let the other tasks of this worker (the
+                    // API, quieter channels) run. tokio's budget alone only
+                    // yields after 128 wake-ups, 131,072 datagrams here,
+                    // which kept a flooded worker from the API for seconds.
+                    if more {
+                        tokio::task::yield_now().await;
                     }
                 }
             }

@@ -114,6 +114,7 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     let paced_n = (flood_secs * 2000.0) as u64;
     let records = example_records(paced_n);
 
+    let tcp_before = tcp_counters();
     let stop = Arc::new(AtomicBool::new(false));
     let floods: Vec<_> = flooded
         .iter()
@@ -190,6 +191,15 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     stop.store(true, Ordering::Relaxed);
     let sent: Vec<u64> = floods.into_iter().map(|t| t.join().unwrap()).collect();
 
+    let tcp_after = tcp_counters();
+    let tcp: Vec<String> = tcp_after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - tcp_before.get(k).copied().unwrap_or(0);
+            (d != 0).then(|| format!("{k} +{d}"))
+        })
+        .collect();
+    eprintln!("TCP counters during the flood: {}", tcp.join(", "));
     let health_p99 = summary("GET /health under load", health);
     let post_p99 = summary("POST /channels under load", post);
     summary("DELETE /channels/{name} under load", delete);
@@ -203,11 +213,11 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
             stats["kernel_drops"]
         );
     }
-    // Responsive: generous bounds, not a performance target. A lone ~1 s
-    // sample is a TCP SYN retransmitted because the flood overflows
-    // loopback's input queue (net.core.netdev_max_backlog), not the relay.
-    assert!(health_p99 < Duration::from_secs(4), "{health_p99:?}");
-    assert!(post_p99 < Duration::from_secs(8), "{post_p99:?}");
+    // Responsive: generous bounds (debug build, shared 2-core machine:
+    // p99 about 0.14 s), not a performance target. Before channels yielded
+    // when still flooded, a flooded worker kept the API waiting 1-3 s.
+    assert!(health_p99 < Duration::from_secs(1), "{health_p99:?}");
+    assert!(post_p99 < Duration::from_secs(3), "{post_p99:?}");
 
     // The paced channel lost nothing: forwarded in order, all archived.
     assert!(
@@ -222,6 +232,41 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
         archived_datums(&data, "paced", EXAMPLE_SCHEMA) == records,
         "the paced channel's archive holds every record"
     );
+}
+
+/// TCP drop and retransmission counters of this network namespace
+/// (/proc/net/netstat and /proc/net/snmp), to explain latency outliers.
+fn tcp_counters() -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for file in ["/proc/net/netstat", "/proc/net/snmp"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let section = names.split(':').next().unwrap_or("");
+            for (k, v) in names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .skip(1)
+            {
+                let wanted = [
+                    "ListenDrops",
+                    "ListenOverflows",
+                    "TCPReqQFullDrop",
+                    "TCPBacklogDrop",
+                    "RetransSegs",
+                    "TCPSynRetrans",
+                    "TCPTimeouts",
+                    "InErrors",
+                    "RcvbufErrors",
+                ];
+                if wanted.contains(&k) {
+                    out.insert(format!("{section}.{k}"), v.parse().unwrap_or(0));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Threads of the relay process.
