@@ -214,7 +214,18 @@ fn thousands_of_idle_connections_do_not_lock_out_a_fresh_client() {
     let prober = Prober::start(relay.api);
     std::thread::sleep(Duration::from_millis(500));
     prober.check(Duration::from_secs(5));
+    let before = relay.fd_count();
     drop(idle);
+    // Every closed connection's descriptor is released.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.fd_count() > 64 {
+        assert!(
+            Instant::now() < deadline,
+            "the relay still holds {} descriptors (had {before})",
+            relay.fd_count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_alive(&mut relay);
 }
 
