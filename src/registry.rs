@@ -136,6 +136,12 @@ pub struct Registry {
     /// refuses every later operation until reopened, so the next operation
     /// reopens it and the registry recovers once the fault clears.
     broken: AtomicBool,
+    /// Whether the file was found missing from `path` (its directory
+    /// removed, say): the open database lives on in the deleted file, so
+    /// the next write first writes every row to a new file at `path`.
+    /// Checked before each write (one `stat`): acknowledged registrations
+    /// must survive a restart.
+    removed: AtomicBool,
     /// Kept for error messages: every error names the file.
     path: PathBuf,
 }
@@ -183,6 +189,7 @@ impl Registry {
         let registry = Registry {
             db: RwLock::new(Some(open_database(path)?)),
             broken: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             path: path.to_path_buf(),
         };
         registry.migrate()?;
@@ -225,10 +232,73 @@ impl Registry {
         if !self.broken.load(Ordering::Acquire) {
             return Ok(());
         }
+        if !self.path.exists() {
+            // Reopening would start an empty registry: keep the old one.
+            return Err(RegistryError::Storage {
+                path: self.path.clone(),
+                detail: "the file was removed after an I/O error; restart to recover".into(),
+            });
+        }
         guard.take();
         *guard = Some(open_database(&self.path)?);
         self.broken.store(false, Ordering::Release);
         tracing::info!(path = %self.path.display(), "registry reopened after an I/O error");
+        Ok(())
+    }
+
+    /// When the file is gone from `path`, writes every row of the open
+    /// database to a new file there (built beside it, then renamed into
+    /// place) and continues with that one.
+    fn rewrite_if_removed(&self) -> Result<(), RegistryError> {
+        if self.path.exists() && !self.removed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.removed.store(true, Ordering::Release);
+        let op = "rewrite the removed file";
+        tracing::warn!(path = %self.path.display(),
+            "registry file was removed while open; writing it again from the open database");
+        let storage = |detail: String| RegistryError::Storage {
+            path: self.path.clone(),
+            detail: format!("{op}: {detail}"),
+        };
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(parent)
+                .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let fresh = self.path.with_extension("redb.rewrite");
+        let _ = fs::remove_file(&fresh);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&fresh)
+            .map_err(|e| storage(format!("cannot create {}: {e}", fresh.display())))?;
+        let new_db = open_database(&fresh)?;
+        let old = self.with_db(op, |db| db.begin_read().map_err(Into::into))?;
+        let txn = new_db.begin_write().at(&self.path, op)?;
+        macro_rules! copy_table {
+            ($table:expr) => {{
+                let from = old.open_table($table).at(&self.path, op)?;
+                let mut to = txn.open_table($table).at(&self.path, op)?;
+                for row in from.iter().at(&self.path, op)? {
+                    let (k, v) = row.at(&self.path, op)?;
+                    to.insert(k.value(), v.value()).at(&self.path, op)?;
+                }
+            }};
+        }
+        copy_table!(CHANNELS);
+        copy_table!(PORTS);
+        copy_table!(DELETED);
+        copy_table!(META);
+        txn.commit().at(&self.path, op)?;
+        drop(old);
+        fs::rename(&fresh, &self.path).map_err(|e| storage(format!("rename: {e}")))?;
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(new_db);
+        self.removed.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "registry file written again");
         Ok(())
     }
 
@@ -469,6 +539,7 @@ impl Registry {
         op: &str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
+        self.rewrite_if_removed()?;
         let txn = self.with_db(op, |db| db.begin_write().map_err(Into::into))?;
         match f(&txn) {
             Ok(value) => {

@@ -542,3 +542,47 @@ async fn a_panicking_channel_task_is_restarted_by_its_supervisor() {
         "{archived:?}"
     );
 }
+
+#[test]
+fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = loopback_config(dir.path(), 20);
+    let relay = spawn_relay(&config, &data, &[]);
+    let port = free_port();
+    assert_eq!(register_example(relay.api, "kept", port, json!({})).0, 201);
+    send(relay.api, "kept", port, &records(0, 100));
+    wait_for("the first file", T, || {
+        channel(relay.api, "kept")["stats"]["archive_files"] == 1
+    });
+    // Everything goes: the registry file and the archives.
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // The next registration writes the registry again, with every row.
+    let (status, body) = register_example(relay.api, "new", free_port(), json!({}));
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        relay
+            .log_text()
+            .contains("registry file was removed while open")
+    );
+    let after = records(100, 100);
+    send(relay.api, "kept", port, &after);
+    wait_for("a new archive file", T, || {
+        channel(relay.api, "kept")["stats"]["archive_files"] == 2
+    });
+    assert!(relay.terminate().success());
+    assert!(archived_numbers(&data, "kept").ends_with(&(100..200).collect::<Vec<_>>()));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("registry.redb"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o640);
+
+    // Both registrations survive a restart.
+    let relay = spawn_relay(&config, &data, &[]);
+    assert_eq!(channel(relay.api, "kept")["status"], "active");
+    assert_eq!(channel(relay.api, "new")["status"], "active");
+    assert!(relay.terminate().success());
+}
