@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::{Engine, EngineError, Registration, check_name};
+use crate::metrics::{self, RequestCounts, Route};
 
 /// Requests with a larger body get 413 (SPEC §5).
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
@@ -91,6 +92,7 @@ pub async fn serve(
         engine,
         options,
         own_port,
+        requests: RequestCounts::default(),
     });
     let tracker = TaskTracker::new();
     let open = Arc::new(OpenConnections::default());
@@ -223,6 +225,8 @@ struct Api {
     options: ApiOptions,
     /// The API's own TCP port: refused for a channel, to keep the two apart.
     own_port: u16,
+    /// Answers given, by route template and status, for `/metrics`.
+    requests: RequestCounts,
 }
 
 /// An error answer: `{error, field?, details?}` plus any route-specific
@@ -328,10 +332,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Api {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        match self.route(req).await {
+        let route = Route::of(req.uri().path());
+        let method = req.method().clone();
+        let resp = match self.route(req).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
-        }
+        };
+        self.requests.record(route, &method, resp.status().as_u16());
+        resp
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -353,8 +361,22 @@ impl Api {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let method = req.method().clone();
-        let Some(rest) = path.strip_prefix(PREFIX) else {
-            return Err(ApiError::not_found(format!("no route for {path}")));
+        // The page's files hold no data and a browser navigation cannot send
+        // a token, so they are public; the page asks for the token on a 401.
+        if let Some(asset) = crate::web::asset(&path) {
+            return match method {
+                Method::GET | Method::HEAD => Ok(asset.response()),
+                _ => Err(ApiError::method("GET, HEAD")),
+            };
+        }
+        // `/metrics` is where Prometheus looks; it is `/api/v1/metrics` too.
+        let rest = if path == "/metrics" {
+            "/metrics"
+        } else {
+            match path.strip_prefix(PREFIX) {
+                Some(rest) => rest,
+                None => return Err(ApiError::not_found(format!("no route for {path}"))),
+            }
         };
         let segments: Vec<&str> = rest.split('/').skip(1).collect();
         let public = segments == ["health"] && method == Method::GET;
@@ -371,6 +393,8 @@ impl Api {
                 "version": env!("CARGO_PKG_VERSION"),
             })),
             (["health"], _) => Err(ApiError::method("GET")),
+            (["metrics"], &Method::GET) => self.metrics().await,
+            (["metrics"], _) => Err(ApiError::method("GET")),
             (["channels"], &Method::GET) => self.list(&query),
             (["channels"], &Method::POST) => {
                 let body = read_json(req).await?;
@@ -412,6 +436,33 @@ impl Api {
             (["ports", _, "status"], _) => Err(ApiError::method("GET")),
             _ => Err(ApiError::not_found(format!("no route for {path}"))),
         }
+    }
+
+    async fn metrics(&self) -> Reply {
+        let channels = self.engine.list();
+        let engine = self.engine.clone();
+        // A redb read and a stat: cheap, but blocking.
+        let (registry_channels, registry_file_bytes) = tokio::task::spawn_blocking(move || {
+            let registry = engine.registry();
+            let len = registry.len().ok();
+            let size = std::fs::metadata(registry.path()).ok().map(|m| m.len());
+            (len, size)
+        })
+        .await
+        .unwrap_or((None, None));
+        let text = metrics::render(&metrics::Exposition {
+            channels: &channels,
+            registry_channels,
+            registry_file_bytes,
+            requests: &self.requests,
+            resident_memory_bytes: metrics::resident_memory_bytes(),
+        });
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
+        );
+        Ok(resp)
     }
 
     fn list(&self, query: &str) -> Reply {

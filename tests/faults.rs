@@ -56,7 +56,7 @@ fn send(api: SocketAddr, name: &str, port: u16, records: &[Vec<u8>]) {
     });
 }
 
-fn relay_in(dir: &Path, data: &Path) -> Relay {
+fn relay_in(dir: &Path, data: &Path) -> RelayProcess {
     let config = loopback_config(dir, 20);
     spawn_relay(&config, data, &[])
 }

@@ -19,7 +19,7 @@ use common::*;
 const TIME_LIMIT: Duration = Duration::from_secs(10);
 const SLACK: Duration = Duration::from_secs(5);
 
-fn relay() -> (tempfile::TempDir, Relay) {
+fn relay() -> (tempfile::TempDir, RelayProcess) {
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config(dir.path(), 100);
     let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
@@ -70,7 +70,7 @@ impl Prober {
 }
 
 /// The relay is still alive and answers.
-fn assert_alive(relay: &mut Relay) {
+fn assert_alive(relay: &mut RelayProcess) {
     assert!(
         relay.child.try_wait().unwrap().is_none(),
         "the relay exited:\n{}",

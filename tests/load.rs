@@ -270,7 +270,7 @@ fn tcp_counters() -> std::collections::BTreeMap<String, i64> {
 }
 
 /// Threads of the relay process.
-fn threads(relay: &Relay) -> usize {
+fn threads(relay: &RelayProcess) -> usize {
     std::fs::read_dir(format!("/proc/{}/task", relay.pid()))
         .map(|d| d.count())
         .unwrap_or(0)
