@@ -260,9 +260,6 @@ impl RecvBatch {
         Ok(n)
     }
 
-    /// Receives one batch if any datagram is queued, without waiting;
-    /// `Ok(0)` when the socket is drained (readiness is then cleared, so the
-    /// next `readable().await` sleeps until new data).
     /// Like [`RecvBatch::try_recv`] but asks the kernel even when tokio has
     /// not yet seen the socket readable: for draining after a stop, which
     /// may come before the reactor reported datagrams already queued.
@@ -276,6 +273,9 @@ impl RecvBatch {
         }
     }
 
+    /// Receives one batch if any datagram is queued, without waiting;
+    /// `Ok(0)` when the socket is drained (readiness is then cleared, so the
+    /// next `readable().await` sleeps until new data).
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let fd = socket.as_raw_fd();
         match socket.try_io(Interest::READABLE, || self.recv_now(fd)) {
