@@ -268,6 +268,8 @@ enum Command {
         full_rate: Vec<UdpSocket>,
         decimated: Vec<UdpSocket>,
     },
+    /// Fault injection: the task panics, as a bug in it would.
+    Panic,
 }
 
 /// The running channel, as its owner sees it. Dropping it does not stop the
@@ -305,6 +307,13 @@ impl ChannelHandle {
         self.commands
             .send(command)
             .map_err(|_| ChannelError::Task("channel task is not running".into()))
+    }
+
+    /// Fault injection for tests: makes the channel task panic between two
+    /// batches, as a bug would, so its supervisor's restart can be tested.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        let _ = self.commands.send(Command::Panic);
     }
 
     /// Resolves when the task ends on its own (an error or a panic); a
@@ -390,14 +399,23 @@ impl ChannelTask {
                 _ = &mut self.flush_timer, if self.block_count > 0 => self.ship_block(),
                 ready = self.socket.readable() => {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                    let mut more = true;
                     for _ in 0..DRAIN_BATCHES {
                         let n = self.receive()?;
                         if n > 0 {
                             self.process_batch().await;
                         }
                         if n < self.batch.limit() {
+                            more = false;
                             break;
                         }
+                    }
+                    // Still flooded: let the other tasks of this worker (the
+                    // API, quieter channels) run. tokio's budget alone only
+                    // yields after 128 wake-ups, 131,072 datagrams here,
+                    // which kept a flooded worker from the API for seconds.
+                    if more {
+                        tokio::task::yield_now().await;
                     }
                 }
             }
@@ -407,8 +425,9 @@ impl ChannelTask {
     /// After a stop, processes what the kernel had already accepted.
     async fn drain_queued(&mut self) {
         for _ in 0..STOP_DRAIN_BATCHES {
-            let r = self.batch.recv_queued(&self.socket);
-            match r {
+            // Straight to the kernel: a stop right after datagrams arrived
+            // may come before tokio saw the socket readable.
+            match self.batch.recv_queued(&self.socket) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => self.process_batch().await,
             }
@@ -562,6 +581,7 @@ impl ChannelTask {
                 }
                 tracing::info!(channel = %self.name, "channel reconfigured");
             }
+            Command::Panic => panic!("injected fault: channel {} panics", self.name),
         }
     }
 }

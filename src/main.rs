@@ -252,7 +252,9 @@ fn summary(r: &speedrelay::verify::Report) -> String {
 /// channels; then wait for a signal and stop every channel cleanly.
 async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), String> {
     let mut signals = ShutdownSignals::install()?;
-    std::fs::create_dir_all(data_dir)
+    // Not world-accessible: archives and the registry are the operator's.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
+        .create(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let options = EngineOptions {
         data_dir: data_dir.to_path_buf(),

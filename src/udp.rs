@@ -277,6 +277,19 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// Like [`RecvBatch::try_recv`] but asks the kernel even when tokio has
+    /// not yet seen the socket readable: for draining after a stop, which
+    /// may come before the reactor reported datagrams already queued.
+    pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        match self.recv_now(socket.as_raw_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.len = 0;
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
     /// Receives one batch if any datagram is queued, without waiting;
     /// `Ok(0)` when the socket is drained. A batch shorter than the limit
     /// also means the queue was empty when the call returned, so readiness
@@ -299,20 +312,6 @@ impl RecvBatch {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.len = got;
                 Ok(got)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Like [`RecvBatch::try_recv`] but asks the kernel whatever tokio's
-    /// readiness says: for draining the queue after a stop, when readiness
-    /// may be stale because the runtime has not polled epoll since.
-    pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        match self.recv_now(socket.as_raw_fd()) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.len = 0;
-                Ok(0)
             }
             Err(e) => Err(e),
         }
@@ -417,6 +416,8 @@ impl Loaded<'_> {
         let fd = socket.as_raw_fd();
         let n = self.len;
         let mut done = 0;
+        // Whether the datagram at `done` already met a stale refusal.
+        let mut refused_once = false;
         while done < n {
             let SendBatch { hdrs, iovs } = &mut *self.batch;
             for i in done..n {
@@ -448,6 +449,7 @@ impl Loaded<'_> {
                 Ok(sent) => {
                     done += sent;
                     report.sent += sent as u64;
+                    refused_once = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let ready = tokio::time::timeout(SEND_STALL, socket.writable()).await;
@@ -457,7 +459,16 @@ impl Loaded<'_> {
                         return report;
                     }
                 }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
+                    // An ICMP refusal of an earlier datagram, reported now:
+                    // it is counted, but this datagram was not sent. Sent
+                    // again, it reaches a destination that is back up.
+                    report.failed += 1;
+                    report.last_errno = libc::ECONNREFUSED;
+                    refused_once = true;
+                }
                 Err(e) => {
+                    refused_once = false;
                     // The datagram at `done` failed (ICMP unreachable reported
                     // late, no route, too big…): count it and go on.
                     report.failed += 1;
