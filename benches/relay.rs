@@ -1,15 +1,36 @@
-//! Whole-channel throughput: one real channel (validate + archive +
-//! full-rate + decimated destinations) on one pinned core, flooded by a
-//! batched generator on the other core, 80-byte example.avsc records.
+//! The whole relay against a ceiling, on the same machine in the same run.
 //!
-//! Run it with `benches/run.sh` (a private network namespace; the bench
-//! refuses to run outside one). Bounded: a fixed number of records and a
-//! time limit, whichever comes first.
+//! Subjects, each a child process of this bench pinned to core 0 (its
+//! threads inherit the mask; the load generator and the full-rate sink run
+//! in this process pinned to core 1):
+//! - **relay**: one real channel (validate + archive + one full-rate and one
+//!   decimated destination, factor 10) on a current-thread runtime, as
+//!   `serve --threads 1` runs it, default settings otherwise;
+//! - **ceiling**: the least a relay can do with the same sockets, written
+//!   here: blocking `recvmmsg` of 64 → `sendmmsg` of the batch to the
+//!   full-rate destination and of every 10th datagram to the decimated one →
+//!   one `writev` of the batch to a file. No validation, no framing.
+//!
+//! Per record size (80 and 1400 bytes) and run it measures, at the full-rate
+//! destination: the flood's delivered rate and loss, the loss at 100,000
+//! records/s paced, the highest paced rate with < 0.1 % loss (a search on a
+//! 10,000/s grid), and the subject's CPU seconds per million records at
+//! 50,000/s (summed over the child's threads from /proc/PID/task/*/schedstat).
+//! Medians over the runs, and each as a ratio to the ceiling's median.
+//!
+//! `benches/run.sh relay [--runs N] [--sizes 80,1400] [--many]`: inside a
+//! private network namespace (the bench refuses to run outside one).
+//! `--many` instead floods 4 channels at once on a runtime with 1 and with
+//! 2 workers (unpinned) and reports the aggregate delivered rate.
+//! Bounded: every trial has a record count and a time limit.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
@@ -18,11 +39,31 @@ use speedrelay::channel::{BoundChannel, ChannelSpec};
 use speedrelay::config::{ChannelSettings, Destination};
 
 const SCHEMA: &str = include_str!("../config/agents/example.avsc");
-const RECORDS: u64 = 3_000_000;
-const TIME_LIMIT: Duration = Duration::from_secs(15);
-const RUNS: usize = 3;
+const BATCH: usize = 64;
+const DECIMATION: usize = 10;
+/// Slot size of the ceiling's receive buffer: like the relay's default
+/// `max_datagram`, so both accept any datagram.
+const SLOT: usize = 65_536;
+const FLOOD_RECORDS: u64 = 1_500_000;
+const FLOOD_LIMIT: Duration = Duration::from_secs(3);
+const PACED_SECS: f64 = 1.5;
+const CPU_RATE: f64 = 50_000.0;
+const CPU_SECS: f64 = 3.0;
+/// Loss below this counts as "no loss" for the paced search.
+const LOSS_OK: f64 = 0.001;
+const RELAY_CORE: usize = 0;
+const LOAD_CORE: usize = 1;
 
 fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("serve-ceiling") => return serve_ceiling(&args[1..]),
+        Some("serve-relay") => return serve_relay(&args[1..]),
+        _ => {}
+    }
     let in_netns = std::fs::read_to_string("/proc/net/dev")
         .map(|s| s.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")))
         .unwrap_or(false);
@@ -30,25 +71,148 @@ fn main() {
         eprintln!("relay bench: run it through benches/run.sh (a private network namespace)");
         return;
     }
-    let record = record_of_80_bytes();
-    println!("record size: {} bytes", record.len());
-    let mut rates = Vec::new();
-    for run in 1..=RUNS {
-        let r = flood_once(&record);
-        println!(
-            "run {run}: {:.0} records/s processed, {} received, {} kernel drops, {} invalid, {:.2} s",
-            r.rate, r.packets, r.drops, r.invalid, r.secs
-        );
-        rates.push(r.rate);
+    let runs = arg_value(&args, "--runs").map_or(3, |v| v.parse().expect("--runs N"));
+    if args.iter().any(|a| a == "--many") {
+        return many_channels(runs);
     }
-    rates.sort_by(f64::total_cmp);
+    let sizes: Vec<usize> = arg_value(&args, "--sizes").map_or(vec![80, 1400], |v| {
+        v.split(',').map(|s| s.parse().expect("--sizes")).collect()
+    });
     println!(
-        "median: {:.0} records/s through one channel on one core",
-        rates[rates.len() / 2]
+        "cpus: {}, relay and ceiling pinned to core {RELAY_CORE}, generator and sink to core {LOAD_CORE}",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for size in sizes {
+        let record = record_of(size);
+        println!("\n== {}-byte records, {runs} runs", record.len());
+        let mut results: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+        for run in 1..=runs {
+            for (i, subject) in [Subject::Ceiling, Subject::Relay].into_iter().enumerate() {
+                let f = measure(subject, &record);
+                println!("run {run} {:<7} {f}", subject.name());
+                results[i].push(f);
+            }
+        }
+        let ceiling = Figures::median(&results[0]);
+        let relay = Figures::median(&results[1]);
+        print_table(record.len(), &ceiling, &relay);
+    }
+}
+
+fn arg_value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Subject {
+    Ceiling,
+    Relay,
+}
+
+impl Subject {
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Ceiling => "ceiling",
+            Subject::Relay => "relay",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    flood_rate: f64,
+    flood_loss: f64,
+    /// Share of the flood dropped at the subject's socket and at the sink's.
+    flood_drop_in: f64,
+    flood_drop_sink: f64,
+    loss_at_100k: f64,
+    drop_in_100k: f64,
+    max_paced: f64,
+    cpu_per_million: f64,
+}
+
+impl Figures {
+    fn median(all: &[Figures]) -> Figures {
+        let m = |f: fn(&Figures) -> f64| {
+            let mut v: Vec<f64> = all.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        Figures {
+            flood_rate: m(|f| f.flood_rate),
+            flood_loss: m(|f| f.flood_loss),
+            flood_drop_in: m(|f| f.flood_drop_in),
+            flood_drop_sink: m(|f| f.flood_drop_sink),
+            loss_at_100k: m(|f| f.loss_at_100k),
+            drop_in_100k: m(|f| f.drop_in_100k),
+            max_paced: m(|f| f.max_paced),
+            cpu_per_million: m(|f| f.cpu_per_million),
+        }
+    }
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "flood {:>8.0} rec/s (loss {:5.1} %: {:.1} % at its socket, {:.1} % at the sink) | loss at 100k/s {:6.3} % ({:.3} % at its socket) | max paced {:>7.0}/s | CPU {:.3} s per 1M rec at 50k/s",
+            self.flood_rate,
+            self.flood_loss * 100.0,
+            self.flood_drop_in * 100.0,
+            self.flood_drop_sink * 100.0,
+            self.loss_at_100k * 100.0,
+            self.drop_in_100k * 100.0,
+            self.max_paced,
+            self.cpu_per_million
+        )
+    }
+}
+
+fn print_table(size: usize, c: &Figures, r: &Figures) {
+    println!("\nmedians, {size}-byte records:");
+    println!("| figure | ceiling | relay | relay / ceiling |\n|---|---:|---:|---:|");
+    println!(
+        "| flood delivered (records/s) | {:.0} | {:.0} | {:.2} |",
+        c.flood_rate,
+        r.flood_rate,
+        r.flood_rate / c.flood_rate
+    );
+    println!(
+        "| flood loss | {:.1} % | {:.1} % | |",
+        c.flood_loss * 100.0,
+        r.flood_loss * 100.0
+    );
+    println!(
+        "| of which dropped at the subject's socket / at the sink | {:.1} % / {:.1} % | {:.1} % / {:.1} % | |",
+        c.flood_drop_in * 100.0,
+        c.flood_drop_sink * 100.0,
+        r.flood_drop_in * 100.0,
+        r.flood_drop_sink * 100.0
+    );
+    println!(
+        "| loss at 100,000/s paced (at the subject's socket) | {:.3} % ({:.3} %) | {:.3} % ({:.3} %) | |",
+        c.loss_at_100k * 100.0,
+        c.drop_in_100k * 100.0,
+        r.loss_at_100k * 100.0,
+        r.drop_in_100k * 100.0
+    );
+    println!(
+        "| highest paced rate with < 0.1 % loss (records/s) | {:.0} | {:.0} | {:.2} |",
+        c.max_paced,
+        r.max_paced,
+        r.max_paced / c.max_paced
+    );
+    println!(
+        "| CPU s per million records at 50,000/s | {:.3} | {:.3} | {:.2} |",
+        c.cpu_per_million,
+        r.cpu_per_million,
+        r.cpu_per_million / c.cpu_per_million
     );
 }
 
-fn record_of_80_bytes() -> Vec<u8> {
+/// An example.avsc record whose message pads it to `size` bytes.
+fn record_of(size: usize) -> Vec<u8> {
     let schema = Schema::parse_str(SCHEMA).expect("schema");
     let mut r = Record::new(&schema).expect("record");
     r.put("time", Value::Long(1_763_900_000_000_000_000));
@@ -57,29 +221,19 @@ fn record_of_80_bytes() -> Vec<u8> {
     r.put("ramp", Value::Double(1.5));
     r.put("square_wave", Value::Double(1.0));
     r.put("noise", Value::Double(0.01));
-    // Pad the message so the whole record is 80 bytes.
     let mut msg = String::new();
     loop {
         r.put("message", Value::String(msg.clone()));
-        let w = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        let bytes = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
             .build()
-            .expect("writer");
-        let bytes = w
+            .expect("writer")
             .write_value_to_vec(Value::from(r.clone()))
             .expect("encodes");
-        if bytes.len() >= 80 {
+        if bytes.len() >= size {
             return bytes;
         }
         msg.push('x');
     }
-}
-
-struct Outcome {
-    rate: f64,
-    packets: u64,
-    drops: u64,
-    invalid: u64,
-    secs: f64,
 }
 
 fn pin_to(cpu: usize) {
@@ -92,99 +246,543 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn flood_once(record: &[u8]) -> Outcome {
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Destinations nobody reads: the relay pays for every send, the kernel
-    // drops at the full receive queue, as a slow consumer would.
-    let full = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let mut settings = ChannelSettings::default();
-    settings.socket.bind = Ipv4Addr::LOCALHOST.into();
-    settings.outputs.full_rate = vec![Destination::new(
-        Ipv4Addr::LOCALHOST.into(),
-        full.local_addr().expect("addr").port(),
-    )];
-    settings.outputs.decimated = vec![Destination::new(
-        Ipv4Addr::LOCALHOST.into(),
-        dec.local_addr().expect("addr").port(),
-    )];
-    settings.decimation.enabled = true;
-    settings.decimation.factor = 10;
-    let spec = ChannelSpec {
-        name: "bench".into(),
-        port: 0,
-        schema_json: SCHEMA.into(),
-        settings,
-    };
-    let data_dir = dir.path().to_path_buf();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay = std::thread::spawn(move || {
-        pin_to(0);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let bound = BoundChannel::bind(spec, &data_dir).expect("bind channel");
-            let handle = bound.spawn().expect("spawn");
-            addr_tx
-                .send((handle.local_addr(), handle.counters().clone()))
-                .expect("send addr");
-            let _ = stop_rx.await;
-            handle.stop().await.expect("stop");
-        });
-    });
-    let (addr, counters): (SocketAddr, Arc<_>) = addr_rx.recv().expect("relay started");
+/// CPU time of every thread of `pid`, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                ns += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    ns as f64 / 1e9
+}
 
-    pin_to(1);
-    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    tx.connect(addr).expect("connect");
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while sent < RECORDS && start.elapsed() < TIME_LIMIT {
-        sent += send_batch(&tx, record, 64);
+/// The full-rate destination: counts what arrives, on the load core.
+struct Sink {
+    port: u16,
+    received: Arc<AtomicU64>,
+    /// Nanoseconds since `epoch` of the last datagram.
+    last_ns: Arc<AtomicU64>,
+    epoch: Instant,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Pinned to the load core when `pin`.
+    fn start(pin: bool) -> Sink {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind sink");
+        let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(8 << 20);
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        let port = sock.local_addr().expect("addr").port();
+        let received = Arc::new(AtomicU64::new(0));
+        let last_ns = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let epoch = Instant::now();
+        let (r, l, s) = (received.clone(), last_ns.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            if pin {
+                pin_to(LOAD_CORE);
+            }
+            let mut bufs = vec![0u8; BATCH * 2048];
+            let mut iovs: Vec<libc::iovec> = bufs
+                .chunks_mut(2048)
+                .map(|c| libc::iovec {
+                    iov_base: c.as_mut_ptr().cast(),
+                    iov_len: c.len(),
+                })
+                .collect();
+            // SAFETY: zeroed headers, each pointing at its own iovec.
+            let mut hdrs: Vec<libc::mmsghdr> = iovs
+                .iter_mut()
+                .map(|iov| unsafe {
+                    let mut h: libc::mmsghdr = std::mem::zeroed();
+                    h.msg_hdr.msg_iov = iov;
+                    h.msg_hdr.msg_iovlen = 1;
+                    h
+                })
+                .collect();
+            while !s.load(Relaxed) {
+                // SAFETY: headers point at live buffers owned by this thread.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        sock.as_raw_fd(),
+                        hdrs.as_mut_ptr(),
+                        BATCH as u32,
+                        libc::MSG_WAITFORONE,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n > 0 {
+                    r.fetch_add(n as u64, Relaxed);
+                    l.store(epoch.elapsed().as_nanos() as u64, Relaxed);
+                }
+            }
+        });
+        Sink {
+            port,
+            received,
+            last_ns,
+            epoch,
+            stop,
+            thread: Some(thread),
+        }
     }
-    // Let the relay finish what the kernel queued, then read the counters.
-    let settle = Instant::now();
-    let c: Arc<speedrelay::counters::ChannelCounters> = counters;
-    let mut last = u64::MAX;
-    while c.packets.load(Relaxed) != last && settle.elapsed() < Duration::from_secs(2) {
-        last = c.packets.load(Relaxed);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let snapshot = c.snapshot();
-    let _ = stop_tx.send(());
-    relay.join().expect("relay thread");
-    Outcome {
-        rate: snapshot.packets as f64 / secs,
-        packets: snapshot.packets,
-        drops: snapshot.kernel_drops,
-        invalid: snapshot.invalid,
-        secs,
+
+    /// Waits until nothing has arrived for 100 ms (at most 3 s).
+    fn settle(&self) -> u64 {
+        let start = Instant::now();
+        let mut last = self.received.load(Relaxed);
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.received.load(Relaxed);
+            if now == last || start.elapsed() > Duration::from_secs(3) {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 
-/// One `sendmmsg` of `n` copies of `record`; returns how many went out.
-fn send_batch(tx: &UdpSocket, record: &[u8], n: usize) -> u64 {
-    let mut iovs: Vec<libc::iovec> = (0..n)
-        .map(|_| libc::iovec {
-            iov_base: record.as_ptr() as *mut libc::c_void,
-            iov_len: record.len(),
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A subject child process; killed on drop.
+struct Served {
+    child: Child,
+    ports: Vec<u16>,
+}
+
+impl Served {
+    fn start(args: &[String]) -> Served {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start subject");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("subject reports its ports");
+        let ports = line
+            .split_whitespace()
+            .skip(1)
+            .map(|p| p.parse().expect("port"))
+            .collect();
+        Served { child, ports }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reusable `sendmmsg` headers: `BATCH` copies of one record to `to`.
+struct Generator {
+    sock: UdpSocket,
+    hdrs: Vec<libc::mmsghdr>,
+    _iovs: Vec<libc::iovec>,
+    _names: Vec<libc::sockaddr_in>,
+}
+
+impl Generator {
+    fn new(record: &[u8], targets: &[u16]) -> Generator {
+        let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind generator");
+        let _ = socket2::SockRef::from(&sock).set_send_buffer_size(4 << 20);
+        let mut iovs: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| libc::iovec {
+                iov_base: record.as_ptr() as *mut libc::c_void,
+                iov_len: record.len(),
+            })
+            .collect();
+        // Target i of a batch is targets[i % len], so several channels get
+        // the same share.
+        let mut names: Vec<libc::sockaddr_in> = (0..BATCH)
+            .map(|i| libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: targets[i % targets.len()].to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(Ipv4Addr::LOCALHOST).to_be(),
+                },
+                sin_zero: [0; 8],
+            })
+            .collect();
+        let hdrs = (0..BATCH)
+            .map(|i| {
+                // SAFETY: zeroed header plus one iovec and an address is a valid message.
+                let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                h.msg_hdr.msg_iov = &mut iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
+                h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+                h
+            })
+            .collect();
+        Generator {
+            sock,
+            hdrs,
+            _iovs: iovs,
+            _names: names,
+        }
+    }
+
+    fn send(&mut self, n: usize) -> u64 {
+        // SAFETY: headers point at live iovecs (over the caller's record,
+        // which outlives the generator) and addresses.
+        let r = unsafe {
+            libc::sendmmsg(
+                self.sock.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                n.min(BATCH) as u32,
+                0,
+            )
+        };
+        r.max(0) as u64
+    }
+
+    /// Sends `count` records at `rate` per second (as fast as possible
+    /// when `None`), stopping after `limit`; returns (sent, seconds).
+    fn run(&mut self, rate: Option<f64>, count: u64, limit: Duration) -> (u64, f64) {
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < count {
+            let elapsed = start.elapsed();
+            if elapsed > limit {
+                break;
+            }
+            let due = match rate {
+                None => count,
+                Some(r) => ((elapsed.as_secs_f64() * r) as u64).min(count),
+            };
+            if due <= sent {
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            sent += self.send((due - sent) as usize);
+        }
+        (sent, start.elapsed().as_secs_f64())
+    }
+}
+
+/// Datagrams the kernel dropped at a full receive queue of the UDP socket
+/// bound to `port` in this namespace (the last column of /proc/net/udp).
+fn socket_drops(port: u16) -> u64 {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1)?.ends_with(&want)).then(|| f.last()?.parse::<u64>().ok())?
         })
-        .collect();
-    let mut hdrs: Vec<libc::mmsghdr> = iovs
-        .iter_mut()
-        .map(|iov| {
-            // SAFETY: zeroed header plus one iovec is a valid message.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
-    // SAFETY: headers point at live iovecs over `record`.
-    let r = unsafe { libc::sendmmsg(tx.as_raw_fd(), hdrs.as_mut_ptr(), n as u32, 0) };
-    r.max(0) as u64
+        .sum()
+}
+
+struct Trial {
+    sent: u64,
+    delivered: u64,
+    /// Dropped at the subject's receive queue and at the sink's.
+    drops_in: u64,
+    drops_sink: u64,
+    /// From the first send to the last arrival.
+    secs: f64,
+    cpu: f64,
+}
+
+impl Trial {
+    fn loss(&self) -> f64 {
+        1.0 - self.delivered as f64 / self.sent.max(1) as f64
+    }
+}
+
+fn trial(
+    served: &Served,
+    sink: &Sink,
+    generator: &mut Generator,
+    rate: Option<f64>,
+    count: u64,
+    limit: Duration,
+) -> Trial {
+    let before = sink.settle();
+    let in0: u64 = served.ports.iter().map(|&p| socket_drops(p)).sum();
+    let sink0 = socket_drops(sink.port);
+    let cpu0 = cpu_secs(served.child.id());
+    let t0 = sink.epoch.elapsed().as_nanos() as u64;
+    let (sent, _) = generator.run(rate, count, limit);
+    let after = sink.settle();
+    let cpu1 = cpu_secs(served.child.id());
+    let in1: u64 = served.ports.iter().map(|&p| socket_drops(p)).sum();
+    let sink1 = socket_drops(sink.port);
+    let last = sink.last_ns.load(Relaxed).max(t0 + 1);
+    Trial {
+        sent,
+        delivered: after - before,
+        drops_in: in1 - in0,
+        drops_sink: sink1 - sink0,
+        secs: (last - t0) as f64 / 1e9,
+        // The idle settling time costs an idle subject nothing.
+        cpu: cpu1 - cpu0,
+    }
+}
+
+fn subject_args(subject: Subject, sink: &Sink, dec: &UdpSocket, dir: &Path) -> Vec<String> {
+    let mode = match subject {
+        Subject::Ceiling => "serve-ceiling",
+        Subject::Relay => "serve-relay",
+    };
+    vec![
+        mode.into(),
+        sink.port.to_string(),
+        dec.local_addr().expect("addr").port().to_string(),
+        dir.display().to_string(),
+        "1".into(),
+        "0".into(),
+    ]
+}
+
+fn measure(subject: Subject, record: &[u8]) -> Figures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Sink::start(true);
+    // The decimated destination nobody reads, as a slow consumer would be.
+    let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let served = Served::start(&subject_args(subject, &sink, &dec, dir.path()));
+    pin_to(LOAD_CORE);
+    let mut generator = Generator::new(record, &served.ports);
+
+    let flood = trial(
+        &served,
+        &sink,
+        &mut generator,
+        None,
+        FLOOD_RECORDS,
+        FLOOD_LIMIT,
+    );
+    let flood_rate = flood.delivered as f64 / flood.secs;
+
+    let paced = |generator: &mut Generator, rate: f64| {
+        let count = (rate * PACED_SECS) as u64;
+        let limit = Duration::from_secs_f64(PACED_SECS * 2.0);
+        trial(&served, &sink, generator, Some(rate), count, limit)
+    };
+    let at_100k = paced(&mut generator, 100_000.0);
+    // Highest rate with < 0.1 % loss on a 10,000/s grid.
+    let (mut lo, mut hi) = if at_100k.loss() < LOSS_OK {
+        (10u64, ((flood_rate * 1.3 / 10_000.0) as u64 + 2).max(12))
+    } else {
+        (0, 10)
+    };
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        let t = paced(&mut generator, mid as f64 * 10_000.0);
+        if t.loss() < LOSS_OK && t.sent > 0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let cpu = trial(
+        &served,
+        &sink,
+        &mut generator,
+        Some(CPU_RATE),
+        (CPU_RATE * CPU_SECS) as u64,
+        Duration::from_secs_f64(CPU_SECS * 2.0),
+    );
+    Figures {
+        flood_rate,
+        flood_loss: flood.loss(),
+        flood_drop_in: flood.drops_in as f64 / flood.sent.max(1) as f64,
+        flood_drop_sink: flood.drops_sink as f64 / flood.sent.max(1) as f64,
+        loss_at_100k: at_100k.loss(),
+        drop_in_100k: at_100k.drops_in as f64 / at_100k.sent.max(1) as f64,
+        max_paced: lo as f64 * 10_000.0,
+        cpu_per_million: cpu.cpu / (cpu.sent as f64 / 1e6),
+    }
+}
+
+/// 4 channels flooded at once on 1 and on 2 runtime workers.
+fn many_channels(runs: usize) {
+    let record = record_of(80);
+    for workers in [1usize, 2] {
+        let mut rates = Vec::new();
+        for run in 1..=runs {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let sink = Sink::start(false);
+            let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+            let mut args = subject_args(Subject::Relay, &sink, &dec, dir.path());
+            args[4] = "4".into();
+            args[5] = workers.to_string();
+            let served = Served::start(&args);
+            let mut generator = Generator::new(&record, &served.ports);
+            let t = trial(
+                &served,
+                &sink,
+                &mut generator,
+                None,
+                4 * FLOOD_RECORDS / 2,
+                FLOOD_LIMIT,
+            );
+            let rate = t.delivered as f64 / t.secs;
+            println!(
+                "{workers} worker(s), run {run}: {rate:.0} records/s delivered over 4 channels (loss {:.1} %, CPU {:.2} s in {:.2} s)",
+                t.loss() * 100.0,
+                t.cpu,
+                t.secs
+            );
+            rates.push(rate);
+        }
+        rates.sort_by(f64::total_cmp);
+        println!(
+            "{workers} worker(s): median {:.0} records/s aggregate over 4 channels",
+            rates[rates.len() / 2]
+        );
+    }
+}
+
+/// Child: `serve-ceiling SINK DEC DIR 1 0` — the ceiling relay until killed.
+fn serve_ceiling(args: &[String]) {
+    pin_to(RELAY_CORE);
+    let full_port: u16 = args[0].parse().expect("sink port");
+    let dec_port: u16 = args[1].parse().expect("dec port");
+    let dir = Path::new(&args[2]);
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(8 << 20);
+    let full = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    full.connect((Ipv4Addr::LOCALHOST, full_port))
+        .expect("connect");
+    let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    dec.connect((Ipv4Addr::LOCALHOST, dec_port))
+        .expect("connect");
+    let file = std::fs::File::create(dir.join("ceiling.bin")).expect("file");
+    println!("ready {}", rx.local_addr().expect("addr").port());
+    std::io::stdout().flush().expect("flush");
+
+    let mut buf = vec![0u8; SLOT * BATCH];
+    let base = buf.as_mut_ptr();
+    // SAFETY: all-zero is a valid iovec and mmsghdr.
+    let mut iovs: Vec<libc::iovec> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut rhdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut shdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut dhdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut out: Vec<libc::iovec> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let mut nth = 0usize;
+    loop {
+        for i in 0..BATCH {
+            iovs[i] = libc::iovec {
+                // SAFETY: slot i lies inside `buf`.
+                iov_base: unsafe { base.add(i * SLOT) }.cast(),
+                iov_len: SLOT,
+            };
+            rhdrs[i].msg_hdr.msg_iov = &mut iovs[i];
+            rhdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // SAFETY: headers point at disjoint slots of `buf`.
+        let n = unsafe {
+            libc::recvmmsg(
+                rx.as_raw_fd(),
+                rhdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if n <= 0 {
+            continue;
+        }
+        let n = n as usize;
+        let mut d = 0;
+        for i in 0..n {
+            out[i] = libc::iovec {
+                iov_base: iovs[i].iov_base,
+                iov_len: rhdrs[i].msg_len as usize,
+            };
+            shdrs[i].msg_hdr.msg_iov = &mut out[i];
+            shdrs[i].msg_hdr.msg_iovlen = 1;
+            if nth.is_multiple_of(DECIMATION) {
+                dhdrs[d].msg_hdr.msg_iov = &mut out[i];
+                dhdrs[d].msg_hdr.msg_iovlen = 1;
+                d += 1;
+            }
+            nth += 1;
+        }
+        // SAFETY: headers point at the received datagrams in `buf`.
+        unsafe {
+            libc::sendmmsg(full.as_raw_fd(), shdrs.as_mut_ptr(), n as u32, 0);
+            if d > 0 {
+                libc::sendmmsg(dec.as_raw_fd(), dhdrs.as_mut_ptr(), d as u32, 0);
+            }
+            libc::writev(file.as_raw_fd(), out.as_ptr(), n as i32);
+        }
+    }
+}
+
+/// Child: `serve-relay SINK DEC DIR CHANNELS WORKERS` — real channels, on a
+/// current-thread runtime when WORKERS is 0 (pinned), else on a
+/// multi-thread runtime with that many workers (unpinned); until killed.
+fn serve_relay(args: &[String]) {
+    let full_port: u16 = args[0].parse().expect("sink port");
+    let dec_port: u16 = args[1].parse().expect("dec port");
+    let dir = Path::new(&args[2]).to_path_buf();
+    let channels: usize = args[3].parse().expect("channels");
+    let workers: usize = args[4].parse().expect("workers");
+    let rt = if workers == 0 {
+        pin_to(RELAY_CORE);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
+    rt.block_on(async move {
+        let mut handles = Vec::new();
+        for i in 0..channels {
+            let mut settings = ChannelSettings::default();
+            settings.socket.bind = Ipv4Addr::LOCALHOST.into();
+            settings.outputs.full_rate =
+                vec![Destination::new(Ipv4Addr::LOCALHOST.into(), full_port)];
+            settings.outputs.decimated =
+                vec![Destination::new(Ipv4Addr::LOCALHOST.into(), dec_port)];
+            settings.decimation.enabled = true;
+            settings.decimation.factor = DECIMATION as u32;
+            let spec = ChannelSpec {
+                name: format!("bench{i}"),
+                port: 0,
+                schema_json: SCHEMA.into(),
+                settings,
+            };
+            let bound = BoundChannel::bind(spec, &dir).expect("bind channel");
+            handles.push(bound.spawn().expect("spawn"));
+        }
+        let ports: Vec<String> = handles
+            .iter()
+            .map(|h| h.local_addr().port().to_string())
+            .collect();
+        println!("ready {}", ports.join(" "));
+        std::io::stdout().flush().expect("flush");
+        // Until the bench kills this process.
+        std::future::pending::<()>().await;
+        let _keep: Vec<SocketAddr> = handles.iter().map(|h| h.local_addr()).collect();
+    });
 }

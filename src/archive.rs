@@ -116,6 +116,16 @@ struct OpenFile {
     codec: Codec,
 }
 
+impl OpenFile {
+    /// False once the file has no name left (deleted, or its directory
+    /// removed). One fstat per block, never per record; an fstat that
+    /// fails says nothing, and the write that follows reports the fault.
+    fn is_linked(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        !matches!(self.file.metadata(), Ok(m) if m.nlink() == 0)
+    }
+}
+
 impl ArchiveWriter {
     /// Touches no disk. `channel_dir` is `<data_dir>/<channel>`.
     pub fn new(
@@ -171,6 +181,12 @@ impl ArchiveWriter {
 
         if self.time_rotation_due() {
             written.closed = self.close_file()?;
+        }
+        // A file deleted under us (its directory removed, say) still takes
+        // writes that nobody can ever read: start a new one instead.
+        if let Some(gone) = self.file.take_if(|f| !f.is_linked()) {
+            warn!(channel = %self.channel, path = %gone.path.display(),
+                "archive file was deleted while open; starting a new one");
         }
         let open = match self.file.take() {
             Some(open) => open,

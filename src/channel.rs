@@ -14,6 +14,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -79,6 +80,7 @@ pub struct BoundChannel {
     decimated: Vec<StdUdpSocket>,
     channel_dir: PathBuf,
     counters: Arc<ChannelCounters>,
+    batch_limit: usize,
 }
 
 impl BoundChannel {
@@ -103,14 +105,23 @@ impl BoundChannel {
                 source,
             },
         )?;
-        // Linux reports twice the usable size; warn only when it is below the request.
-        if bound.recv_buffer_granted / 2 < sock.recv_buffer as usize {
-            tracing::warn!(
-                channel = %spec.name,
-                requested = sock.recv_buffer,
-                granted = bound.recv_buffer_granted / 2,
-                "receive buffer clamped by the kernel (raise net.core.rmem_max)"
-            );
+        // Linux reports twice the usable size; warn only when it is below
+        // the request, and once per process: the cause (net.core.rmem_max)
+        // is the same for every channel.
+        let granted = bound.recv_buffer_granted / 2;
+        if granted < sock.recv_buffer as usize {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Relaxed) {
+                tracing::warn!(
+                    channel = %spec.name,
+                    requested = sock.recv_buffer,
+                    granted,
+                    "receive buffer clamped by the kernel (raise net.core.rmem_max); \
+                     further channels clamped alike are logged at debug level"
+                );
+            } else {
+                tracing::debug!(channel = %spec.name, requested = sock.recv_buffer, granted, "receive buffer clamped");
+            }
         }
         let local_addr = bound
             .socket
@@ -130,7 +141,17 @@ impl BoundChannel {
             decimated,
             channel_dir,
             counters,
+            batch_limit: BATCH,
         })
+    }
+
+    /// Receives at most `limit` datagrams per system call (1..=64; 64 by
+    /// default). Not a user setting: the batching test runs the same input
+    /// with 1 and with 64 to show the batched path changes no output.
+    #[doc(hidden)]
+    pub fn with_batch_limit(mut self, limit: usize) -> Self {
+        self.batch_limit = limit;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -163,11 +184,13 @@ impl BoundChannel {
         let cancel = CancellationToken::new();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let slots = self.validator.numeric_slots().len();
+        let mut batch = RecvBatch::new(settings.socket.max_datagram as usize);
+        batch.set_limit(self.batch_limit);
         let task = ChannelTask {
             name: self.spec.name.clone(),
             port,
             socket,
-            batch: RecvBatch::new(settings.socket.max_datagram as usize),
+            batch,
             send: SendBatch::default(),
             decimator: Decimator::new(
                 self.validator.clone(),
@@ -245,6 +268,8 @@ enum Command {
         full_rate: Vec<UdpSocket>,
         decimated: Vec<UdpSocket>,
     },
+    /// Fault injection: the task panics, as a bug in it would.
+    Panic,
 }
 
 /// The running channel, as its owner sees it. Dropping it does not stop the
@@ -282,6 +307,13 @@ impl ChannelHandle {
         self.commands
             .send(command)
             .map_err(|_| ChannelError::Task("channel task is not running".into()))
+    }
+
+    /// Fault injection for tests: makes the channel task panic between two
+    /// batches, as a bug would, so its supervisor's restart can be tested.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        let _ = self.commands.send(Command::Panic);
     }
 
     /// Resolves when the task ends on its own (an error or a panic); a
@@ -367,14 +399,23 @@ impl ChannelTask {
                 _ = &mut self.flush_timer, if self.block_count > 0 => self.ship_block(),
                 ready = self.socket.readable() => {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                    let mut more = true;
                     for _ in 0..DRAIN_BATCHES {
                         let n = self.receive()?;
                         if n > 0 {
                             self.process_batch().await;
                         }
-                        if n < BATCH {
+                        if n < self.batch.limit() {
+                            more = false;
                             break;
                         }
+                    }
+                    // Still flooded: let the other tasks of this worker (the
+                    // API, quieter channels) run. tokio's budget alone only
+                    // yields after 128 wake-ups, 131,072 datagrams here,
+                    // which kept a flooded worker from the API for seconds.
+                    if more {
+                        tokio::task::yield_now().await;
                     }
                 }
             }
@@ -384,7 +425,9 @@ impl ChannelTask {
     /// After a stop, processes what the kernel had already accepted.
     async fn drain_queued(&mut self) {
         for _ in 0..STOP_DRAIN_BATCHES {
-            match self.receive() {
+            // Straight to the kernel: a stop right after datagrams arrived
+            // may come before tokio saw the socket readable.
+            match self.batch.recv_queued(&self.socket) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => self.process_batch().await,
             }
@@ -538,6 +581,7 @@ impl ChannelTask {
                 }
                 tracing::info!(channel = %self.name, "channel reconfigured");
             }
+            Command::Panic => panic!("injected fault: channel {} panics", self.name),
         }
     }
 }

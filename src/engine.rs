@@ -133,6 +133,8 @@ enum SupervisorCommand {
         settings: Box<ChannelSettings>,
         reply: oneshot::Sender<Result<(), ChannelError>>,
     },
+    /// Fault injection: make the running channel task panic.
+    InjectPanic,
 }
 
 pub struct Engine {
@@ -359,6 +361,15 @@ impl Engine {
             .map(|s| s.record.name.clone())
     }
 
+    /// Fault injection for tests: makes the channel's task panic, as a bug
+    /// would, to exercise its supervisor. False when there is no such channel.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, name: &str) -> bool {
+        self.lock_slots()
+            .get(name)
+            .is_some_and(|s| s.commands.send(SupervisorCommand::InjectPanic).is_ok())
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -376,6 +387,15 @@ impl Engine {
 
     fn info_of(&self, slot: &Slot) -> ChannelInfo {
         let health = slot.health.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = slot.counters.snapshot();
+        // A failing disk leaves the channel relaying (active) but is still
+        // its current fault: shown in `error` until a block is written again.
+        let error = health.error.clone().or_else(|| {
+            stats
+                .archive_error
+                .as_ref()
+                .map(|e| format!("archive: {e}"))
+        });
         ChannelInfo {
             name: slot.record.name.clone(),
             port: slot.record.port,
@@ -384,8 +404,8 @@ impl Engine {
             pid: std::process::id(),
             created_at: slot.record.created_at,
             config: slot.settings.clone(),
-            stats: slot.counters.snapshot(),
-            error: health.error.clone(),
+            stats,
+            error,
         }
     }
 
@@ -486,14 +506,16 @@ impl Supervisor {
                         }
                         return;
                     }
-                    Some(command) = self.commands.recv() => {
-                        let SupervisorCommand::Reconfigure { settings, reply } = command;
-                        let result = handle.reconfigure((*settings).clone());
-                        if result.is_ok() {
-                            self.spec.settings = *settings;
+                    Some(command) = self.commands.recv() => match command {
+                        SupervisorCommand::Reconfigure { settings, reply } => {
+                            let result = handle.reconfigure((*settings).clone());
+                            if result.is_ok() {
+                                self.spec.settings = *settings;
+                            }
+                            let _ = reply.send(result);
                         }
-                        let _ = reply.send(result);
-                    }
+                        SupervisorCommand::InjectPanic => handle.inject_panic(),
+                    },
                     ended = handle.finished() => {
                         let why = match ended {
                             Ok(()) => "channel task ended".to_string(),
@@ -521,10 +543,14 @@ impl Supervisor {
             tokio::select! {
                 _ = self.cancel.cancelled() => return false,
                 _ = &mut sleep => return true,
-                Some(SupervisorCommand::Reconfigure { settings, reply }) = self.commands.recv() => {
-                    self.spec.settings = *settings;
-                    let _ = reply.send(Ok(()));
-                }
+                Some(command) = self.commands.recv() => match command {
+                    SupervisorCommand::Reconfigure { settings, reply } => {
+                        self.spec.settings = *settings;
+                        let _ = reply.send(Ok(()));
+                    }
+                    // Nothing runs to panic.
+                    SupervisorCommand::InjectPanic => {}
+                },
             }
         }
     }

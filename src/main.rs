@@ -28,6 +28,16 @@ enum Command {
         /// A config directory (relay.yaml, optional global.yaml) or one YAML file.
         path: PathBuf,
     },
+    /// Manage the channels of a running relay through its HTTP API.
+    Channels(speedrelay::client::ChannelsArgs),
+    /// Send valid random records of a schema to a port: the demo source and
+    /// load generator.
+    ///
+    /// Every Avro type is filled with random values; a `long` field named
+    /// `time` gets the current time in nanoseconds. 1024 records are
+    /// generated up front and cycled through, sent in batches (sendmmsg).
+    /// Prints the achieved rate at the end.
+    Send(speedrelay::send::SendArgs),
     /// Check archive files: schema, codec, blocks, records, and whether the
     /// tail is torn (a crash or a full disk). One line per file. Exit status:
     /// 0 every file healthy (or repaired with --repair), 1 a torn tail found
@@ -78,6 +88,8 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { path } => return check_config(&path),
+        Command::Channels(args) => speedrelay::client::run(args).map_err(|e| e.to_string()),
+        Command::Send(args) => speedrelay::send::run(args).map_err(|e| e.to_string()),
         Command::Verify {
             files,
             repair,
@@ -240,7 +252,9 @@ fn summary(r: &speedrelay::verify::Report) -> String {
 /// channels; then wait for a signal and stop every channel cleanly.
 async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), String> {
     let mut signals = ShutdownSignals::install()?;
-    std::fs::create_dir_all(data_dir)
+    // Not world-accessible: archives and the registry are the operator's.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
+        .create(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let options = EngineOptions {
         data_dir: data_dir.to_path_buf(),

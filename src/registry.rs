@@ -23,7 +23,10 @@
 //! time, so async callers should use `tokio::task::spawn_blocking`.
 
 use std::fs;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{
@@ -126,7 +129,19 @@ pub struct SeedReport {
 
 /// The open registry file. `Send + Sync`: share it behind an `Arc`.
 pub struct Registry {
-    db: Database,
+    /// None only between closing a database that hit an I/O error and
+    /// reopening it.
+    db: RwLock<Option<Database>>,
+    /// Set when redb reported an I/O error (a full disk, say): it then
+    /// refuses every later operation until reopened, so the next operation
+    /// reopens it and the registry recovers once the fault clears.
+    broken: AtomicBool,
+    /// Whether the file was found missing from `path` (its directory
+    /// removed, say): the open database lives on in the deleted file, so
+    /// the next write first writes every row to a new file at `path`.
+    /// Checked before each write (one `stat`): acknowledged registrations
+    /// must survive a restart.
+    removed: AtomicBool,
     /// Kept for error messages: every error names the file.
     path: PathBuf,
 }
@@ -144,25 +159,147 @@ impl Registry {
     /// migration steps forward to [`CURRENT_VERSION`] in one write transaction.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent).map_err(|e| RegistryError::Storage {
-                path: path.to_path_buf(),
-                detail: format!("cannot create directory {}: {e}", parent.display()),
-            })?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(parent)
+                .map_err(|e| RegistryError::Storage {
+                    path: path.to_path_buf(),
+                    detail: format!("cannot create directory {}: {e}", parent.display()),
+                })?;
         }
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            // A file damaged outside redb is then reported as Corrupted
-            // instead of possibly panicking later; on a file this small the
-            // check (which reads every page) costs next to nothing.
-            .set_check_integrity_on_open(true)
-            .create(path)
-            .at(path, "open")?;
+        // redb would create the file with the umask's mode (usually 0644):
+        // create it first, readable by the owner's group only. redb
+        // initialises an empty file; an existing file keeps its mode.
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(RegistryError::Storage {
+                    path: path.to_path_buf(),
+                    detail: format!("cannot create the file: {e}"),
+                });
+            }
+        }
         let registry = Registry {
-            db,
+            db: RwLock::new(Some(open_database(path)?)),
+            broken: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
             path: path.to_path_buf(),
         };
         registry.migrate()?;
         Ok(registry)
+    }
+
+    /// Runs `f` on the database, reopening it first if an I/O error broke it.
+    fn with_db<T>(
+        &self,
+        op: &str,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, RegistryError> {
+        if self.broken.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let Some(db) = guard.as_ref() else {
+            return Err(RegistryError::Storage {
+                path: self.path.clone(),
+                detail: format!("{op}: closed after an I/O error; reopening failed"),
+            });
+        };
+        f(db).map_err(|e| self.fault(e, op))
+    }
+
+    /// Converts a redb error, noting an I/O error for [`Registry::reopen`].
+    fn fault(&self, e: redb::Error, op: &str) -> RegistryError {
+        if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            self.broken.store(true, Ordering::Release);
+            tracing::warn!(path = %self.path.display(), op, error = %e,
+                "registry I/O error; it is reopened at the next operation");
+        }
+        e.at_path(&self.path, op)
+    }
+
+    /// Closes the database (its handle holds the file lock) and opens it
+    /// again; on failure it stays closed and the next operation retries.
+    fn reopen(&self) -> Result<(), RegistryError> {
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if !self.path.exists() {
+            // Reopening would start an empty registry: keep the old one.
+            return Err(RegistryError::Storage {
+                path: self.path.clone(),
+                detail: "the file was removed after an I/O error; restart to recover".into(),
+            });
+        }
+        guard.take();
+        *guard = Some(open_database(&self.path)?);
+        self.broken.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "registry reopened after an I/O error");
+        Ok(())
+    }
+
+    /// When the file is gone from `path`, writes every row of the open
+    /// database to a new file there (built beside it, then renamed into
+    /// place) and continues with that one.
+    fn rewrite_if_removed(&self) -> Result<(), RegistryError> {
+        if self.path.exists() && !self.removed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.removed.store(true, Ordering::Release);
+        let op = "rewrite the removed file";
+        tracing::warn!(path = %self.path.display(),
+            "registry file was removed while open; writing it again from the open database");
+        let storage = |detail: String| RegistryError::Storage {
+            path: self.path.clone(),
+            detail: format!("{op}: {detail}"),
+        };
+        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(parent)
+                .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let fresh = self.path.with_extension("redb.rewrite");
+        let _ = fs::remove_file(&fresh);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&fresh)
+            .map_err(|e| storage(format!("cannot create {}: {e}", fresh.display())))?;
+        let new_db = open_database(&fresh)?;
+        let old = self.with_db(op, |db| db.begin_read().map_err(Into::into))?;
+        let txn = new_db.begin_write().at(&self.path, op)?;
+        macro_rules! copy_table {
+            ($table:expr) => {{
+                let from = old.open_table($table).at(&self.path, op)?;
+                let mut to = txn.open_table($table).at(&self.path, op)?;
+                for row in from.iter().at(&self.path, op)? {
+                    let (k, v) = row.at(&self.path, op)?;
+                    to.insert(k.value(), v.value()).at(&self.path, op)?;
+                }
+            }};
+        }
+        copy_table!(CHANNELS);
+        copy_table!(PORTS);
+        copy_table!(DELETED);
+        copy_table!(META);
+        txn.commit().at(&self.path, op)?;
+        drop(old);
+        fs::rename(&fresh, &self.path).map_err(|e| storage(format!("rename: {e}")))?;
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(new_db);
+        self.removed.store(false, Ordering::Release);
+        tracing::info!(path = %self.path.display(), "registry file written again");
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -171,7 +308,9 @@ impl Registry {
 
     /// The version recorded in the file (0 for a file no step has run on).
     pub fn schema_version(&self) -> Result<u32, RegistryError> {
-        let txn = self.db.begin_read().at(&self.path, "read schema version")?;
+        let txn = self.with_db("read schema version", |db| {
+            db.begin_read().map_err(Into::into)
+        })?;
         let meta = match txn.open_table(META) {
             Ok(meta) => meta,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
@@ -290,7 +429,7 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Result<Option<ChannelRecord>, RegistryError> {
-        let txn = self.db.begin_read().at(&self.path, "get")?;
+        let txn = self.with_db("get", |db| db.begin_read().map_err(Into::into))?;
         let channels = txn.open_table(CHANNELS).at(&self.path, "get")?;
         let row = channels.get(name).at(&self.path, "get")?;
         row.map(|bytes| self.decode(name, bytes.value()))
@@ -300,7 +439,7 @@ impl Registry {
     /// Every channel in one read transaction, sorted by name (redb orders
     /// `&str` keys by their bytes, which is `str`'s order).
     pub fn list(&self) -> Result<Vec<ChannelRecord>, RegistryError> {
-        let txn = self.db.begin_read().at(&self.path, "list")?;
+        let txn = self.with_db("list", |db| db.begin_read().map_err(Into::into))?;
         let channels = txn.open_table(CHANNELS).at(&self.path, "list")?;
         let mut records = Vec::new();
         for row in channels.iter().at(&self.path, "list")? {
@@ -311,7 +450,7 @@ impl Registry {
     }
 
     pub fn len(&self) -> Result<usize, RegistryError> {
-        let txn = self.db.begin_read().at(&self.path, "count")?;
+        let txn = self.with_db("count", |db| db.begin_read().map_err(Into::into))?;
         let channels = txn.open_table(CHANNELS).at(&self.path, "count")?;
         let n = channels.len().at(&self.path, "count")?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
@@ -323,7 +462,7 @@ impl Registry {
 
     /// The channel registered on `port`, if any.
     pub fn port_owner(&self, port: u16) -> Result<Option<String>, RegistryError> {
-        let txn = self.db.begin_read().at(&self.path, "port owner")?;
+        let txn = self.with_db("port owner", |db| db.begin_read().map_err(Into::into))?;
         let ports = txn.open_table(PORTS).at(&self.path, "port owner")?;
         let owner = ports.get(port).at(&self.path, "port owner")?;
         Ok(owner.map(|o| o.value().to_owned()))
@@ -400,10 +539,11 @@ impl Registry {
         op: &str,
         f: impl FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let txn = self.db.begin_write().at(&self.path, op)?;
+        self.rewrite_if_removed()?;
+        let txn = self.with_db(op, |db| db.begin_write().map_err(Into::into))?;
         match f(&txn) {
             Ok(value) => {
-                txn.commit().at(&self.path, op)?;
+                txn.commit().map_err(|e| self.fault(e.into(), op))?;
                 Ok(value)
             }
             Err(e) => {
@@ -498,6 +638,18 @@ impl<E: Into<redb::Error>> AtPath for E {
             },
         }
     }
+}
+
+/// Opens (or creates) the redb file.
+fn open_database(path: &Path) -> Result<Database, RegistryError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        // A file damaged outside redb is then reported as Corrupted
+        // instead of possibly panicking later; on a file this small the
+        // check (which reads every page) costs next to nothing.
+        .set_check_integrity_on_open(true)
+        .create(path)
+        .at(path, "open")
 }
 
 /// `.at(path, op)` on a redb result.

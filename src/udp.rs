@@ -158,6 +158,8 @@ pub struct RecvBatch {
     lens: [u32; BATCH],
     truncated: [bool; BATCH],
     len: usize,
+    /// Datagrams asked of one `recvmmsg` (1..=BATCH).
+    limit: usize,
     /// The kernel's drop count as last reported, if it reported one.
     pub kernel_drops: Option<u32>,
 }
@@ -170,22 +172,33 @@ unsafe impl Send for RecvBatch {}
 unsafe impl Sync for RecvBatch {}
 
 impl RecvBatch {
-    /// `max_datagram` bytes per slot; no memory is mapped until the first
-    /// receive.
+    /// `max_datagram` bytes per slot. Nothing is allocated or mapped until
+    /// the first receive, so an idle channel costs a few hundred bytes here.
     pub fn new(max_datagram: usize) -> Self {
         let slot = max_datagram.max(1);
         Self {
             buf: None,
             slot,
-            cmsg: vec![0; CMSG_ROOM * BATCH],
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            iovs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            cmsg: Vec::new(),
+            hdrs: Vec::new(),
+            iovs: Vec::new(),
             lens: [0; BATCH],
             truncated: [false; BATCH],
             len: 0,
+            limit: BATCH,
             kernel_drops: None,
         }
+    }
+
+    /// Takes at most `limit` datagrams per receive (clamped to 1..=BATCH);
+    /// 1 gives the single-datagram path the batching test compares against.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.clamp(1, BATCH);
+    }
+
+    /// Datagrams asked of one receive.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     pub fn len(&self) -> usize {
@@ -210,6 +223,10 @@ impl RecvBatch {
     fn recv_now(&mut self, fd: i32) -> io::Result<usize> {
         if self.buf.is_none() {
             self.buf = Some(PageBuf::map(self.slot * BATCH)?);
+            self.cmsg = vec![0; CMSG_ROOM * BATCH];
+            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
+            self.hdrs = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            self.iovs = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
         }
         let base = match &self.buf {
             Some(buf) => buf.ptr,
@@ -238,7 +255,7 @@ impl RecvBatch {
             libc::recvmmsg(
                 fd,
                 self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.limit as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -260,16 +277,41 @@ impl RecvBatch {
         Ok(n)
     }
 
-    /// Receives one batch if any datagram is queued, without waiting;
-    /// `Ok(0)` when the socket is drained (readiness is then cleared, so the
-    /// next `readable().await` sleeps until new data).
-    pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let fd = socket.as_raw_fd();
-        match socket.try_io(Interest::READABLE, || self.recv_now(fd)) {
-            Ok(n) => Ok(n),
+    /// Like [`RecvBatch::try_recv`] but asks the kernel even when tokio has
+    /// not yet seen the socket readable: for draining after a stop, which
+    /// may come before the reactor reported datagrams already queued.
+    pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        match self.recv_now(socket.as_raw_fd()) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.len = 0;
                 Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    /// Receives one batch if any datagram is queued, without waiting;
+    /// `Ok(0)` when the socket is drained. A batch shorter than the limit
+    /// also means the queue was empty when the call returned, so readiness
+    /// is cleared then too: the next `readable().await` sleeps until new
+    /// data (whose arrival wakes epoll again) instead of costing one more
+    /// `recvmmsg` that finds nothing.
+    pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        let fd = socket.as_raw_fd();
+        let mut got = 0;
+        let r = socket.try_io(Interest::READABLE, || {
+            got = self.recv_now(fd)?;
+            if got < self.limit {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(got)
+            }
+        });
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.len = got;
+                Ok(got)
             }
             Err(e) => Err(e),
         }
@@ -318,16 +360,13 @@ pub struct SendBatch {
 // `Loaded` borrows, and only dereferenced (by the kernel) while it lives.
 unsafe impl Send for SendBatch {}
 
+/// Empty: the headers are allocated by the first [`SendBatch::load`], so a
+/// channel that never forwards does not hold them.
 impl Default for SendBatch {
     fn default() -> Self {
         Self {
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            hdrs: (0..SEND_CAPACITY)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
-            iovs: (0..SEND_CAPACITY)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect(),
+            hdrs: Vec::new(),
+            iovs: Vec::new(),
         }
     }
 }
@@ -335,6 +374,15 @@ impl Default for SendBatch {
 impl SendBatch {
     /// Points the headers at up to [`SEND_CAPACITY`] datagrams, in order.
     pub fn load<'a>(&'a mut self, datagrams: impl Iterator<Item = &'a [u8]>) -> Loaded<'a> {
+        if self.hdrs.is_empty() {
+            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
+            self.hdrs = (0..SEND_CAPACITY)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect();
+            self.iovs = (0..SEND_CAPACITY)
+                .map(|_| unsafe { std::mem::zeroed() })
+                .collect();
+        }
         let mut len = 0;
         for d in datagrams.take(SEND_CAPACITY) {
             self.iovs[len] = libc::iovec {
@@ -368,6 +416,8 @@ impl Loaded<'_> {
         let fd = socket.as_raw_fd();
         let n = self.len;
         let mut done = 0;
+        // Whether the datagram at `done` already met a stale refusal.
+        let mut refused_once = false;
         while done < n {
             let SendBatch { hdrs, iovs } = &mut *self.batch;
             for i in done..n {
@@ -399,6 +449,7 @@ impl Loaded<'_> {
                 Ok(sent) => {
                     done += sent;
                     report.sent += sent as u64;
+                    refused_once = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let ready = tokio::time::timeout(SEND_STALL, socket.writable()).await;
@@ -408,7 +459,16 @@ impl Loaded<'_> {
                         return report;
                     }
                 }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
+                    // An ICMP refusal of an earlier datagram, reported now:
+                    // it is counted, but this datagram was not sent. Sent
+                    // again, it reaches a destination that is back up.
+                    report.failed += 1;
+                    report.last_errno = libc::ECONNREFUSED;
+                    refused_once = true;
+                }
                 Err(e) => {
+                    refused_once = false;
                     // The datagram at `done` failed (ICMP unreachable reported
                     // late, no route, too big…): count it and go on.
                     report.failed += 1;

@@ -11,10 +11,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-echo "== set-up: Python fastavro in .venv"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fastavro, cramjam, backports.zstd' 2>/dev/null; then
+echo "== set-up: Python fastavro, selenium and prometheus_client in .venv"
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fastavro, cramjam, backports.zstd, selenium, prometheus_client' 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check 'fastavro[codecs]'
+  .venv/bin/pip install --quiet --disable-pip-version-check 'fastavro[codecs]' selenium prometheus_client
+fi
+
+# The web page test drives Debian's chromium through chromedriver (given by
+# path, so Selenium never tries to download a driver).
+echo "== set-up: chromium and chromedriver"
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  fi
 fi
 
 echo "== set-up: crates and test binaries"

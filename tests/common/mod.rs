@@ -276,3 +276,292 @@ pub fn http(
     let json = serde_json::from_str(body).unwrap_or(Json::String(body.to_string()));
     (status, json)
 }
+
+/// Starts `speedrelay serve` on `config` and `data` with the API on an
+/// ephemeral loopback port and extra environment `env`; returns once the
+/// relay logs that it runs, with the API's address.
+pub fn start_relay(
+    config: &Path,
+    data: &Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--api", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut line = String::new();
+    while !line.contains("speedrelay running") {
+        line.clear();
+        assert!(Instant::now() < deadline, "relay did not start");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "relay exited early"
+        );
+    }
+    let api = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("api="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no api= in {line:?}"));
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, api)
+}
+
+/// SIGTERMs a relay started by [`start_relay`] and asserts a clean exit.
+pub fn stop_relay(mut child: std::process::Child) {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
+
+/// One HTTP/1.1 GET over a fresh connection, any content type: the status,
+/// the response head (lower-cased) and the body as text.
+pub fn http_get_text(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response to GET {path}: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// A relay started by [`start_relay`] that is killed if the test panics
+/// before [`Relay::stop`], so no relay outlives its test.
+pub struct Relay {
+    child: Option<std::process::Child>,
+    pub api: SocketAddr,
+}
+
+impl Relay {
+    pub fn start(config: &Path, data: &Path, env: &[(&str, &str)]) -> Relay {
+        let (child, api) = start_relay(config, data, env);
+        Relay {
+            child: Some(child),
+            api,
+        }
+    }
+
+    /// SIGTERM and a clean exit.
+    pub fn stop(mut self) {
+        if let Some(child) = self.child.take() {
+            stop_relay(child);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The real `speedrelay serve` binary, started by [`spawn_relay`] (with
+/// its log and /proc figures; [`Relay`] is the plain one): its API
+/// address (from the start-up log line) and everything it wrote to stderr.
+/// Dropping it kills the process.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub api: SocketAddr,
+    /// Every line of stderr so far, start-up included.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl RelayProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().expect("relay exits")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Open file descriptors of the relay process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `speedrelay serve --config CONFIG --data-dir DATA --api
+/// 127.0.0.1:0` with `env` added, and returns once it logs that it runs.
+/// Panics (with its stderr) if it exits first.
+pub fn spawn_relay(config: &Path, data: &Path, env: &[(&str, &str)]) -> RelayProcess {
+    spawn_relay_bin(
+        Path::new(env!("CARGO_BIN_EXE_speedrelay")),
+        config,
+        data,
+        env,
+    )
+}
+
+/// [`spawn_relay`] with another build of the binary (a release build, for
+/// figures).
+pub fn spawn_relay_bin(
+    bin: &Path,
+    config: &Path,
+    data: &Path,
+    env: &[(&str, &str)],
+) -> RelayProcess {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--api", "127.0.0.1:0"])
+        .env("RUST_LOG", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_relay_command(cmd)
+}
+
+/// Starts a prepared `speedrelay serve` command (stderr is captured) and
+/// returns once it logs that it runs.
+pub fn spawn_relay_command(mut cmd: std::process::Command) -> RelayProcess {
+    use std::io::BufRead;
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("binary starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        let mut announced = false;
+        while lines.read_line(&mut line).unwrap_or(0) > 0 {
+            sink.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_str(&line);
+            if !announced && line.contains("speedrelay running") {
+                let api = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("api="))
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                let _ = tx.send(api);
+                announced = true;
+            }
+            line.clear();
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(api)) => RelayProcess { child, api, log },
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            panic!("relay did not start:\n{text}");
+        }
+    }
+}
+
+/// A config directory with no channels, channels bound to loopback,
+/// decimation off, archive blocks flushed every `flush_ms`, and
+/// example.avsc beside relay.yaml.
+pub fn loopback_config(dir: &Path, flush_ms: u32) -> PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).expect("schema");
+    std::fs::write(
+        config.join("relay.yaml"),
+        format!(
+            "channels: []\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: {flush_ms}}}\n"
+        ),
+    )
+    .expect("relay.yaml");
+    config
+}
+
+/// Sends raw bytes as one request and returns the status of the answer
+/// (None when the connection closed without one) and the whole answer.
+pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Option<u16>, String) {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).expect("connect to the API");
+    s.set_read_timeout(Some(timeout)).unwrap();
+    // The server may answer and close before taking it all.
+    let _ = s.write_all(bytes);
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok());
+    (status, text)
+}
+
+/// POST /api/v1/channels for example.avsc given inline; returns the status.
+pub fn register_example(api: SocketAddr, name: &str, port: u16, config: Json) -> (u16, Json) {
+    let schema: Json = serde_json::from_str(EXAMPLE_SCHEMA).expect("example schema is JSON");
+    let body = serde_json::json!({"name": name, "port": port, "schema": schema, "config": config});
+    http(
+        api,
+        "POST",
+        "/api/v1/channels",
+        &[("Content-Type".into(), "application/json".into())],
+        Some(&serde_json::to_vec(&body).expect("serialises")),
+    )
+}

@@ -1,0 +1,749 @@
+//! `speedrelay channels`: the command-line client of the HTTP API (SPEC §2,
+//! §5) — list, show, register and remove channels on a running relay.
+//!
+//! A deliberately small HTTP/1.1 client: one TCP connection per request
+//! through hyper's `client::conn::http1`, plain `http://` only (the API
+//! listens on loopback by default). Every failure, from a refused
+//! connection to a 4xx answer, becomes one [`ClientError`] whose text is a
+//! single line for the user.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value, json};
+use tokio::net::TcpStream;
+
+/// Where the API is when neither `--url` nor `SPEEDRELAY_URL` says.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+const PREFIX: &str = "/api/v1";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Registration binds a port and writes the registry: seconds at most.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `speedrelay channels …`
+#[derive(Debug, clap::Args)]
+pub struct ChannelsArgs {
+    /// Base URL of the relay's API (http only).
+    ///
+    /// The token, if the relay has one, is taken from the environment
+    /// variable SPEEDRELAY_API_TOKEN and sent as `Authorization: Bearer`.
+    #[arg(long, env = "SPEEDRELAY_URL", default_value = DEFAULT_URL, global = true)]
+    pub url: String,
+    #[command(subcommand)]
+    pub action: ChannelsAction,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ChannelsAction {
+    /// A table of every channel with its status and counters.
+    ///
+    /// Columns: name, port, status, packets/s, packets, invalid, drops
+    /// (datagrams the kernel dropped because the receive buffer was full),
+    /// archive size. The relay reports cumulative counters only, so
+    /// packets/s is computed from two samples taken --interval seconds apart.
+    List {
+        /// Seconds between the two samples packets/s is computed from;
+        /// 0 takes one sample and leaves the rate column out.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+    },
+    /// One channel as the API returns it (pretty JSON).
+    Get { name: String },
+    /// Register a channel: binds the port and starts relaying at once.
+    Add(AddArgs),
+    /// Remove a channel: stops it, closes its archive, frees the port.
+    Rm { name: String },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Channel name: [A-Za-z0-9][A-Za-z0-9_.-]{0,63}.
+    pub name: String,
+    /// UDP port the channel receives on.
+    #[arg(long)]
+    pub port: u16,
+    /// Avro schema file (.avsc, a JSON object); its content is sent inline.
+    #[arg(long)]
+    pub schema: PathBuf,
+    /// Decimation factor: one decimated record per N received (turns
+    /// decimation on).
+    #[arg(long, value_name = "N")]
+    pub decimation: Option<u32>,
+    /// Decimation algorithm (turns decimation on).
+    #[arg(long, value_parser = ["downsample", "average", "minmax", "rms"])]
+    pub algorithm: Option<String>,
+    /// Full-rate destination, IP:PORT (repeatable); replaces the default ones.
+    #[arg(long = "output", value_name = "HOST:PORT")]
+    pub outputs: Vec<SocketAddr>,
+    /// Decimated destination, IP:PORT (repeatable); replaces the default ones.
+    #[arg(long = "decimated-output", value_name = "HOST:PORT")]
+    pub decimated_outputs: Vec<SocketAddr>,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err("must be a number of seconds between 0 and 3600".into()),
+    }
+}
+
+/// Everything that can go wrong, each shown to the user as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{url} is not a usable API URL: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to {url} ({}): is `speedrelay serve` running there?", source.kind())]
+    Connect { url: String, source: std::io::Error },
+    #[error("no answer from {url} within {secs} s")]
+    Timeout { url: String, secs: u64 },
+    #[error("HTTP exchange with {url} failed: {source}")]
+    Http { url: String, source: hyper::Error },
+    /// The server answered with an error status; `message` is its `error`
+    /// (prefixed by `field`, followed by `details`).
+    #[error("{message} ({status})")]
+    Api { status: u16, message: String },
+    #[error("{url} answered {status} with a body that is not JSON")]
+    NotJson { url: String, status: u16 },
+    #[error("cannot read schema file {path}: {source}")]
+    SchemaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("schema file {path} is not JSON: {source}")]
+    SchemaJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("schema file {path} must hold an Avro schema object ({{\"type\": …}})")]
+    SchemaNotObject { path: PathBuf },
+    #[error("cannot start the client runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs one `speedrelay channels` command; the token comes from
+/// `SPEEDRELAY_API_TOKEN` (environment only, so it never shows in `ps`).
+pub fn run(args: ChannelsArgs) -> Result<(), ClientError> {
+    let token = std::env::var("SPEEDRELAY_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let client = ApiClient::new(&args.url, token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ClientError::Runtime)?;
+    runtime.block_on(async {
+        match args.action {
+            ChannelsAction::List { interval } => {
+                let table = list(&client, interval).await?;
+                out(&table);
+            }
+            ChannelsAction::Get { name } => {
+                let channel = client
+                    .call(
+                        Method::GET,
+                        &format!("/channels/{}", encode_segment(&name)),
+                        None,
+                    )
+                    .await?;
+                out(&format!("{}\n", pretty(&channel)));
+            }
+            ChannelsAction::Add(add) => {
+                let body = registration(&add)?;
+                let answer = client.call(Method::POST, "/channels", Some(body)).await?;
+                let message = message_of(&answer, &format!("channel {} added", add.name));
+                out(&format!("{message}\n"));
+            }
+            ChannelsAction::Rm { name } => {
+                let path = format!("/channels/{}", encode_segment(&name));
+                let answer = client.call(Method::DELETE, &path, None).await?;
+                let message = message_of(&answer, &format!("channel {name} removed"));
+                out(&format!("{message}\n"));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
+}
+
+/// The API's base address and credentials.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    /// As the user wrote it, for messages.
+    url: String,
+    /// `host:port` to connect to and send as `Host`.
+    authority: String,
+    /// Path before `/api/v1` (empty, or e.g. `/relay` behind a proxy).
+    base_path: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// Parses `http://host[:port][/path]`; anything else is refused here,
+    /// before any connection is tried.
+    pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| bad(&e.to_string()))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => return Err(bad("only http:// is supported")),
+            None => return Err(bad("write it as http://HOST:PORT")),
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "user information is not supported; use SPEEDRELAY_API_TOKEN",
+            ));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let host = authority.host();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query string is not allowed"));
+        }
+        Ok(ApiClient {
+            url: url.trim_end_matches('/').to_string(),
+            authority: format!("{host}:{port}"),
+            base_path: uri.path().trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// One request to `/api/v1{path}`: the JSON body of a 2xx answer, or
+    /// the server's error as [`ClientError::Api`].
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
+        let timeout = || ClientError::Timeout {
+            url: self.url.clone(),
+            secs: REQUEST_TIMEOUT.as_secs(),
+        };
+        let (status, bytes) =
+            tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(method, path, body))
+                .await
+                .map_err(|_| timeout())??;
+        let parsed = serde_json::from_slice::<Value>(&bytes);
+        if status.is_success() {
+            return parsed.map_err(|_| ClientError::NotJson {
+                url: self.url.clone(),
+                status: status.as_u16(),
+            });
+        }
+        let mut message = match &parsed {
+            Ok(v) => error_text(v),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| {
+            let text = String::from_utf8_lossy(&bytes);
+            let first = text.lines().next().unwrap_or("").trim();
+            if first.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                first.chars().take(200).collect()
+            }
+        });
+        if status == StatusCode::UNAUTHORIZED {
+            message.push_str(if self.token.is_some() {
+                "; SPEEDRELAY_API_TOKEN does not match the relay's token"
+            } else {
+                "; set SPEEDRELAY_API_TOKEN"
+            });
+        }
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let connect_error = |source| ClientError::Connect {
+            url: self.url.clone(),
+            source,
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| {
+                connect_error(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection timed out",
+                ))
+            })?
+            .map_err(connect_error)?;
+        let http_error = |source| ClientError::Http {
+            url: self.url.clone(),
+            source,
+        };
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(http_error)?;
+        // The connection future does the I/O; it ends when the exchange is
+        // over and `sender` is dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let uri = format!("{}{PREFIX}{path}", self.base_path);
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(HOST, &self.authority)
+            .header("accept", "application/json");
+        if let Some(token) = &self.token
+            && let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let payload = match body {
+            Some(v) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(payload))
+            .map_err(|e| ClientError::BadUrl {
+                url: self.url.clone(),
+                reason: e.to_string(),
+            })?;
+        let response = sender.send_request(request).await.map_err(http_error)?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(http_error)?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+}
+
+/// The one-line text of an error body `{error, field?, details?}`.
+fn error_text(v: &Value) -> Option<String> {
+    let error = v.get("error")?.as_str()?;
+    let mut text = match v.get("field").and_then(Value::as_str) {
+        Some(field) if !error.starts_with(field) => format!("{field}: {error}"),
+        _ => error.to_string(),
+    };
+    let details = match v.get("details").or_else(|| v.get("reasons")) {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => vec![other.to_string()],
+    };
+    if !details.is_empty() {
+        text.push_str(" — ");
+        text.push_str(&details.join("; "));
+    }
+    Some(one_line(&text))
+}
+
+/// Server text may hold newlines; the user gets one line.
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn message_of(answer: &Value, fallback: &str) -> String {
+    answer
+        .get("message")
+        .and_then(Value::as_str)
+        .map_or_else(|| fallback.to_string(), one_line)
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// Percent-encodes a path segment. Valid channel names need none, but an
+/// invalid one must reach the server as one segment to get its 404/400.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// The `POST /channels` body of `channels add`: the schema inline, and the
+/// flags as SPEC §3 channel settings under `config`.
+pub fn registration(add: &AddArgs) -> Result<Value, ClientError> {
+    let schema = read_schema(&add.schema)?;
+    let mut config = Map::new();
+    if add.decimation.is_some() || add.algorithm.is_some() {
+        let mut decimation = Map::new();
+        decimation.insert("enabled".into(), Value::Bool(true));
+        if let Some(n) = add.decimation {
+            decimation.insert("factor".into(), json!(n));
+        }
+        if let Some(a) = &add.algorithm {
+            decimation.insert("algorithm".into(), json!(a));
+        }
+        config.insert("decimation".into(), Value::Object(decimation));
+    }
+    let destinations = |list: &[SocketAddr]| -> Value {
+        list.iter()
+            .map(|a| json!({ "address": a.ip().to_string(), "port": a.port() }))
+            .collect()
+    };
+    if !add.outputs.is_empty() || !add.decimated_outputs.is_empty() {
+        let mut outputs = Map::new();
+        if !add.outputs.is_empty() {
+            outputs.insert("full_rate".into(), destinations(&add.outputs));
+        }
+        if !add.decimated_outputs.is_empty() {
+            outputs.insert("decimated".into(), destinations(&add.decimated_outputs));
+        }
+        config.insert("outputs".into(), Value::Object(outputs));
+    }
+    let mut body = json!({ "name": add.name, "port": add.port, "schema": schema });
+    if !config.is_empty() {
+        body["config"] = Value::Object(config);
+    }
+    Ok(body)
+}
+
+fn read_schema(path: &Path) -> Result<Value, ClientError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ClientError::SchemaRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| ClientError::SchemaJson {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !value.is_object() {
+        return Err(ClientError::SchemaNotObject {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(value)
+}
+
+/// One channel's row, from a `GET /channels` entry.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    name: String,
+    port: u64,
+    status: String,
+    error: Option<String>,
+    packets: u64,
+    invalid: u64,
+    drops: u64,
+    archive_bytes: u64,
+}
+
+fn rows(listing: &Value) -> Vec<Row> {
+    let empty = Vec::new();
+    let channels = listing
+        .get("channels")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    channels
+        .iter()
+        .map(|c| {
+            let stat = |k: &str| c["stats"][k].as_u64().unwrap_or(0);
+            Row {
+                name: c["name"].as_str().unwrap_or("?").to_string(),
+                port: c["port"].as_u64().unwrap_or(0),
+                status: c["status"].as_str().unwrap_or("?").to_string(),
+                error: c["error"].as_str().map(one_line),
+                packets: stat("packets"),
+                invalid: stat("invalid"),
+                drops: stat("kernel_drops"),
+                archive_bytes: stat("archive_bytes"),
+            }
+        })
+        .collect()
+}
+
+/// `channels list`: one sample, or two `interval` seconds apart for the
+/// packets/s column.
+async fn list(client: &ApiClient, interval: f64) -> Result<String, ClientError> {
+    let first = client.call(Method::GET, "/channels", None).await?;
+    let taken = Instant::now();
+    if interval == 0.0 {
+        return Ok(render_table(&rows(&first), None));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(interval)).await;
+    let second = client.call(Method::GET, "/channels", None).await?;
+    let elapsed = taken.elapsed().as_secs_f64();
+    let before: HashMap<String, u64> = rows(&first)
+        .into_iter()
+        .map(|r| (r.name, r.packets))
+        .collect();
+    let now = rows(&second);
+    let rates = now
+        .iter()
+        .map(|r| {
+            before
+                .get(&r.name)
+                .map(|p| r.packets.saturating_sub(*p) as f64 / elapsed)
+        })
+        .collect();
+    Ok(render_table(&now, Some(rates)))
+}
+
+/// The aligned table; `rates` (one per row, `None` for a channel that
+/// appeared between the samples) adds the packets/s column.
+fn render_table(rows: &[Row], rates: Option<Vec<Option<f64>>>) -> String {
+    if rows.is_empty() {
+        return "no channels registered\n".to_string();
+    }
+    let mut header = vec!["NAME", "PORT", "STATUS"];
+    if rates.is_some() {
+        header.push("PACKETS/S");
+    }
+    header.extend(["PACKETS", "INVALID", "DROPS", "ARCHIVE"]);
+    let mut cells: Vec<Vec<String>> = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let mut line = vec![r.name.clone(), r.port.to_string(), r.status.clone()];
+        if let Some(rates) = &rates {
+            line.push(match rates.get(i).copied().flatten() {
+                Some(x) if x < 10.0 => format!("{x:.1}"),
+                Some(x) => format!("{x:.0}"),
+                None => "-".into(),
+            });
+        }
+        line.extend([
+            r.packets.to_string(),
+            r.invalid.to_string(),
+            r.drops.to_string(),
+            human_bytes(r.archive_bytes),
+        ]);
+        cells.push(line);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            cells
+                .iter()
+                .map(|l| l[c].chars().count())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    // Name and status read left to right; numbers line up on the right.
+    let left = |c: usize| c == 0 || c == 2;
+    let mut out = String::new();
+    let mut push_line = |line: &[String]| {
+        let mut text = String::new();
+        for (c, cell) in line.iter().enumerate() {
+            if c > 0 {
+                text.push_str("  ");
+            }
+            if left(c) {
+                let _ = write!(text, "{cell:<w$}", w = widths[c]);
+            } else {
+                let _ = write!(text, "{cell:>w$}", w = widths[c]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    push_line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for line in &cells {
+        push_line(line);
+    }
+    for r in rows.iter().filter(|r| r.error.is_some()) {
+        let _ = writeln!(
+            out,
+            "{} {}: {}",
+            r.name,
+            r.status,
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `3.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn urls() {
+        let c = ApiClient::new("http://127.0.0.1:9000/", None).unwrap();
+        assert_eq!(c.authority, "127.0.0.1:9000");
+        assert_eq!(c.base_path, "");
+        let c = ApiClient::new("http://relay.local/proxy/", None).unwrap();
+        assert_eq!(c.authority, "relay.local:80");
+        assert_eq!(c.base_path, "/proxy");
+        for bad in [
+            "https://x:1",
+            "127.0.0.1:8080",
+            "http://u:p@x:1",
+            "ht tp://x",
+        ] {
+            assert!(
+                matches!(ApiClient::new(bad, None), Err(ClientError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_bodies_become_one_line() {
+        let v = json!({"error": "is required", "field": "port"});
+        assert_eq!(error_text(&v).unwrap(), "port: is required");
+        let v = json!({"error": "port 1 is used by channel x", "used_by": "x"});
+        assert_eq!(error_text(&v).unwrap(), "port 1 is used by channel x");
+        let v = json!({"error": "bad\nthing", "details": ["a", "b"]});
+        assert_eq!(error_text(&v).unwrap(), "bad thing — a; b");
+        assert_eq!(error_text(&json!({"status": 1})), None);
+    }
+
+    #[test]
+    fn table_aligns_and_reports_failures() {
+        let rows = vec![
+            Row {
+                name: "a".into(),
+                port: 26000,
+                status: "active".into(),
+                error: None,
+                packets: 123456,
+                invalid: 0,
+                drops: 0,
+                archive_bytes: 2048,
+            },
+            Row {
+                name: "longer-name".into(),
+                port: 7,
+                status: "failed".into(),
+                error: Some("port 7 cannot be bound".into()),
+                packets: 0,
+                invalid: 3,
+                drops: 1,
+                archive_bytes: 0,
+            },
+        ];
+        let t = render_table(&rows, Some(vec![Some(1000.4), None]));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME          PORT  STATUS  PACKETS/S  PACKETS  INVALID  DROPS  ARCHIVE"
+        );
+        assert_eq!(
+            lines[1],
+            "a            26000  active       1000   123456        0      0  2.0 KiB"
+        );
+        assert_eq!(
+            lines[2],
+            "longer-name      7  failed          -        0        3      1      0 B"
+        );
+        assert_eq!(lines[3], "longer-name failed: port 7 cannot be bound");
+        assert!(!render_table(&rows, None).contains("PACKETS/S"));
+        assert_eq!(render_table(&[], None), "no channels registered\n");
+    }
+
+    #[test]
+    fn flags_become_channel_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("s.avsc");
+        std::fs::write(&schema, r#"{"type":"record","name":"r","fields":[]}"#).unwrap();
+        let add = AddArgs {
+            name: "n".into(),
+            port: 26001,
+            schema: schema.clone(),
+            decimation: Some(4),
+            algorithm: Some("rms".into()),
+            outputs: vec!["127.0.0.1:7000".parse().unwrap()],
+            decimated_outputs: vec![
+                "[::1]:7001".parse().unwrap(),
+                "239.1.1.2:7002".parse().unwrap(),
+            ],
+        };
+        let body = registration(&add).unwrap();
+        assert_eq!(body["schema"]["name"], "r");
+        assert_eq!(
+            body["config"],
+            json!({
+                "decimation": {"enabled": true, "factor": 4, "algorithm": "rms"},
+                "outputs": {
+                    "full_rate": [{"address": "127.0.0.1", "port": 7000}],
+                    "decimated": [{"address": "::1", "port": 7001}, {"address": "239.1.1.2", "port": 7002}],
+                },
+            })
+        );
+        // The settings deserialize as the relay's own type would.
+        let settings: crate::config::ChannelSettings =
+            serde_json::from_value(body["config"].clone()).unwrap();
+        assert_eq!(settings.decimation.factor, 4);
+        assert_eq!(settings.outputs.decimated.len(), 2);
+
+        let plain = AddArgs {
+            decimation: None,
+            algorithm: None,
+            outputs: vec![],
+            decimated_outputs: vec![],
+            ..add
+        };
+        assert!(registration(&plain).unwrap().get("config").is_none());
+
+        std::fs::write(&schema, "\"long\"").unwrap();
+        assert!(matches!(
+            registration(&plain),
+            Err(ClientError::SchemaNotObject { .. })
+        ));
+    }
+}

@@ -1,0 +1,408 @@
+//! Prometheus exposition (`GET /metrics`, text format 0.0.4): every
+//! per-channel counter, registry size, API request counts and process RSS.
+//!
+//! Request counting is a fixed table of relaxed atomics indexed by route
+//! template, method and status, so recording a request never allocates or
+//! locks and the number of series stays bounded whatever paths clients send.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use hyper::Method;
+
+use crate::counters::ChannelStats;
+use crate::engine::{ChannelInfo, Status};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Route templates, the `route` label: never the raw path, so a client
+/// cannot create series by inventing paths.
+const ROUTES: [&str; 12] = [
+    "/",
+    "/{asset}",
+    "/metrics",
+    "/api/v1/health",
+    "/api/v1/metrics",
+    "/api/v1/channels",
+    "/api/v1/channels/{name}",
+    "/api/v1/channels/{name}/schema",
+    "/api/v1/channels/{name}/validate-schema",
+    "/api/v1/ports/available",
+    "/api/v1/ports/{port}/status",
+    "other",
+];
+const OTHER_ROUTE: usize = ROUTES.len() - 1;
+
+const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PATCH", "DELETE", "other"];
+
+/// Every status the API answers with; anything else is counted as `other`.
+const STATUSES: [u16; 16] = [
+    200, 201, 204, 304, 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503,
+];
+const STATUS_SLOTS: usize = STATUSES.len() + 1;
+
+/// A request's route template, found from its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(usize);
+
+impl Route {
+    /// The template `path` falls under: the same shapes `api` routes on.
+    pub fn of(path: &str) -> Route {
+        let index = match path {
+            "/" => 0,
+            "/metrics" => 2,
+            p if crate::web::asset(p).is_some() => 1,
+            p => match p.strip_prefix("/api/v1/") {
+                None => OTHER_ROUTE,
+                Some(rest) => {
+                    let mut parts = rest.split('/');
+                    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                        (Some("health"), None, _, _) => 3,
+                        (Some("metrics"), None, _, _) => 4,
+                        (Some("channels"), None, _, _) => 5,
+                        (Some("channels"), Some(_), None, _) => 6,
+                        (Some("channels"), Some(_), Some("schema"), None) => 7,
+                        (Some("channels"), Some(_), Some("validate-schema"), None) => 8,
+                        (Some("ports"), Some("available"), None, _) => 9,
+                        (Some("ports"), Some(_), Some("status"), None) => 10,
+                        _ => OTHER_ROUTE,
+                    }
+                }
+            },
+        };
+        Route(index)
+    }
+
+    pub fn template(self) -> &'static str {
+        ROUTES[self.0]
+    }
+}
+
+/// API requests answered, by route template, method and status.
+pub struct RequestCounts {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for RequestCounts {
+    fn default() -> Self {
+        let n = ROUTES.len() * METHODS.len() * STATUS_SLOTS;
+        RequestCounts {
+            counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestCounts").finish_non_exhaustive()
+    }
+}
+
+impl RequestCounts {
+    /// Counts one answered request.
+    pub fn record(&self, route: Route, method: &Method, status: u16) {
+        let m = match *method {
+            Method::GET => 0,
+            Method::HEAD => 1,
+            Method::POST => 2,
+            Method::PATCH => 3,
+            Method::DELETE => 4,
+            _ => 5,
+        };
+        let s = STATUSES
+            .iter()
+            .position(|&x| x == status)
+            .unwrap_or(STATUSES.len());
+        let i = (route.0 * METHODS.len() + m) * STATUS_SLOTS + s;
+        if let Some(c) = self.counts.get(i) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `(route, method, status, count)` of every series counted at least once.
+    fn nonzero(&self) -> impl Iterator<Item = (&'static str, &'static str, String, u64)> + '_ {
+        self.counts.iter().enumerate().filter_map(|(i, c)| {
+            let n = c.load(Relaxed);
+            if n == 0 {
+                return None;
+            }
+            let s = i % STATUS_SLOTS;
+            let m = (i / STATUS_SLOTS) % METHODS.len();
+            let r = i / STATUS_SLOTS / METHODS.len();
+            let status = STATUSES
+                .get(s)
+                .map_or_else(|| "other".to_string(), u16::to_string);
+            Some((ROUTES[r], METHODS[m], status, n))
+        })
+    }
+}
+
+/// What one scrape shows.
+pub struct Exposition<'a> {
+    pub channels: &'a [ChannelInfo],
+    /// Rows in the registry; `None` when it could not be read.
+    pub registry_channels: Option<usize>,
+    /// Size of the registry file; `None` when it could not be read.
+    pub registry_file_bytes: Option<u64>,
+    pub requests: &'a RequestCounts,
+    /// Resident set size; `None` where /proc is missing.
+    pub resident_memory_bytes: Option<u64>,
+}
+
+/// Per-channel counter families: name, help, and which counter.
+type Field = fn(&ChannelStats) -> u64;
+const CHANNEL_COUNTERS: [(&str, &str, Field); 11] = [
+    (
+        "speedrelay_channel_received_packets_total",
+        "Datagrams received on the channel's port, valid or not.",
+        |s| s.packets,
+    ),
+    (
+        "speedrelay_channel_received_bytes_total",
+        "Payload bytes received on the channel's port.",
+        |s| s.bytes,
+    ),
+    (
+        "speedrelay_channel_invalid_packets_total",
+        "Datagrams that were not exactly one record of the channel's schema.",
+        |s| s.invalid,
+    ),
+    (
+        "speedrelay_channel_kernel_drops_total",
+        "Datagrams the kernel dropped because the receive buffer was full.",
+        |s| s.kernel_drops,
+    ),
+    (
+        "speedrelay_channel_forwarded_records_total",
+        "Records sent to full-rate destinations, once per destination.",
+        |s| s.forwarded,
+    ),
+    (
+        "speedrelay_channel_decimated_records_total",
+        "Records sent to decimated destinations, once per destination.",
+        |s| s.decimated_sent,
+    ),
+    (
+        "speedrelay_channel_send_errors_total",
+        "Sends to a destination that failed.",
+        |s| s.send_errors,
+    ),
+    (
+        "speedrelay_channel_archive_written_bytes_total",
+        "Bytes written to archive files, headers included.",
+        |s| s.archive_bytes,
+    ),
+    (
+        "speedrelay_channel_archive_files_total",
+        "Archive files opened.",
+        |s| s.archive_files,
+    ),
+    (
+        "speedrelay_channel_archive_errors_total",
+        "Failed archive operations (open, write, close).",
+        |s| s.archive_errors,
+    ),
+    (
+        "speedrelay_channel_archive_dropped_records_total",
+        "Records that never reached an archive file.",
+        |s| s.archive_dropped,
+    ),
+];
+
+/// The whole exposition as text.
+pub fn render(x: &Exposition<'_>) -> String {
+    let mut out = String::with_capacity(1024 + x.channels.len() * 1024);
+    family(
+        &mut out,
+        "speedrelay_build_info",
+        "gauge",
+        "Always 1; the version is a label.",
+    );
+    let _ = writeln!(
+        out,
+        "speedrelay_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    family(
+        &mut out,
+        "speedrelay_channels",
+        "gauge",
+        "Channels known to the relay, by status.",
+    );
+    let active = x
+        .channels
+        .iter()
+        .filter(|c| c.status == Status::Active)
+        .count();
+    let _ = writeln!(out, "speedrelay_channels{{status=\"active\"}} {active}");
+    let _ = writeln!(
+        out,
+        "speedrelay_channels{{status=\"failed\"}} {}",
+        x.channels.len() - active
+    );
+
+    family(
+        &mut out,
+        "speedrelay_channel_up",
+        "gauge",
+        "1 when the channel is bound and relaying, 0 when it failed and is being retried.",
+    );
+    for c in x.channels {
+        let up = u8::from(c.status == Status::Active);
+        let _ = writeln!(
+            out,
+            "speedrelay_channel_up{{channel=\"{}\"}} {up}",
+            Escaped(&c.name)
+        );
+    }
+    for (name, help, field) in CHANNEL_COUNTERS {
+        family(&mut out, name, "counter", help);
+        for c in x.channels {
+            let _ = writeln!(
+                out,
+                "{name}{{channel=\"{}\"}} {}",
+                Escaped(&c.name),
+                field(&c.stats)
+            );
+        }
+    }
+
+    if let Some(n) = x.registry_channels {
+        family(
+            &mut out,
+            "speedrelay_registry_channels",
+            "gauge",
+            "Channels stored in the registry.",
+        );
+        let _ = writeln!(out, "speedrelay_registry_channels {n}");
+    }
+    if let Some(n) = x.registry_file_bytes {
+        family(
+            &mut out,
+            "speedrelay_registry_file_bytes",
+            "gauge",
+            "Size of the registry file.",
+        );
+        let _ = writeln!(out, "speedrelay_registry_file_bytes {n}");
+    }
+
+    family(
+        &mut out,
+        "speedrelay_http_requests_total",
+        "counter",
+        "API requests answered, by route template, method and status.",
+    );
+    for (route, method, status, n) in x.requests.nonzero() {
+        let _ = writeln!(
+            out,
+            "speedrelay_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
+        );
+    }
+
+    if let Some(n) = x.resident_memory_bytes {
+        family(
+            &mut out,
+            "speedrelay_process_resident_memory_bytes",
+            "gauge",
+            "Resident set size of the relay process.",
+        );
+        let _ = writeln!(out, "speedrelay_process_resident_memory_bytes {n}");
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    // Help texts here are constants without backslashes or newlines, so
+    // they need no escaping.
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value with `\`, `"` and newlines escaped as the format requires
+/// (channel names cannot hold them today; this keeps the output valid if
+/// that ever changes).
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for ch in self.0.chars() {
+            match ch {
+                '\\' => f.write_str("\\\\")?,
+                '"' => f.write_str("\\\"")?,
+                '\n' => f.write_str("\\n")?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The process's resident set size: pages from /proc/self/statm times the
+/// page size.
+pub fn resident_memory_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().map(|p| pages * p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_templates_and_unknown_paths_are_other() {
+        let t = |p: &str| Route::of(p).template();
+        assert_eq!(t("/"), "/");
+        assert_eq!(t("/metrics"), "/metrics");
+        assert_eq!(t("/api/v1/metrics"), "/api/v1/metrics");
+        assert_eq!(t("/api/v1/health"), "/api/v1/health");
+        assert_eq!(t("/api/v1/channels"), "/api/v1/channels");
+        assert_eq!(t("/api/v1/channels/abc"), "/api/v1/channels/{name}");
+        assert_eq!(
+            t("/api/v1/channels/x/schema"),
+            "/api/v1/channels/{name}/schema"
+        );
+        assert_eq!(
+            t("/api/v1/channels/x/validate-schema"),
+            "/api/v1/channels/{name}/validate-schema"
+        );
+        assert_eq!(t("/api/v1/ports/available"), "/api/v1/ports/available");
+        assert_eq!(
+            t("/api/v1/ports/26001/status"),
+            "/api/v1/ports/{port}/status"
+        );
+        for p in [
+            "/nope",
+            "/api/v1/channels/x/y/z",
+            "/api/v2/health",
+            "/api/v1/ports/1",
+        ] {
+            assert_eq!(t(p), "other", "{p}");
+        }
+    }
+
+    #[test]
+    fn every_slot_is_reachable_and_counted_once() {
+        let c = RequestCounts::default();
+        c.record(Route::of("/api/v1/channels/a"), &Method::GET, 404);
+        c.record(Route::of("/api/v1/channels/b"), &Method::GET, 404);
+        c.record(Route::of("/x"), &Method::PUT, 418);
+        let got: Vec<_> = c.nonzero().collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/api/v1/channels/{name}", "GET", "404".to_string(), 2),
+                ("other", "other", "other".to_string(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(Escaped("a\\b\"c\nd").to_string(), "a\\\\b\\\"c\\nd");
+    }
+}

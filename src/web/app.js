@@ -1,0 +1,503 @@
+// speedrelay web page: polls the JSON API and drives the register/remove
+// forms. Plain JavaScript, no dependencies; every text from the server is
+// inserted with textContent, never as HTML.
+'use strict';
+
+const API = '/api/v1';
+const REFRESH_MS = 2000;
+const TOKEN_KEY = 'speedrelay.token';
+const SUGGEST_RANGE = [26000, 27000];
+const MAX_SCHEMA_BYTES = 2 * 1024 * 1024;
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+const $ = (id) => document.getElementById(id);
+const fmtInt = new Intl.NumberFormat();
+const fmtRate = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
+
+/** An API answer that is not 2xx: `{error, field?, details?}`. */
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.error) || `HTTP ${status}`);
+    this.status = status;
+    this.body = body || {};
+    this.field = this.body.field;
+  }
+}
+
+// ---- Token: asked for when the API answers 401, kept for this tab only.
+
+let tokenPrompt = null;
+
+function askToken(refused) {
+  if (tokenPrompt) return tokenPrompt;
+  const dialog = $('token-dialog');
+  const input = $('f-token');
+  const err = $('f-token-error');
+  showError(err, refused ? 'The relay refused this token. Check it and try again.' : '');
+  input.setAttribute('aria-invalid', refused ? 'true' : 'false');
+  input.value = '';
+  const opener = document.activeElement;
+  tokenPrompt = new Promise((resolve, reject) => {
+    const form = $('token-form');
+    const done = (ok) => {
+      form.removeEventListener('submit', onSubmit);
+      dialog.removeEventListener('close', onClose);
+      tokenPrompt = null;
+      if (opener && opener.focus && document.contains(opener)) opener.focus();
+      ok ? resolve() : reject(new ApiError(401, { error: 'an API token is needed' }));
+    };
+    const onSubmit = (e) => {
+      e.preventDefault();
+      const token = input.value.trim();
+      if (!token) {
+        showError(err, 'Enter the token.');
+        input.setAttribute('aria-invalid', 'true');
+        input.focus();
+        return;
+      }
+      sessionStorage.setItem(TOKEN_KEY, token);
+      dialog.removeEventListener('close', onClose);
+      dialog.close();
+      done(true);
+    };
+    const onClose = () => done(false);
+    form.addEventListener('submit', onSubmit);
+    dialog.addEventListener('close', onClose);
+  });
+  if (!dialog.open) dialog.showModal();
+  input.focus();
+  return tokenPrompt;
+}
+
+/** One API call; on 401 asks for the token and tries again. */
+async function api(method, path, body) {
+  for (;;) {
+    const headers = { Accept: 'application/json' };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = 'Bearer ' + token;
+    const init = { method, headers, cache: 'no-store' };
+    if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(API + path, init);
+    } catch (e) {
+      throw new ApiError(0, { error: 'cannot reach the relay (' + e.message + ')' });
+    }
+    const text = await resp.text();
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch (_) {
+      data = { error: text.slice(0, 300) };
+    }
+    if (resp.status === 401) {
+      if (token) sessionStorage.removeItem(TOKEN_KEY);
+      await askToken(Boolean(token));
+      continue;
+    }
+    if (!resp.ok) throw new ApiError(resp.status, data);
+    return data;
+  }
+}
+
+// ---- Small helpers.
+
+function showError(el, message) {
+  el.textContent = message || '';
+  el.hidden = !message;
+}
+
+function announce(message) {
+  const live = $('announce');
+  // Clearing first makes a repeated message be read again.
+  live.textContent = '';
+  setTimeout(() => { live.textContent = message; }, 50);
+}
+
+function bytes(n) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return (i === 0 ? String(v) : v.toFixed(v < 10 ? 2 : 1)) + ' ' + units[i];
+}
+
+function el(tag, attrs, text) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function errorText(e) {
+  let msg = e.message;
+  if (e.body && e.body.used_by && !msg.includes(e.body.used_by)) msg += ` (used by channel ${e.body.used_by})`;
+  if (e.body && e.body.details) {
+    const d = Array.isArray(e.body.details) ? e.body.details.join('; ') : String(e.body.details);
+    if (d) msg += ': ' + d;
+  }
+  return msg;
+}
+
+// ---- The channel table.
+
+/** name -> {row, cells, last: {t, records}} */
+const rows = new Map();
+let online = null;
+/** Whether the table was filled once: later new rows are highlighted. */
+let rendered = false;
+
+function setConnection(ok, detail) {
+  const dot = $('conn-dot');
+  dot.className = 'dot ' + (ok ? 'live' : 'down');
+  $('conn').textContent = ok ? 'Live · updated ' + new Date().toLocaleTimeString() : 'Offline · retrying';
+  showError($('list-error'), ok ? '' : detail);
+  if (online !== ok) {
+    if (online !== null) announce(ok ? 'Connection to the relay restored.' : 'Lost the connection to the relay: ' + detail);
+    online = ok;
+  }
+}
+
+function makeRow(c) {
+  const row = el('tr', { 'data-name': c.name });
+  const name = el('th', { scope: 'row' }, c.name);
+  const port = el('td', { class: 'num' });
+  const status = el('td');
+  const rate = el('td', { class: 'num', 'data-col': 'rate' });
+  const records = el('td', { class: 'num', 'data-col': 'records' });
+  const invalid = el('td', { class: 'num', 'data-col': 'invalid' });
+  const drops = el('td', { class: 'num', 'data-col': 'drops' });
+  const archive = el('td', { class: 'num', 'data-col': 'archive' });
+  const actions = el('td', { class: 'actions-cell' });
+  const schemaBtn = el('button', { type: 'button', class: 'secondary small', 'aria-label': 'Show the schema of ' + c.name }, 'Schema');
+  schemaBtn.addEventListener('click', () => showSchema(c.name, schemaBtn));
+  const removeBtn = el('button', { type: 'button', class: 'secondary small', 'data-action': 'remove', 'aria-label': 'Remove ' + c.name }, 'Remove');
+  removeBtn.addEventListener('click', () => confirmRemove(c.name, removeBtn));
+  actions.append(schemaBtn, removeBtn);
+  row.append(name, port, status, rate, records, invalid, drops, archive, actions);
+  return { row, cells: { port, status, rate, records, invalid, drops, archive }, last: null };
+}
+
+function updateRow(entry, c, now) {
+  const s = c.stats || {};
+  const { cells } = entry;
+  cells.port.textContent = String(c.port);
+  cells.status.replaceChildren(el('span', { class: 'badge ' + c.status }, c.status));
+  if (c.error) cells.status.append(el('span', { class: 'why' }, c.error));
+  // Records: valid datagrams; the rate is from the change since the last poll.
+  const valid = Math.max(0, (s.packets || 0) - (s.invalid || 0));
+  let rate = '–';
+  if (entry.last && valid >= entry.last.records && now > entry.last.t) {
+    rate = fmtRate.format(((valid - entry.last.records) * 1000) / (now - entry.last.t));
+  }
+  entry.last = { t: now, records: valid };
+  cells.rate.textContent = rate;
+  cells.records.textContent = fmtInt.format(valid);
+  cells.invalid.textContent = fmtInt.format(s.invalid || 0);
+  cells.invalid.title = s.last_invalid ? 'Last: ' + s.last_invalid : '';
+  cells.drops.textContent = fmtInt.format(s.kernel_drops || 0);
+  cells.archive.textContent = bytes(s.archive_bytes || 0);
+  cells.archive.title = fmtInt.format(s.archive_bytes || 0) + ' bytes in ' + fmtInt.format(s.archive_files || 0) + ' file(s)' +
+    (s.archive_error ? '; error: ' + s.archive_error : '');
+}
+
+function render(channels) {
+  const now = performance.now();
+  const tbody = $('rows');
+  const seen = new Set();
+  channels.sort((a, b) => a.name.localeCompare(b.name));
+  let before = null;
+  for (let i = channels.length - 1; i >= 0; i--) {
+    const c = channels[i];
+    seen.add(c.name);
+    let entry = rows.get(c.name);
+    if (!entry) {
+      entry = makeRow(c);
+      rows.set(c.name, entry);
+      if (rendered) entry.row.classList.add('fresh');
+    }
+    updateRow(entry, c, now);
+    // Keep rows in name order without moving ones already in place, so a
+    // focused button keeps its focus.
+    if (entry.row.parentNode !== tbody || entry.row.nextSibling !== before) tbody.insertBefore(entry.row, before);
+    before = entry.row;
+  }
+  for (const [name, entry] of rows) {
+    if (!seen.has(name)) {
+      if (entry.row.contains(document.activeElement)) $('channels-h').focus();
+      entry.row.remove();
+      rows.delete(name);
+    }
+  }
+  rendered = true;
+  $('empty').hidden = channels.length > 0;
+  const failed = channels.filter((c) => c.status !== 'active').length;
+  $('summary').textContent = `${channels.length} channel${channels.length === 1 ? '' : 's'}` +
+    (failed ? `, ${failed} failed` : '');
+}
+
+let refreshTimer = null;
+
+async function refresh() {
+  clearTimeout(refreshTimer);
+  try {
+    const data = await api('GET', '/channels');
+    render(data.channels || []);
+    setConnection(true);
+  } catch (e) {
+    if (e.status === 401) {
+      // The token prompt was dismissed: stop polling until asked again.
+      setConnection(false, 'The relay needs an API token.');
+      const again = el('button', { type: 'button', class: 'secondary small' }, 'Enter token');
+      again.addEventListener('click', refresh);
+      $('list-error').append(' ', again);
+      return;
+    }
+    setConnection(false, errorText(e));
+  }
+  // Two refreshes may overlap (one after a registration): keep one timer.
+  clearTimeout(refreshTimer);
+  refreshTimer = setTimeout(refresh, REFRESH_MS);
+}
+
+// ---- Schema on demand.
+
+async function showSchema(name, opener) {
+  const dialog = $('schema-dialog');
+  $('schema-title').textContent = 'Schema of ' + name;
+  const pre = $('schema-text');
+  pre.textContent = 'Loading…';
+  showError($('schema-error'), '');
+  dialog.returnFocusTo = opener;
+  dialog.showModal();
+  try {
+    const schema = await api('GET', '/channels/' + encodeURIComponent(name) + '/schema');
+    pre.textContent = JSON.stringify(schema, null, 2);
+  } catch (e) {
+    pre.textContent = '';
+    showError($('schema-error'), errorText(e));
+  }
+}
+
+// ---- Remove, after confirmation.
+
+let removing = null;
+
+function confirmRemove(name, opener) {
+  removing = name;
+  const entry = rows.get(name);
+  const port = entry ? entry.cells.port.textContent : '?';
+  $('confirm-title').textContent = 'Remove channel ' + name + '?';
+  $('confirm-text').textContent = `It stops receiving on UDP port ${port} and is deleted from the registry. ` +
+    'Archive files already written stay on disk.';
+  showError($('confirm-error'), '');
+  const dialog = $('confirm-dialog');
+  dialog.returnFocusTo = opener;
+  $('confirm-ok').disabled = false;
+  dialog.showModal();
+  // The safe choice has the focus.
+  $('confirm-cancel').focus();
+}
+
+async function doRemove() {
+  const name = removing;
+  const dialog = $('confirm-dialog');
+  const ok = $('confirm-ok');
+  ok.disabled = true;
+  try {
+    await api('DELETE', '/channels/' + encodeURIComponent(name));
+    dialog.returnFocusTo = $('channels-h');
+    dialog.close();
+    announce('Channel ' + name + ' removed.');
+    await refresh();
+  } catch (e) {
+    ok.disabled = false;
+    showError($('confirm-error'), errorText(e));
+    ok.focus();
+  }
+}
+
+// ---- Register.
+
+const FIELD_ERRORS = {
+  name: ['f-name', 'f-name-error'],
+  port: ['f-port', 'f-port-error'],
+  factor: ['f-factor', 'f-factor-error'],
+};
+
+function schemaSource() {
+  return $('src-path').checked ? 'path' : 'file';
+}
+
+function fieldFor(field) {
+  if (!field) return null;
+  if (field === 'schema') {
+    return schemaSource() === 'path' ? ['f-schema-path', 'f-schema-path-error'] : ['f-schema-file', 'f-schema-file-error'];
+  }
+  if (field === 'config' || field.startsWith('config') || field.startsWith('decimation')) return FIELD_ERRORS.factor;
+  return FIELD_ERRORS[field] || null;
+}
+
+/** The form field an API error is about: its `field`, or for a 409 the
+ *  name or the port, whichever is taken. */
+function fieldOf(err) {
+  if (err.field) return err.field;
+  if (err.status === 409) return /channel named/.test(err.message) ? 'name' : 'port';
+  return null;
+}
+
+function clearFormErrors() {
+  for (const id of ['f-name', 'f-port', 'f-factor', 'f-algorithm', 'f-schema-file', 'f-schema-path']) {
+    $(id).removeAttribute('aria-invalid');
+  }
+  for (const id of ['f-name-error', 'f-port-error', 'f-factor-error', 'f-schema-file-error', 'f-schema-path-error', 'form-error']) {
+    showError($(id), '');
+  }
+  $('form-status').textContent = '';
+}
+
+/** Shows `message` next to `field` (or above the form) and focuses it. */
+function formError(field, message, focus) {
+  const target = fieldFor(field);
+  if (target) {
+    const [input, err] = target;
+    $(input).setAttribute('aria-invalid', 'true');
+    if (input === 'f-factor') $('f-algorithm').setAttribute('aria-invalid', 'true');
+    showError($(err), message);
+    if (focus) $(input).focus();
+  } else {
+    showError($('form-error'), message);
+    if (focus) $('submit').focus();
+  }
+  if (focus) announce('Not registered: ' + message);
+}
+
+let suggested = null;
+
+async function suggestPort(force) {
+  const input = $('f-port');
+  if (!force && input.value && input.value !== String(suggested)) return;
+  try {
+    const data = await api('GET', `/ports/available?start=${SUGGEST_RANGE[0]}&end=${SUGGEST_RANGE[1]}`);
+    const port = (data.available || [])[0];
+    if (port === undefined) {
+      $('f-port-hint').textContent = `No free port in ${SUGGEST_RANGE[0]}–${SUGGEST_RANGE[1]}; enter one.`;
+      return;
+    }
+    suggested = port;
+    input.value = String(port);
+    $('f-port-hint').textContent = `Suggested: ${port}, the first free port in ${SUGGEST_RANGE[0]}–${SUGGEST_RANGE[1]}.`;
+  } catch (e) {
+    $('f-port-hint').textContent = 'No suggestion: ' + errorText(e);
+  }
+}
+
+/** Reads the form; returns the request body, or null after showing why not. */
+async function readForm() {
+  const problems = [];
+  const name = $('f-name').value.trim();
+  if (!name) problems.push(['name', 'Enter a name.']);
+  else if (!NAME_RE.test(name)) problems.push(['name', 'Use letters, digits, _ . - (starting with a letter or digit), up to 64.']);
+  const portText = $('f-port').value.trim();
+  const port = Number(portText);
+  if (!portText) problems.push(['port', 'Enter a UDP port.']);
+  else if (!Number.isInteger(port) || port < 1 || port > 65535) problems.push(['port', 'The port is a whole number from 1 to 65535.']);
+  let schema;
+  if (schemaSource() === 'path') {
+    schema = $('f-schema-path').value.trim();
+    if (!schema) problems.push(['schema', 'Enter the path of the schema file, relative to the config directory.']);
+  } else {
+    const file = $('f-schema-file').files[0];
+    if (!file) problems.push(['schema', 'Choose an Avro schema file.']);
+    else if (file.size > MAX_SCHEMA_BYTES) problems.push(['schema', 'The file is larger than 2 MiB.']);
+    else {
+      try {
+        schema = JSON.parse(await file.text());
+        if (typeof schema === 'string') schema = { type: schema };
+        if (schema === null || typeof schema !== 'object' || Array.isArray(schema)) {
+          problems.push(['schema', 'The file must hold one Avro schema object.']);
+        }
+      } catch (e) {
+        problems.push(['schema', file.name + ' is not JSON: ' + e.message]);
+      }
+    }
+  }
+  const factorText = $('f-factor').value.trim();
+  const algorithm = $('f-algorithm').value;
+  const decimation = {};
+  if (factorText) {
+    const factor = Number(factorText);
+    if (!Number.isInteger(factor) || factor < 1) problems.push(['factor', 'The factor is a whole number, at least 1.']);
+    else decimation.factor = factor;
+  }
+  if (algorithm) decimation.algorithm = algorithm;
+  if (problems.length) {
+    problems.forEach(([field, msg], i) => formError(field, msg, i === 0));
+    return null;
+  }
+  const body = { name, port, schema };
+  if (Object.keys(decimation).length) body.config = { decimation: { enabled: true, ...decimation } };
+  return body;
+}
+
+async function onRegister(e) {
+  e.preventDefault();
+  clearFormErrors();
+  const submit = $('submit');
+  submit.disabled = true;
+  try {
+    const body = await readForm();
+    if (!body) return;
+    try {
+      const answer = await api('POST', '/channels', body);
+      const msg = `Channel ${answer.name} registered on UDP port ${answer.port}.`;
+      $('form-status').textContent = msg;
+      $('register').reset();
+      toggleSchemaSource();
+      suggested = null;
+      await Promise.all([refresh(), suggestPort(true)]);
+    } catch (err) {
+      formError(fieldOf(err), errorText(err), true);
+    }
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+function toggleSchemaSource() {
+  const path = schemaSource() === 'path';
+  $('schema-path-box').hidden = !path;
+  $('schema-file-box').hidden = path;
+}
+
+// ---- Wiring.
+
+function returnFocus(dialog) {
+  const to = dialog.returnFocusTo;
+  dialog.returnFocusTo = null;
+  if (to && document.contains(to)) to.focus();
+  else $('channels-h').focus();
+}
+
+function init() {
+  for (const dialog of document.querySelectorAll('dialog')) {
+    for (const btn of dialog.querySelectorAll('[data-close]')) btn.addEventListener('click', () => dialog.close());
+    if (dialog.id !== 'token-dialog') dialog.addEventListener('close', () => returnFocus(dialog));
+  }
+  $('confirm-ok').addEventListener('click', doRemove);
+  $('register').addEventListener('submit', onRegister);
+  $('suggest').addEventListener('click', () => suggestPort(true));
+  $('src-file').addEventListener('change', toggleSchemaSource);
+  $('src-path').addEventListener('change', toggleSchemaSource);
+  toggleSchemaSource();
+  fetch(API + '/health', { cache: 'no-store' })
+    .then((r) => r.json())
+    .then((h) => { $('version').textContent = 'v' + h.version; })
+    .catch(() => {});
+  refresh().then(() => suggestPort(false));
+}
+
+document.addEventListener('DOMContentLoaded', init);

@@ -1,0 +1,221 @@
+//! The web page at `/`, served by the real binary: its files and headers
+//! over plain HTTP, then the whole page in headless chromium (Debian's
+//! chromium and chromedriver, driven by Python selenium through
+//! tests/web_browser.py): it lists, registers (and the channel relays),
+//! shows errors where the user acted, shows schemas, removes after a
+//! confirmation, and asks for the token when the relay has one.
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const TOKEN: &str = "s3cret-web-token";
+
+/// A config directory with one channel `name` on `port` whose full-rate
+/// and decimated outputs go to `full` and `decimated` (ports on loopback).
+fn config_with(dir: &Path, name: &str, port: u16, full: u16, decimated: u16) -> PathBuf {
+    let config = dir.join(format!("config-{name}"));
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
+    std::fs::write(
+        config.join("relay.yaml"),
+        format!(
+            "channels:\n  - {{name: {name}, port: {port}, schema: example.avsc}}\n\
+             socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 100}}\n\
+             outputs:\n  full_rate: {{address: 127.0.0.1, port: {full}}}\n  decimated: {{address: 127.0.0.1, port: {decimated}}}\n"
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn the_page_is_public_with_strict_headers_and_the_api_still_needs_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with(dir.path(), "base", free_port(), free_port(), free_port());
+    let relay = Relay::start(
+        &config,
+        &dir.path().join("data"),
+        &[("SPEEDRELAY_API_TOKEN", TOKEN)],
+    );
+    let api = relay.api;
+    for (path, kind, marker) in [
+        ("/", "text/html", "<main"),
+        ("/app.js", "text/javascript", "sessionStorage"),
+        ("/style.css", "text/css", "prefers-color-scheme"),
+    ] {
+        let (status, head, body) = http_get_text(api, path, &[]);
+        assert_eq!(status, 200, "{path} without a token");
+        assert!(head.contains(&format!("content-type: {kind}")), "{head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'"),
+            "{head}"
+        );
+        assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+        assert!(body.contains(marker), "{path}");
+        // Offline: nothing is loaded from another origin.
+        for external in [
+            "src=\"http",
+            "href=\"http",
+            "url(",
+            "@import",
+            "fetch('http",
+        ] {
+            assert!(!body.contains(external), "{path} holds {external}");
+        }
+    }
+    let (status, _) = http(api, "GET", "/api/v1/channels", &[], None);
+    assert_eq!(status, 401, "the data still needs the token");
+    let auth = vec![("Authorization".to_string(), format!("Bearer {TOKEN}"))];
+    let (status, list) = http(api, "GET", "/api/v1/channels", &auth, None);
+    assert_eq!(status, 200);
+    assert_eq!(list["channels"][0]["name"], "base");
+    let (status, body) = http(api, "POST", "/", &auth, Some(b"{}"));
+    assert_eq!(status, 405, "{body}");
+    let (status, _) = http(api, "GET", "/index.html.bak", &[], None);
+    assert_eq!(status, 404);
+    relay.stop();
+}
+
+/// Python, chromium and chromedriver; `None` (skip) outside tests/run.sh
+/// when one is missing, a failure under it.
+fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    match python {
+        Some(p) if chromium.exists() && driver.exists() => Some((p, chromium, driver)),
+        _ => {
+            assert!(
+                !under_test_script(),
+                "tests/run.sh installs chromium, chromedriver and selenium and sets SPEEDRELAY_PYTHON"
+            );
+            eprintln!(
+                "skipped: needs SPEEDRELAY_PYTHON with selenium, /usr/bin/chromium and /usr/bin/chromedriver (tests/run.sh)"
+            );
+            None
+        }
+    }
+}
+
+#[test]
+fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
+    let Some((python, chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (full, f) = receiver();
+    let (decimated, d) = receiver();
+    let base_port = free_port();
+    let config = config_with(dir.path(), "base", base_port, f.port, d.port);
+    let relay = Relay::start(&config, &dir.path().join("data"), &[]);
+    let api = relay.api;
+    // A second relay with a token, for the token prompt.
+    let secured = config_with(dir.path(), "secured", free_port(), free_port(), free_port());
+    let relay2 = Relay::start(
+        &secured,
+        &dir.path().join("data2"),
+        &[("SPEEDRELAY_API_TOKEN", TOKEN)],
+    );
+    let api2 = relay2.api;
+
+    let schema_file = dir.path().join("upload.avsc");
+    std::fs::write(&schema_file, EXAMPLE_SCHEMA).unwrap();
+    let record = example_records(1).remove(0);
+    let records = 5;
+    let artifacts = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let args = serde_json::json!({
+        "url": format!("http://{api}/"),
+        "existing": "base",
+        "existing_port": base_port,
+        "schema_file": schema_file,
+        "payload_hex": record.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "records": records,
+        "token_url": format!("http://{api2}/"),
+        "token": TOKEN,
+        "token_existing": "secured",
+        "chromium": chromium,
+        "chromedriver": chromedriver,
+        "artifacts": artifacts,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web_browser.py");
+    let (ok, output) = run_bounded(
+        Command::new(python).arg(script).arg(args.to_string()),
+        Duration::from_secs(120),
+    );
+    println!("{output}");
+    assert!(ok, "the browser checks failed:\n{output}");
+
+    // The channel registered through the form relayed, full-rate and
+    // decimated with the form's factor (2: five records make two windows).
+    assert_eq!(recv_n(&full, records), vec![record; records]);
+    assert_eq!(recv_n(&decimated, 2).len(), 2);
+    assert_silent(&decimated);
+    let (status, _) = http(api, "GET", "/api/v1/channels/webtest", &[], None);
+    assert_eq!(status, 404, "removed through the page");
+    let (status, _) = http(api, "GET", "/api/v1/channels/base", &[], None);
+    assert_eq!(status, 200);
+    for shot in [
+        "web.png",
+        "web-dark.png",
+        "web-error.png",
+        "web-confirm.png",
+    ] {
+        let path = artifacts.join(shot);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
+        println!("screenshot: {}", path.display());
+    }
+    relay.stop();
+    relay2.stop();
+}
+
+/// Runs `cmd`, killing it after `limit`; whether it succeeded and its
+/// stdout and stderr.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}{}",
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+        if status.is_none() {
+            "\n(killed: took too long)"
+        } else {
+            ""
+        }
+    );
+    (status.is_some_and(|s| s.success()), text)
+}

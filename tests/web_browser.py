@@ -1,0 +1,242 @@
+"""Drives speedrelay's web page in headless chromium (for tests/web.rs).
+
+Argument: one JSON object (see tests/web.rs). Prints one line per step and
+exits non-zero with the reason when a check fails; screenshots go to
+`artifacts`. Chromedriver is given by path, so Selenium never downloads.
+"""
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+ARGS = json.loads(sys.argv[1])
+ART = ARGS["artifacts"]
+
+
+def step(msg):
+    print("step:", msg, flush=True)
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+def browser():
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = ARGS["chromium"]
+    for flag in [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1200",
+        "--user-data-dir=" + tempfile.mkdtemp(prefix="speedrelay-chromium-"),
+    ]:
+        opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=ARGS["chromedriver"]), options=opts)
+
+
+def wait(driver, what, cond, timeout=15):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: cond(d))
+    except TimeoutException:
+        shot(driver, "web-failure.png")
+        raise AssertionError("timed out waiting for " + what) from None
+
+
+def shot(driver, name):
+    path = os.path.join(ART, name)
+    driver.save_screenshot(path)
+    print("screenshot:", path, flush=True)
+
+
+def row(driver, name):
+    found = driver.find_elements(By.CSS_SELECTOR, f'#rows tr[data-name="{name}"]')
+    return found[0] if found else None
+
+
+def cell(driver, name, col):
+    r = row(driver, name)
+    return r.find_element(By.CSS_SELECTOR, f'td[data-col="{col}"]').text if r else None
+
+
+def visible_text(driver, element_id):
+    e = driver.find_element(By.ID, element_id)
+    return e.text if e.is_displayed() else ""
+
+
+def console_errors(driver):
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def main_flow(driver):
+    url = ARGS["url"]
+    step("the page loads and shows the registered channel")
+    driver.get(url)
+    base = ARGS["existing"]
+    wait(driver, f"row {base}", lambda d: row(d, base))
+    status = row(driver, base).find_element(By.CSS_SELECTOR, ".badge").text
+    check(status == "active", f"{base} is {status!r}")
+    check(driver.find_element(By.TAG_NAME, "main") is not None, "a main landmark")
+    port = driver.find_element(By.ID, "f-port")
+    wait(driver, "a suggested port", lambda d: port.get_attribute("value"))
+    suggested = int(port.get_attribute("value"))
+    check(26000 <= suggested <= 27000, f"suggested port {suggested}")
+    errors = console_errors(driver)
+    check(not errors, f"console errors on load: {errors}")
+
+    step("a server error appears next to the field it is about")
+    driver.find_element(By.ID, "f-name").send_keys("webtest")
+    port.clear()
+    port.send_keys(str(ARGS["existing_port"]))
+    driver.find_element(By.ID, "f-schema-file").send_keys(ARGS["schema_file"])
+    driver.find_element(By.ID, "submit").click()
+    wait(driver, "the port-in-use error", lambda d: visible_text(d, "f-port-error"))
+    text = visible_text(driver, "f-port-error")
+    check(base in text, f"the port error names the channel holding it: {text!r}")
+    check(driver.switch_to.active_element.get_attribute("id") == "f-port", "focus on the port field")
+    check(port.get_attribute("aria-invalid") == "true", "the port field is marked invalid")
+    check(row(driver, "webtest") is None, "nothing registered")
+    shot(driver, "web-error.png")
+
+    driver.find_element(By.ID, "src-path").click()
+    driver.find_element(By.ID, "f-schema-path").send_keys("../outside.avsc")
+    driver.find_element(By.ID, "f-port-error")
+    port.clear()
+    port.send_keys(str(suggested))
+    driver.find_element(By.ID, "submit").click()
+    wait(driver, "the schema path error", lambda d: visible_text(d, "f-schema-path-error"))
+    check(not visible_text(driver, "f-port-error"), "the old port error is gone")
+    check(row(driver, "webtest") is None, "nothing registered")
+
+    step("registering through the form (keyboard only) adds the channel")
+    driver.find_element(By.ID, "src-file").click()
+    driver.find_element(By.ID, "f-factor").send_keys("2")
+    Select(driver.find_element(By.ID, "f-algorithm")).select_by_value("average")
+    # Enter in a text field submits the form.
+    driver.find_element(By.ID, "f-name").send_keys(Keys.ENTER)
+    wait(driver, "row webtest", lambda d: row(d, "webtest"))
+    check(cell(driver, "webtest", "records") == "0", "no records yet")
+    check("registered" in visible_text(driver, "form-status"), "a success message")
+    check(driver.find_element(By.ID, "f-name").get_attribute("value") == "", "the form was reset")
+    wait(
+        driver,
+        "a new port suggestion",
+        lambda d: port.get_attribute("value") and int(port.get_attribute("value")) != suggested,
+    )
+
+    step("records sent to its port show in the table")
+    payload = bytes.fromhex(ARGS["payload_hex"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(ARGS["records"]):
+            s.sendto(payload, ("127.0.0.1", suggested))
+    want = str(ARGS["records"])
+    wait(driver, f"{want} records in the table", lambda d: cell(d, "webtest", "records") == want)
+    wait(driver, "a records/s figure", lambda d: cell(d, "webtest", "rate") not in ("–", None))
+    check(cell(driver, "webtest", "invalid") == "0", "no invalid records")
+    shot(driver, "web.png")
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    bg = driver.execute_script("return getComputedStyle(document.body).backgroundColor")
+    check(bg != "rgb(244, 246, 248)", f"the dark scheme changes the background ({bg})")
+    shot(driver, "web-dark.png")
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "light"}]},
+    )
+
+    step("the schema is shown on demand, and Escape returns the focus")
+    button = row(driver, "webtest").find_element(By.CSS_SELECTOR, 'button[aria-label^="Show the schema"]')
+    button.click()
+    wait(driver, "the schema text", lambda d: '"fields"' in d.find_element(By.ID, "schema-text").text)
+    check('"sine_wave"' in driver.find_element(By.ID, "schema-text").text, "the channel's schema")
+    driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+    wait(driver, "the dialog to close", lambda d: not d.find_element(By.ID, "schema-dialog").is_displayed())
+    check(driver.switch_to.active_element == button, "focus back on the Schema button")
+
+    step("removal asks first: Cancel keeps the channel")
+    remove = row(driver, "webtest").find_element(By.CSS_SELECTOR, 'button[data-action="remove"]')
+    remove.click()
+    dialog = driver.find_element(By.ID, "confirm-dialog")
+    wait(driver, "the confirmation", lambda d: dialog.is_displayed())
+    check("webtest" in dialog.text, "the confirmation names the channel")
+    check(driver.switch_to.active_element.get_attribute("id") == "confirm-cancel", "focus on Cancel")
+    shot(driver, "web-confirm.png")
+    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    wait(driver, "the confirmation to close", lambda d: not dialog.is_displayed())
+    check(row(driver, "webtest") is not None, "Cancel kept the channel")
+    check(driver.switch_to.active_element == remove, "focus back on Remove")
+
+    step("removal confirmed: the channel disappears")
+    remove.click()
+    wait(driver, "the confirmation", lambda d: dialog.is_displayed())
+    driver.find_element(By.ID, "confirm-ok").click()
+    wait(driver, "row webtest to go", lambda d: row(d, "webtest") is None)
+    check(row(driver, base) is not None, f"{base} is still listed")
+    wait(driver, "the announcement", lambda d: "removed" in d.find_element(By.ID, "announce").get_attribute("textContent"))
+
+    # Only the deliberate 400/409 answers may appear, as failed loads.
+    unexpected = [
+        e
+        for e in console_errors(driver)
+        if not ("Failed to load resource" in e["message"] and ("400" in e["message"] or "409" in e["message"]))
+    ]
+    check(not unexpected, f"console errors: {unexpected}")
+
+
+def token_flow(driver):
+    step("with a token: the page asks for it, refuses a wrong one, keeps the right one")
+    driver.get(ARGS["token_url"])
+    dialog = driver.find_element(By.ID, "token-dialog")
+    wait(driver, "the token dialog", lambda d: dialog.is_displayed())
+    field = driver.find_element(By.ID, "f-token")
+    check(driver.switch_to.active_element == field, "focus in the token field")
+    field.send_keys("not-the-token", Keys.ENTER)
+    wait(driver, "the refusal", lambda d: visible_text(d, "f-token-error"))
+    check(dialog.is_displayed(), "still asking")
+    driver.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+    )
+    shot(driver, "web-token-dark.png")
+    field.send_keys(ARGS["token"], Keys.ENTER)
+    wait(driver, "the token dialog to close", lambda d: not dialog.is_displayed())
+    wait(driver, "row " + ARGS["token_existing"], lambda d: row(d, ARGS["token_existing"]))
+    stored = driver.execute_script("return sessionStorage.getItem('speedrelay.token')")
+    check(stored == ARGS["token"], "the token is kept in sessionStorage")
+    driver.refresh()
+    wait(driver, "the table after a reload", lambda d: row(d, ARGS["token_existing"]))
+    check(not driver.find_element(By.ID, "token-dialog").is_displayed(), "no second prompt after a reload")
+
+
+def main():
+    driver = browser()
+    try:
+        main_flow(driver)
+        token_flow(driver)
+    finally:
+        driver.quit()
+    print("ok", flush=True)
+
+
+if __name__ == "__main__":
+    main()
