@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use apache_avro::Schema;
 use serde_json::{Map, Value};
 use speedrelay::api::{self, ApiOptions};
 use speedrelay::baseline;
@@ -63,12 +64,16 @@ pub const SCHEMAS: [&str; 3] = [
         {"name":"next","type":["null","all"]}]}"#,
 ];
 
-fn validators() -> &'static [Arc<Validator>] {
-    static V: OnceLock<Vec<Arc<Validator>>> = OnceLock::new();
+fn validators() -> &'static [(Schema, Arc<Validator>)] {
+    static V: OnceLock<Vec<(Schema, Arc<Validator>)>> = OnceLock::new();
     V.get_or_init(|| {
         SCHEMAS
             .iter()
-            .map(|s| Arc::new(Validator::from_json(s).expect("fuzz schema compiles")))
+            .map(|s| {
+                let schema = Schema::parse_str(s).expect("fuzz schema parses");
+                let v = Validator::compile(&schema).expect("fuzz schema compiles");
+                (schema, Arc::new(v))
+            })
             .collect()
     })
 }
@@ -84,7 +89,7 @@ const ALGORITHMS: [Algorithm; 4] = [
 /// and `validate_capture` agree, apache-avro decodes exactly these bytes
 /// (the validator's promise: an accepted datagram decodes with apache-avro),
 /// and each decimator output is again a datum of the schema.
-fn check_datum(v: &Arc<Validator>, data: &[u8]) {
+fn check_datum(schema: &Schema, v: &Arc<Validator>, data: &[u8]) {
     let plain = v.validate(data);
     let mut captured = vec![Captured::default(); v.numeric_slots().len()];
     let full = v.validate_capture(data, &mut captured);
@@ -93,7 +98,7 @@ fn check_datum(v: &Arc<Validator>, data: &[u8]) {
         return;
     }
     let mut reader = data;
-    let decoded = apache_avro::reader::datum::GenericDatumReader::builder(v.schema())
+    let decoded = apache_avro::reader::datum::GenericDatumReader::builder(schema)
         .build()
         .and_then(|r| r.read_value(&mut reader));
     if let Err(e) = decoded {
@@ -116,8 +121,8 @@ fn check_datum(v: &Arc<Validator>, data: &[u8]) {
 
 /// `validate`: arbitrary bytes as a datagram of each of [`SCHEMAS`].
 pub fn validate(data: &[u8]) {
-    for v in validators() {
-        check_datum(v, data);
+    for (schema, v) in validators() {
+        check_datum(schema, v, data);
     }
 }
 
@@ -132,11 +137,15 @@ pub fn schema(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(text) else {
         return;
     };
-    let Ok(v) = Validator::from_json(text) else {
+    // As Validator::from_json does, keeping the parsed schema for apache-avro.
+    let Ok(parsed) = Schema::parse_str(text) else {
+        return;
+    };
+    let Ok(v) = Validator::compile(&parsed) else {
         return;
     };
     let _ = v.numeric_slot_paths();
-    check_datum(&Arc::new(v), datum);
+    check_datum(&parsed, &Arc::new(v), datum);
 }
 
 /// The schema `decimate` builds its records in: every numeric kind, a
