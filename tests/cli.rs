@@ -4,28 +4,11 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// A config directory with no channels and quick archive flushing.
-fn empty_config(dir: &Path) -> PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        "channels: []\ndecimation: {enabled: false}\narchive: {flush_ms: 50}\n",
-    )
-    .unwrap();
-    config
-}
 
 /// `speedrelay channels --url URL ARGS…` with a clean environment plus `env`.
 fn channels(api: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -87,7 +70,7 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
 async fn every_subcommand_against_a_running_relay() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(&empty_config(dir.path()), &data, &[]);
+    let relay = Relay::start(&quick_empty_config(dir.path()), &data, &[]);
     let api = relay.api;
     let example = repo_file("config/agents/example.avsc");
     let example = example.to_str().unwrap();
@@ -328,7 +311,7 @@ fn refused_connection_and_bad_url_are_one_line() {
 fn token_and_url_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(
-        &empty_config(dir.path()),
+        &quick_empty_config(dir.path()),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", "s3cret")],
     );

@@ -4,28 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::types::Value as Avro;
 use common::*;
 use serde_json::{Value, json};
-
-fn repo_file(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn empty_config(dir: &Path) -> PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        "channels: []\ndecimation: {enabled: false}\narchive: {flush_ms: 50}\n",
-    )
-    .unwrap();
-    config
-}
 
 fn send(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_speedrelay"))
@@ -73,7 +57,7 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
     const N: u64 = 600;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(&empty_config(dir.path()), &data, &[]);
+    let relay = Relay::start(&quick_empty_config(dir.path()), &data, &[]);
     let api = relay.api;
     let schemas = [
         ("example", repo_file("config/agents/example.avsc")),

@@ -3,10 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::*;
 
@@ -84,34 +82,7 @@ fn start_serve_api(
     config: &std::path::Path,
     data: &std::path::Path,
 ) -> (std::process::Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--api", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while !line.contains("speedrelay running") {
-        line.clear();
-        assert!(Instant::now() < deadline, "relay did not start");
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "relay exited early"
-        );
-    }
-    let api = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("api="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no api= in {line:?}"));
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, api)
+    start_relay(config, data, &[])
 }
 
 fn stop(mut child: std::process::Child) {

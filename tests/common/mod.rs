@@ -565,3 +565,21 @@ pub fn register_example(api: SocketAddr, name: &str, port: u16, config: Json) ->
         Some(&serde_json::to_vec(&body).expect("serialises")),
     )
 }
+
+/// A file of the repository, e.g. `config/agents/example.avsc`.
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A config directory with no channels, no decimation and quick archive
+/// flushing (50 ms), for tests that register their channels themselves.
+pub fn quick_empty_config(dir: &Path) -> PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("relay.yaml"),
+        "channels: []\ndecimation: {enabled: false}\narchive: {flush_ms: 50}\n",
+    )
+    .unwrap();
+    config
+}
