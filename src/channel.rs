@@ -167,8 +167,8 @@ impl BoundChannel {
         let port = self.spec.port;
         let socket = UdpSocket::from_std(self.socket)
             .map_err(|source| ChannelError::Bind { port, source })?;
-        let full_rate = register(self.full_rate)?;
-        let decimated = register(self.decimated)?;
+        let full_rate = self.full_rate;
+        let decimated = self.decimated;
         let settings = &self.spec.settings;
         let archive = settings.archive.enabled.then(|| {
             let writer = ArchiveWriter::new(
@@ -251,22 +251,12 @@ fn open_destinations(
     Ok((full_rate, decimated))
 }
 
-fn register(sockets: Vec<StdUdpSocket>) -> Result<Vec<UdpSocket>, ChannelError> {
-    sockets
-        .into_iter()
-        .map(|s| {
-            let address = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-            UdpSocket::from_std(s).map_err(|source| ChannelError::Destination { address, source })
-        })
-        .collect()
-}
-
 /// Changes for a running channel, applied between two batches.
 enum Command {
     Reconfigure {
         settings: Box<ChannelSettings>,
-        full_rate: Vec<UdpSocket>,
-        decimated: Vec<UdpSocket>,
+        full_rate: Vec<StdUdpSocket>,
+        decimated: Vec<StdUdpSocket>,
     },
     /// Fault injection: the task panics, as a bug in it would.
     Panic,
@@ -301,8 +291,8 @@ impl ChannelHandle {
         let (full_rate, decimated) = open_destinations(&settings)?;
         let command = Command::Reconfigure {
             settings: Box::new(settings),
-            full_rate: register(full_rate)?,
-            decimated: register(decimated)?,
+            full_rate,
+            decimated,
         };
         self.commands
             .send(command)
@@ -359,8 +349,10 @@ struct ChannelTask {
     decimation_enabled: bool,
     decimated_out: DecimatedBatch,
 
-    full_rate: Vec<UdpSocket>,
-    decimated: Vec<UdpSocket>,
+    /// Destination sockets: non-blocking, not registered with the runtime
+    /// (see [`udp::Loaded::send_to`]).
+    full_rate: Vec<StdUdpSocket>,
+    decimated: Vec<StdUdpSocket>,
 
     archive: Option<ArchiveHandle>,
     /// Encoded records of the block being filled.

@@ -8,11 +8,12 @@
 use std::io;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 
 use crate::config::Destination;
@@ -411,7 +412,13 @@ impl Loaded<'_> {
     /// as few `sendmmsg` calls as the kernel allows. A full socket buffer is
     /// waited on for at most [`SEND_STALL`]; any other error skips that
     /// datagram and is counted.
-    pub async fn send_to(&mut self, socket: &UdpSocket) -> SendReport {
+    ///
+    /// The socket is a plain non-blocking one, not registered with the
+    /// runtime: a registered UDP socket is woken (EPOLLOUT) each time one
+    /// of its datagrams leaves the send buffer, which cost an extra
+    /// `epoll_wait` per batch and a wake-up callback per datagram. Only a
+    /// full buffer registers it, for the wait.
+    pub async fn send_to(&mut self, socket: &StdUdpSocket) -> SendReport {
         let mut report = SendReport::default();
         let fd = socket.as_raw_fd();
         let n = self.len;
@@ -429,22 +436,20 @@ impl Loaded<'_> {
                 h.msg_len = 0;
             }
             let pending = &mut hdrs[done..n];
-            let r = socket.try_io(Interest::WRITABLE, || {
-                // SAFETY: headers point at iovecs over slices borrowed by `self`.
-                let r = unsafe {
-                    libc::sendmmsg(
-                        fd,
-                        pending.as_mut_ptr(),
-                        pending.len() as libc::c_uint,
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(r as usize)
-                }
-            });
+            // SAFETY: headers point at iovecs over slices borrowed by `self`.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    pending.as_mut_ptr(),
+                    pending.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let r = if r < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(r as usize)
+            };
             match r {
                 Ok(sent) => {
                     done += sent;
@@ -452,13 +457,13 @@ impl Loaded<'_> {
                     refused_once = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let ready = tokio::time::timeout(SEND_STALL, socket.writable()).await;
-                    if !matches!(ready, Ok(Ok(()))) {
+                    if !wait_writable(socket).await {
                         report.failed += (n - done) as u64;
                         report.last_errno = libc::EAGAIN;
                         return report;
                     }
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
                     // An ICMP refusal of an earlier datagram, reported now:
                     // it is counted, but this datagram was not sent. Sent
@@ -481,6 +486,22 @@ impl Loaded<'_> {
     }
 }
 
+/// Waits at most [`SEND_STALL`] for room in `socket`'s send buffer,
+/// registering it with the runtime only for this wait. False when the
+/// buffer stayed full or the socket cannot be registered.
+async fn wait_writable(socket: &impl AsFd) -> bool {
+    // SAFETY: the `BorrowedFd` keeps the socket's fd open and the same for
+    // as long as the `AsyncFd` holding it lives.
+    let Ok(fd) = (unsafe { AsyncFd::register_with_interest(socket.as_fd(), Interest::WRITABLE) })
+    else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(SEND_STALL, fd.writable()).await,
+        Ok(Ok(_))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,8 +513,7 @@ mod tests {
         let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
         let port = rx.socket.local_addr().unwrap().port();
         let rx = UdpSocket::from_std(rx.socket).unwrap();
-        let tx =
-            UdpSocket::from_std(connect_destination(&Destination::new(lo, port)).unwrap()).unwrap();
+        let tx = connect_destination(&Destination::new(lo, port)).unwrap();
         let payloads: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; i as usize + 1]).collect();
         let mut send = SendBatch::default();
         let report = send
@@ -529,6 +549,28 @@ mod tests {
         let (data, truncated) = batch.get(0);
         assert!(truncated);
         assert_eq!(data.len(), 64);
+    }
+
+    #[tokio::test]
+    async fn full_send_buffer_is_waited_on_then_given_up() {
+        use std::os::unix::net::UnixDatagram;
+        // A datagram socket pair whose peer does not read fills up, unlike
+        // loopback UDP whose buffer empties at once.
+        let (tx, rx) = UnixDatagram::pair().unwrap();
+        tx.set_nonblocking(true).unwrap();
+        while tx.send(&[0; 512]).is_ok() {}
+        assert!(
+            !wait_writable(&tx).await,
+            "a full buffer is given up after SEND_STALL"
+        );
+        let waiter = tokio::spawn(async move { (wait_writable(&tx).await, tx) });
+        // Lets the waiter register and park before the room is made.
+        tokio::task::yield_now().await;
+        rx.set_nonblocking(true).unwrap();
+        let mut buf = [0; 512];
+        while rx.recv(&mut buf).is_ok() {}
+        let (writable, _tx) = waiter.await.unwrap();
+        assert!(writable, "room made by the peer ends the wait");
     }
 
     #[test]
