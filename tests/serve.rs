@@ -284,3 +284,73 @@ fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
     assert_eq!(list["channels"].as_array().map(Vec::len), Some(51));
     stop(relay);
 }
+
+/// Start-up code is given back once the relay runs: the executable's
+/// resident pages drop, as the relay reports and as /proc shows from
+/// outside, and the relay still registers and relays afterwards.
+#[test]
+fn start_up_code_pages_are_released_once_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), 50);
+    let data = dir.path().join("data");
+    let relay = spawn_relay(&config, &data, &[("RUST_LOG", "info,speedrelay=debug")]);
+    let log = relay.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("start-up code pages released"))
+        .unwrap_or_else(|| panic!("no release line in the start-up log:\n{log}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+    };
+    let (before, after) = (field("before_kib="), field("after_kib="));
+    assert!(
+        after * 4 < before * 3,
+        "at least a quarter released: {before} KiB -> {after} KiB"
+    );
+
+    let exe = std::fs::read_link(format!("/proc/{}/exe", relay.pid())).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", relay.pid())).unwrap();
+    let mut in_exe = false;
+    let mut resident = 0u64;
+    for l in smaps.lines() {
+        if let Some(kib) = l.strip_prefix("Rss:") {
+            if in_exe {
+                resident += kib
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        } else if l.contains('-') && l.split_whitespace().count() >= 5 {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            in_exe =
+                f.get(5).map(std::path::Path::new) == Some(exe.as_path()) && !f[1].contains('w');
+        }
+    }
+    assert!(
+        resident < before,
+        "seen from outside, {resident} KiB resident stays under the {before} KiB before release"
+    );
+
+    // The released code is read back when needed: the relay still works.
+    let (dest, d) = receiver();
+    let port = free_port();
+    let (status, body) = register_example(
+        relay.api,
+        "after",
+        port,
+        serde_json::json!({"outputs": {"full_rate": [{"address": "127.0.0.1", "port": d.port}]}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let records = example_records(10);
+    let tx = sender();
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+    assert_eq!(recv_n(&dest, records.len()), records);
+    assert!(relay.terminate().success());
+}
