@@ -321,13 +321,18 @@ fn ok(body: Value) -> Reply {
     Ok(json_response(StatusCode::OK, &body))
 }
 
-/// Equal-length byte strings compared without an early exit, so the time
-/// taken does not tell how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+/// Compares a guess with the token without an early exit and in a number of
+/// steps set by the guess's length, so the time taken tells neither how
+/// much of the guess was right nor how long the token is.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    if token.is_empty() {
+        return given.is_empty();
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let mut diff = given.len() ^ token.len();
+    for (i, &g) in given.iter().enumerate() {
+        diff |= usize::from(g ^ token[i % token.len()]);
+    }
+    diff == 0
 }
 
 impl Api {
@@ -354,7 +359,7 @@ impl Api {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case(b"Bearer ") => rest,
             _ => return false,
         };
-        constant_time_eq(given, token.as_bytes())
+        token_matches(given, token.as_bytes())
     }
 
     async fn route(&self, req: Request<Incoming>) -> Reply {
@@ -882,4 +887,31 @@ pub fn body_json(bytes: &[u8]) -> Result<Value, ApiError> {
             format!("the body is not JSON: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        let token = b"s3cret-token";
+        assert!(token_matches(token, token));
+        for wrong in [
+            &b""[..],
+            b"s3cret-toke",
+            b"s3cret-tokenn",
+            b"s3cret-tokem",
+            b"S3cret-token",
+            b"s3cret-tokens3cret-token",
+        ] {
+            assert!(
+                !token_matches(wrong, token),
+                "{:?}",
+                String::from_utf8_lossy(wrong)
+            );
+        }
+        assert!(token_matches(b"", b""));
+        assert!(!token_matches(b"x", b""));
+    }
 }
