@@ -17,6 +17,7 @@ pub mod config;
 pub mod counters;
 pub mod decimator;
 pub mod engine;
+pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod send;

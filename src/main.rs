@@ -289,7 +289,7 @@ async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), Strin
         api_options,
         stop_api.clone(),
     ));
-    release_startup_code();
+    speedrelay::memory::release_startup_code();
     let channels = engine.list();
     let active = channels
         .iter()
@@ -308,84 +308,6 @@ async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), Strin
     let _ = api_task.await;
     engine.shutdown().await;
     Ok(())
-}
-
-/// Gives back the executable's pages that only start-up touched (option and
-/// config parsing, config schema validation, registry recovery): about
-/// 3.5 MiB of the 8.9 MiB RSS of a relay with one idle channel. They are
-/// clean file pages, so the kernel drops them rather than writing them out,
-/// and any that are needed again are read back from the page cache or the
-/// file. Advisory: a kernel without `MADV_PAGEOUT` (before 5.4) ignores it.
-fn release_startup_code() {
-    let before = executable_mappings();
-    for m in &before {
-        // SAFETY: advice on a mapping of this process's own executable;
-        // paging out clean file pages changes no memory contents.
-        unsafe {
-            libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_PAGEOUT);
-        }
-    }
-    let resident = |ms: &[Mapping]| ms.iter().map(|m| m.rss_kib).sum::<u64>();
-    tracing::debug!(
-        before_kib = resident(&before),
-        after_kib = resident(&executable_mappings()),
-        "start-up code pages released"
-    );
-}
-
-/// A read-only mapping of the executable file, as /proc/self/smaps shows it.
-struct Mapping {
-    start: usize,
-    len: usize,
-    rss_kib: u64,
-}
-
-/// The executable's mappings that still are the file's pages (written ones
-/// are private copies), with their resident size; empty if /proc is missing.
-fn executable_mappings() -> Vec<Mapping> {
-    let (Ok(exe), Ok(smaps)) = (
-        std::fs::read_link("/proc/self/exe"),
-        std::fs::read_to_string("/proc/self/smaps"),
-    ) else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    let mut current = None;
-    for line in smaps.lines() {
-        if let Some(kib) = line.strip_prefix("Rss:") {
-            if let Some((start, len)) = current.take() {
-                let rss_kib = kib
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse()
-                    .unwrap_or(0);
-                found.push(Mapping {
-                    start,
-                    len,
-                    rss_kib,
-                });
-            }
-            continue;
-        }
-        // A mapping's header: "start-end perms offset dev inode path".
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            continue;
-        };
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        let is_exe = fields.nth(3).map(Path::new) == Some(exe.as_path());
-        current = (is_exe && !perms.contains('w')).then_some((start, end - start));
-    }
-    found
 }
 
 /// SIGINT and SIGTERM, registered before anything starts so that a signal
