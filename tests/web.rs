@@ -3,7 +3,9 @@
 //! chromium and chromedriver, driven by Python selenium through
 //! tests/web_browser.py): it lists, registers (and the channel relays),
 //! shows errors where the user acted, shows schemas, removes after a
-//! confirmation, and asks for the token when the relay has one.
+//! confirmation, and asks for the token when the relay has one; the form's
+//! Outputs fields send records where they say and refuse bad destinations
+//! next to the field.
 
 mod common;
 
@@ -173,6 +175,90 @@ fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
     }
     relay.stop();
     relay2.stop();
+}
+
+#[test]
+fn the_form_sends_records_to_the_destinations_it_names() {
+    let Some((python, chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The relay's defaults go elsewhere: the channel must not use them.
+    let (default_full, df) = receiver();
+    let (default_decimated, dd) = receiver();
+    let config = config_with(dir.path(), "base", free_port(), df.port, dd.port);
+    let relay = Relay::start(&config, &dir.path().join("data"), &[]);
+    let api = relay.api;
+    let (full4, f4) = receiver();
+    let full6 = std::net::UdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]");
+    full6
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let f6 = full6.local_addr().unwrap().port();
+    let (decimated, d) = receiver();
+
+    let schema_file = dir.path().join("upload.avsc");
+    std::fs::write(&schema_file, EXAMPLE_SCHEMA).unwrap();
+    let record = example_records(1).remove(0);
+    let records = 5;
+    let args = serde_json::json!({
+        "flow": "outputs",
+        "url": format!("http://{api}/"),
+        "existing": "base",
+        "name": "outtest",
+        "bad_name": "badout",
+        "schema_file": schema_file,
+        // A comma, and whitespace, between entries; IPv6 in brackets.
+        "full_rate": format!("127.0.0.1:{},  [::1]:{f6}", f4.port),
+        "decimated": format!("127.0.0.1:{}", d.port),
+        "factor": 2,
+        "payload_hex": record.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "records": records,
+        "chromium": chromium,
+        "chromedriver": chromedriver,
+        "artifacts": PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web_browser.py");
+    let (ok, output) = run_bounded(
+        Command::new(python).arg(script).arg(args.to_string()),
+        Duration::from_secs(120),
+    );
+    println!("{output}");
+    assert!(ok, "the browser checks failed:\n{output}");
+
+    // Every record byte-identical at both full-rate destinations; the
+    // decimated stream (downsample by 2: five records make two windows)
+    // at the decimated one; nothing at the relay's defaults.
+    assert_eq!(recv_n(&full4, records), vec![record.clone(); records]);
+    assert_eq!(recv_n(&full6, records), vec![record.clone(); records]);
+    assert_eq!(recv_n(&decimated, 2), vec![record; 2]);
+    assert_silent(&decimated);
+    assert_silent(&default_full);
+    assert_silent(&default_decimated);
+    let (status, channel) = http(api, "GET", "/api/v1/channels/outtest", &[], None);
+    assert_eq!(status, 200, "{channel}");
+    assert_eq!(
+        channel["config"]["outputs"],
+        serde_json::json!({
+            "full_rate": [
+                {"address": "127.0.0.1", "port": f4.port},
+                {"address": "::1", "port": f6},
+            ],
+            "decimated": [{"address": "127.0.0.1", "port": d.port}],
+        })
+    );
+    // The refused attempts registered nothing.
+    let (status, list) = http(api, "GET", "/api/v1/channels", &[], None);
+    assert_eq!(status, 200);
+    let mut names: Vec<&str> = list["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["base", "outtest"]);
+    relay.stop();
 }
 
 /// Runs `cmd`, killing it after `limit`; whether it succeeded and its

@@ -228,11 +228,96 @@ def token_flow(driver):
     check(not driver.find_element(By.ID, "token-dialog").is_displayed(), "no second prompt after a reload")
 
 
+def field_error(driver, input_id, what):
+    """Waits for the error next to `input_id`; checks it has the focus and
+    is marked invalid, and that no other destination field shows an error."""
+    wait(driver, what, lambda d: visible_text(d, input_id + "-error"))
+    check(driver.switch_to.active_element.get_attribute("id") == input_id, f"focus on {input_id}")
+    check(driver.find_element(By.ID, input_id).get_attribute("aria-invalid") == "true", f"{input_id} marked invalid")
+    for other in ("f-full-rate", "f-decimated"):
+        if other != input_id:
+            check(not visible_text(driver, other + "-error"), f"no error next to {other}")
+    return visible_text(driver, input_id + "-error")
+
+
+def submit_outputs(driver, full_rate, decimated):
+    for input_id, text in (("f-full-rate", full_rate), ("f-decimated", decimated)):
+        field = driver.find_element(By.ID, input_id)
+        field.clear()
+        field.send_keys(text)
+    driver.find_element(By.ID, "submit").click()
+
+
+def outputs_flow(driver):
+    step("the Outputs fields are labelled and described")
+    driver.get(ARGS["url"])
+    wait(driver, "row " + ARGS["existing"], lambda d: row(d, ARGS["existing"]))
+    port = driver.find_element(By.ID, "f-port")
+    wait(driver, "a suggested port", lambda d: port.get_attribute("value"))
+    suggested = int(port.get_attribute("value"))
+    for input_id in ("f-full-rate", "f-decimated"):
+        field = driver.find_element(By.ID, input_id)
+        label = driver.find_element(By.CSS_SELECTOR, f'label[for="{input_id}"]').text
+        check("destinations" in label, f"{input_id} has a label: {label!r}")
+        described = field.get_attribute("aria-describedby").split()
+        check("f-outputs-hint" in described and input_id + "-error" in described, f"{input_id} described by {described}")
+
+    step("a destination without a port: the error is next to that field, nothing is sent")
+    bad = ARGS["bad_name"]
+    driver.find_element(By.ID, "f-name").send_keys(bad)
+    driver.find_element(By.ID, "f-schema-file").send_keys(ARGS["schema_file"])
+    # Decimation on: the relay opens decimated destinations only then.
+    driver.find_element(By.ID, "f-factor").send_keys(str(ARGS["factor"]))
+    submit_outputs(driver, "127.0.0.1", "")
+    text = field_error(driver, "f-full-rate", "the full-rate error")
+    check("127.0.0.1" in text and "port" in text, f"the error names the entry and the port: {text!r}")
+    check(row(driver, bad) is None, "nothing registered")
+
+    step("a port out of range in the decimated field: the error moves there")
+    submit_outputs(driver, "127.0.0.1:9", "127.0.0.1:70000")
+    text = field_error(driver, "f-decimated", "the decimated error")
+    check("70000" in text, f"the error names the entry: {text!r}")
+    shot(driver, "web-outputs-error.png")
+
+    step("a destination the relay refuses (400 config.outputs) is shown next to its field")
+    submit_outputs(driver, "127.0.0.1:9", "[fe80::1]:5000")
+    text = field_error(driver, "f-decimated", "the relay's error about the decimated destination")
+    check("fe80::1" in text, f"the relay's message names the destination: {text!r}")
+    check(row(driver, bad) is None, "nothing registered")
+
+    step("registering with full-rate and decimated destinations")
+    name = ARGS["name"]
+    field = driver.find_element(By.ID, "f-name")
+    field.clear()
+    field.send_keys(name)
+    submit_outputs(driver, ARGS["full_rate"], ARGS["decimated"])
+    wait(driver, "row " + name, lambda d: row(d, name))
+    check(not visible_text(driver, "f-decimated-error"), "the old error is gone")
+    check(driver.find_element(By.ID, "f-full-rate").get_attribute("value") == "", "the form was reset")
+
+    step("records sent to its port are counted")
+    payload = bytes.fromhex(ARGS["payload_hex"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(ARGS["records"]):
+            s.sendto(payload, ("127.0.0.1", suggested))
+    want = str(ARGS["records"])
+    wait(driver, f"{want} records in the table", lambda d: cell(d, name, "records") == want)
+    unexpected = [
+        e
+        for e in console_errors(driver)
+        if not ("Failed to load resource" in e["message"] and "400" in e["message"])
+    ]
+    check(not unexpected, f"console errors: {unexpected}")
+
+
 def main():
     driver = browser()
     try:
-        main_flow(driver)
-        token_flow(driver)
+        if ARGS.get("flow") == "outputs":
+            outputs_flow(driver)
+        else:
+            main_flow(driver)
+            token_flow(driver)
     finally:
         driver.quit()
     print("ok", flush=True)

@@ -9,6 +9,10 @@ const TOKEN_KEY = 'speedrelay.token';
 const SUGGEST_RANGE = [26000, 27000];
 const MAX_SCHEMA_BYTES = 2 * 1024 * 1024;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+// Four decimal octets without leading zeros, as the relay (Rust's Ipv4Addr) reads them.
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+/** The destination inputs, by the `config.outputs` list they fill. */
+const OUTPUTS = { full_rate: 'f-full-rate', decimated: 'f-decimated' };
 
 const $ = (id) => document.getElementById(id);
 const fmtInt = new Intl.NumberFormat();
@@ -326,6 +330,8 @@ const FIELD_ERRORS = {
   name: ['f-name', 'f-name-error'],
   port: ['f-port', 'f-port-error'],
   factor: ['f-factor', 'f-factor-error'],
+  'outputs.full_rate': ['f-full-rate', 'f-full-rate-error'],
+  'outputs.decimated': ['f-decimated', 'f-decimated-error'],
 };
 
 function schemaSource() {
@@ -337,23 +343,46 @@ function fieldFor(field) {
   if (field === 'schema') {
     return schemaSource() === 'path' ? ['f-schema-path', 'f-schema-path-error'] : ['f-schema-file', 'f-schema-file-error'];
   }
-  if (field === 'config' || field.startsWith('config') || field.startsWith('decimation')) return FIELD_ERRORS.factor;
-  return FIELD_ERRORS[field] || null;
+  if (FIELD_ERRORS[field]) return FIELD_ERRORS[field];
+  if (field.startsWith('config') || field.startsWith('decimation')) return FIELD_ERRORS.factor;
+  return null;
 }
 
-/** The form field an API error is about: its `field`, or for a 409 the
+/** The destination list (`outputs.full_rate` or `outputs.decimated`) a 400
+ *  about `config` is about, or null. The relay names it either in the
+ *  message (`outputs.decimated: …`, from reading the settings) or, for a
+ *  destination it cannot open (`config.outputs`), by the destination
+ *  itself: `destination [fe80::1]:5000: …`, looked up in what was sent. */
+function outputsFieldOf(err, sent) {
+  const field = err.field || '';
+  if (field !== 'config' && !field.startsWith('config.outputs')) return null;
+  const named = /^(?:config\.)?outputs\.(full_rate|decimated)/.exec(field) || /^outputs\.(full_rate|decimated)/.exec(err.message);
+  if (named) return 'outputs.' + named[1];
+  if (field !== 'config.outputs') return null;
+  const outputs = (sent && sent.config && sent.config.outputs) || {};
+  const dest = (/destination (\S+?):\s/.exec(err.message) || [])[1];
+  const lists = Object.keys(OUTPUTS).filter((k) => outputs[k]);
+  const holder = lists.find((k) => outputs[k].some((d) => formatDestination(d) === dest));
+  return 'outputs.' + (holder || lists[0] || 'full_rate');
+}
+
+/** The form field an API error about the request `sent` is about: its
+ *  `field` (a destination list for `config.outputs`), or for a 409 the
  *  name or the port, whichever is taken. */
-function fieldOf(err) {
+function fieldOf(err, sent) {
+  const outputs = outputsFieldOf(err, sent);
+  if (outputs) return outputs;
   if (err.field) return err.field;
   if (err.status === 409) return /channel named/.test(err.message) ? 'name' : 'port';
   return null;
 }
 
 function clearFormErrors() {
-  for (const id of ['f-name', 'f-port', 'f-factor', 'f-algorithm', 'f-schema-file', 'f-schema-path']) {
+  for (const id of ['f-name', 'f-port', 'f-factor', 'f-algorithm', 'f-schema-file', 'f-schema-path', 'f-full-rate', 'f-decimated']) {
     $(id).removeAttribute('aria-invalid');
   }
-  for (const id of ['f-name-error', 'f-port-error', 'f-factor-error', 'f-schema-file-error', 'f-schema-path-error', 'form-error']) {
+  for (const id of ['f-name-error', 'f-port-error', 'f-factor-error', 'f-schema-file-error', 'f-schema-path-error',
+    'f-full-rate-error', 'f-decimated-error', 'form-error']) {
     showError($(id), '');
   }
   $('form-status').textContent = '';
@@ -373,6 +402,43 @@ function formError(field, message, focus) {
     if (focus) $('submit').focus();
   }
   if (focus) announce('Not registered: ' + message);
+}
+
+/** `{address, port}` as the relay writes it: `127.0.0.1:9000`, `[::1]:9000`. */
+function formatDestination(d) {
+  return (d.address.includes(':') ? `[${d.address}]` : d.address) + ':' + d.port;
+}
+
+/** One `address:port` entry as `{address, port}`; throws an Error that
+ *  says what is wrong with it. */
+function parseDestination(entry) {
+  let address = entry;
+  let portText = null;
+  if (entry.startsWith('[')) {
+    const m = /^\[([^\]]*)\](?::(.*))?$/.exec(entry);
+    if (!m) throw new Error(`${entry}: write an IPv6 destination as [address]:port, e.g. [::1]:9000.`);
+    [, address, portText = null] = m;
+  } else if (entry.includes(':')) {
+    const colon = entry.lastIndexOf(':');
+    if (entry.indexOf(':') !== colon) throw new Error(`${entry}: put an IPv6 address in brackets, e.g. [::1]:9000.`);
+    address = entry.slice(0, colon);
+    portText = entry.slice(colon + 1);
+  }
+  if (!address) throw new Error(`${entry} has no address.`);
+  if (!portText) throw new Error(`${entry} has no port: write address:port, e.g. 127.0.0.1:9000.`);
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port < 1 || port > 65535) throw new Error(`${entry}: the port is a whole number from 1 to 65535.`);
+  if (entry.startsWith('[')) {
+    // The URL parser checks IPv6 syntax and gives the address in its usual short form.
+    try {
+      address = new URL(`http://[${address}]/`).hostname.slice(1, -1);
+    } catch (_) {
+      throw new Error(`${entry}: ${address} is not an IPv6 address.`);
+    }
+  } else if (!IPV4_RE.test(address)) {
+    throw new Error(`${entry}: ${address} is not an IPv4 address (names are not resolved; IPv6 goes in brackets).`);
+  }
+  return { address, port };
 }
 
 let suggested = null;
@@ -434,12 +500,25 @@ async function readForm() {
     else decimation.factor = factor;
   }
   if (algorithm) decimation.algorithm = algorithm;
+  // An empty list leaves the relay's defaults: no key is sent for it.
+  const outputs = {};
+  for (const [list, id] of Object.entries(OUTPUTS)) {
+    const entries = $(id).value.split(/[\s,]+/).filter(Boolean);
+    try {
+      if (entries.length) outputs[list] = entries.map(parseDestination);
+    } catch (e) {
+      problems.push(['outputs.' + list, e.message]);
+    }
+  }
   if (problems.length) {
     problems.forEach(([field, msg], i) => formError(field, msg, i === 0));
     return null;
   }
   const body = { name, port, schema };
-  if (Object.keys(decimation).length) body.config = { decimation: { enabled: true, ...decimation } };
+  const config = {};
+  if (Object.keys(decimation).length) config.decimation = { enabled: true, ...decimation };
+  if (Object.keys(outputs).length) config.outputs = outputs;
+  if (Object.keys(config).length) body.config = config;
   return body;
 }
 
@@ -460,7 +539,7 @@ async function onRegister(e) {
       suggested = null;
       await Promise.all([refresh(), suggestPort(true)]);
     } catch (err) {
-      formError(fieldOf(err), errorText(err), true);
+      formError(fieldOf(err, body), errorText(err), true);
     }
   } finally {
     submit.disabled = false;
