@@ -806,7 +806,7 @@ mod tests {
                         },
                         Destination::new("::1".parse().unwrap(), 65535),
                     ],
-                    decimated: vec![Destination::new("10.0.0.5".parse().unwrap(), 0)],
+                    decimated: vec![Destination::new("10.0.0.5".parse().unwrap(), 1)],
                 },
                 rotation: Rotation {
                     mode: [RotationMode::Time, RotationMode::Size][i % 2],
@@ -875,6 +875,9 @@ mod tests {
             json!({"outputs": {"full_rate": {"address": "fe80::zz", "port": 1}}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": "abc"}}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 65536}}}),
+            json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 0}}}),
+            json!({"outputs": {"decimated": [{"address": "0.0.0.0", "port": 9}]}}),
+            json!({"outputs": {"full_rate": {"address": "::", "port": 9}}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1"}}}),
             json!({"outputs": {"full_rate": {"port": 1}}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 1, "interface": "::1"}}}),

@@ -96,7 +96,9 @@ pub struct Outputs {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
+    #[serde(deserialize_with = "destination_address")]
     pub address: IpAddr,
+    #[serde(deserialize_with = "destination_port")]
     pub port: u16,
     /// Outgoing interface for multicast, by its IPv4 address. `None` lets the
     /// kernel's routing table choose.
@@ -234,21 +236,63 @@ impl Default for SocketSettings {
 }
 
 /// Accept `{address, port}` or a list of them (SpeedData writes one).
+/// One destination or a list of them; `null` is none. Written out rather
+/// than as an untagged enum so that an error inside a destination (a bad
+/// address, port 0) reaches the user with its field, instead of "did not
+/// match any variant".
 fn one_or_many<'de, D>(deserializer: D) -> Result<Vec<Destination>, D::Error>
 where
     D: Deserializer<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(Destination),
-        Many(Vec<Destination>),
+    use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+    use serde::de::{MapAccess, SeqAccess, Visitor};
+
+    struct OneOrMany;
+    impl<'de> Visitor<'de> for OneOrMany {
+        type Value = Vec<Destination>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a destination {address, port} or a list of them")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Destination::deserialize(MapAccessDeserializer::new(map)).map(|d| vec![d])
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Vec::deserialize(SeqAccessDeserializer::new(seq))
+        }
     }
-    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
-        None => Vec::new(),
-        Some(OneOrMany::One(d)) => vec![d],
-        Some(OneOrMany::Many(v)) => v,
-    })
+    deserializer.deserialize_any(OneOrMany)
+}
+
+/// A destination port: 0 means "any" when binding, and nothing to send to.
+fn destination_port<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u16, D::Error> {
+    let port = u64::deserialize(deserializer)?;
+    match u16::try_from(port) {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(serde::de::Error::custom(format!(
+            "{port} is not a port to send to (1-65535)"
+        ))),
+    }
+}
+
+/// A destination address: the unspecified address (0.0.0.0, ::) is for
+/// binding; as a destination it is almost surely a mistaken bind address.
+fn destination_address<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpAddr, D::Error> {
+    let address = IpAddr::deserialize(deserializer)?;
+    if address.is_unspecified() {
+        return Err(serde::de::Error::custom(format!(
+            "{address} is the bind-any address, not a destination (127.0.0.1 or ::1 is this host)"
+        )));
+    }
+    Ok(address)
 }
 
 #[cfg(test)]

@@ -466,6 +466,36 @@ async fn bad_input_is_4xx_and_changes_nothing() {
     let (_, r) = s.send("POST", "/channels", &inline("other", taken)).await;
     assert_eq!(r["used_by"], "first");
 
+    // A bad destination is named with its list and field, not as a shape
+    // that "did not match any variant".
+    for (outputs, says) in [
+        (
+            json!({"full_rate": {"address": "127.0.0.1", "port": 0}}),
+            ["outputs.full_rate", "port", "0 is not a port to send to"],
+        ),
+        (
+            json!({"decimated": [{"address": "nope", "port": 9}]}),
+            ["outputs.decimated", "address", "invalid IP address"],
+        ),
+        (
+            json!({"full_rate": [{"address": "0.0.0.0", "port": 9}]}),
+            ["outputs.full_rate", "address", "bind-any"],
+        ),
+        (
+            json!({"full_rate": {"address": "127.0.0.1", "port": 70000}}),
+            ["outputs.full_rate", "port", "65535"],
+        ),
+    ] {
+        let body = with("config", json!({"outputs": outputs}));
+        let (status, r) = s.send("POST", "/channels", &body).await;
+        assert_eq!(status, 400, "{body}: {r}");
+        let message = r["error"].as_str().unwrap_or_default();
+        for part in says {
+            assert!(message.contains(part), "{part:?} not in {r}");
+        }
+        assert!(!message.contains("variant"), "{r}");
+    }
+
     // Not JSON, wrong content type, too large.
     let (status, r) = s
         .send_bytes("POST", "/channels", b"{name: oops".to_vec())
