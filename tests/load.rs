@@ -199,7 +199,10 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
             (d != 0).then(|| format!("{k} +{d}"))
         })
         .collect();
-    eprintln!("kernel TCP/UDP counters during the flood: {}", tcp.join(", "));
+    eprintln!(
+        "kernel TCP/UDP counters during the flood: {}",
+        tcp.join(", ")
+    );
     let health_p99 = summary("GET /health under load", health);
     let post_p99 = summary("POST /channels under load", post);
     summary("DELETE /channels/{name} under load", delete);
