@@ -167,8 +167,6 @@ impl BoundChannel {
         let port = self.spec.port;
         let socket = UdpSocket::from_std(self.socket)
             .map_err(|source| ChannelError::Bind { port, source })?;
-        let full_rate = self.full_rate;
-        let decimated = self.decimated;
         let settings = &self.spec.settings;
         let archive = settings.archive.enabled.then(|| {
             let writer = ArchiveWriter::new(
@@ -202,8 +200,8 @@ impl BoundChannel {
             validate: settings.validate,
             captured: vec![Captured::default(); slots],
             decimated_out: DecimatedBatch::default(),
-            full_rate,
-            decimated,
+            full_rate: self.full_rate,
+            decimated: self.decimated,
             archive,
             block: Vec::new(),
             block_count: 0,

@@ -235,8 +235,7 @@ impl Default for SocketSettings {
     }
 }
 
-/// Accept `{address, port}` or a list of them (SpeedData writes one).
-/// One destination or a list of them; `null` is none. Written out rather
+/// One destination (SpeedData writes one) or a list of them; `null` is none. Written out rather
 /// than as an untagged enum so that an error inside a destination (a bad
 /// address, port 0) reaches the user with its field, instead of "did not
 /// match any variant".

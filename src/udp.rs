@@ -225,9 +225,7 @@ impl RecvBatch {
         if self.buf.is_none() {
             self.buf = Some(PageBuf::map(self.slot * BATCH)?);
             self.cmsg = vec![0; CMSG_ROOM * BATCH];
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            self.hdrs = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-            self.iovs = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+            (self.hdrs, self.iovs) = empty_headers(BATCH);
         }
         let base = match &self.buf {
             Some(buf) => buf.ptr,
@@ -337,6 +335,17 @@ fn read_drop_count(h: &libc::msghdr) -> Option<u32> {
     None
 }
 
+/// `n` empty message headers and iovecs, for a batch's first use.
+fn empty_headers(n: usize) -> (Vec<libc::mmsghdr>, Vec<libc::iovec>) {
+    // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
+    unsafe {
+        (
+            (0..n).map(|_| std::mem::zeroed()).collect(),
+            (0..n).map(|_| std::mem::zeroed()).collect(),
+        )
+    }
+}
+
 /// Outcome of sending one batch to one destination.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SendReport {
@@ -376,13 +385,7 @@ impl SendBatch {
     /// Points the headers at up to [`SEND_CAPACITY`] datagrams, in order.
     pub fn load<'a>(&'a mut self, datagrams: impl Iterator<Item = &'a [u8]>) -> Loaded<'a> {
         if self.hdrs.is_empty() {
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            self.hdrs = (0..SEND_CAPACITY)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect();
-            self.iovs = (0..SEND_CAPACITY)
-                .map(|_| unsafe { std::mem::zeroed() })
-                .collect();
+            (self.hdrs, self.iovs) = empty_headers(SEND_CAPACITY);
         }
         let mut len = 0;
         for d in datagrams.take(SEND_CAPACITY) {
