@@ -49,6 +49,9 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_READ_BUFFER: usize = 64 * 1024;
 /// How long open connections get to finish once shutdown is requested.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a client waiting for a connection slot looks for an idle
+/// connection to close.
+const EVICT_RETRY: Duration = Duration::from_millis(100);
 const PREFIX: &str = "/api/v1";
 
 /// How the API is run.
@@ -116,15 +119,21 @@ pub async fn serve(
             Ok(p) => p,
             Err(TryAcquireError::Closed) => break,
             Err(TryAcquireError::NoPermits) => {
-                // Full: make room by closing an idle connection; when every
-                // one is inside a request, wait (requests are time-bounded).
-                open.evict_oldest_idle();
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    p = limit.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
+                // Full: make room by closing an idle connection. When every
+                // one is inside a request, wait, and look again now and then:
+                // a connection that finishes its request and stays open
+                // idle gives back no permit.
+                let permit = loop {
+                    open.evict_oldest_idle();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break None,
+                        p = limit.clone().acquire_owned() => break p.ok(),
+                        _ = tokio::time::sleep(EVICT_RETRY) => {}
+                    }
+                };
+                match permit {
+                    Some(p) => p,
+                    None => break,
                 }
             }
         };
