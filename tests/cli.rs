@@ -70,7 +70,7 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
 async fn every_subcommand_against_a_running_relay() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(&quick_empty_config(dir.path()), &data, &[]);
+    let relay = spawn_relay(&quick_empty_config(dir.path()), &data, &[]);
     let api = relay.api;
     let example = repo_file("config/agents/example.avsc");
     let example = example.to_str().unwrap();
@@ -310,7 +310,7 @@ fn refused_connection_and_bad_url_are_one_line() {
 #[test]
 fn token_and_url_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &quick_empty_config(dir.path()),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", "s3cret")],

@@ -117,7 +117,7 @@ fn metrics_parse_as_prometheus_text_and_move_when_records_flow() {
     let dir = tempfile::tempdir().unwrap();
     let (dest, d) = receiver();
     let port = free_port();
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &config(dir.path(), port, d.port),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", TOKEN)],
@@ -210,7 +210,7 @@ fn metrics_parse_as_prometheus_text_and_move_when_records_flow() {
 #[test]
 fn metrics_need_the_token_and_label_routes_by_template() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &config(dir.path(), free_port(), free_port()),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", TOKEN)],

@@ -57,7 +57,7 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
     const N: u64 = 600;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(&quick_empty_config(dir.path()), &data, &[]);
+    let relay = spawn_relay(&quick_empty_config(dir.path()), &data, &[]);
     let api = relay.api;
     let schemas = [
         ("example", repo_file("config/agents/example.avsc")),
