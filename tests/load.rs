@@ -164,13 +164,7 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     while Instant::now() < until {
         let body = json!({"name": format!("load{i}"), "port": free_port(), "schema": schema});
         let t = Instant::now();
-        let (status, answer) = http(
-            api,
-            "POST",
-            "/api/v1/channels",
-            &[("Content-Type".into(), "application/json".into())],
-            Some(body.to_string().as_bytes()),
-        );
+        let (status, answer) = post_json(api, "/api/v1/channels", body.to_string().as_bytes());
         post.push(t.elapsed());
         assert_eq!(status, 201, "{answer}");
         let t = Instant::now();

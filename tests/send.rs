@@ -28,13 +28,7 @@ fn stats(api: std::net::SocketAddr, name: &str) -> Value {
 fn register(api: std::net::SocketAddr, name: &str, port: u16, schema_text: &str) {
     let schema: Value = serde_json::from_str(schema_text).unwrap();
     let body = json!({"name": name, "port": port, "schema": schema});
-    let (status, answer) = http(
-        api,
-        "POST",
-        "/api/v1/channels",
-        &[("Content-Type".into(), "application/json".into())],
-        Some(body.to_string().as_bytes()),
-    );
+    let (status, answer) = post_json(api, "/api/v1/channels", body.to_string().as_bytes());
     assert_eq!(status, 201, "{answer}");
 }
 

@@ -126,10 +126,6 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     assert_eq!(archived_datums(&data, "ex", EXAMPLE_SCHEMA), twice);
 }
 
-fn json_headers() -> Vec<(String, String)> {
-    vec![("Content-Type".into(), "application/json".into())]
-}
-
 fn empty_config(dir: &std::path::Path) -> std::path::PathBuf {
     let config = dir.join("config");
     std::fs::create_dir_all(&config).unwrap();
@@ -174,13 +170,7 @@ fn registered_over_http_relays_and_survives_a_restart() {
         "config": {"outputs": {"full_rate": {"address": "127.0.0.1", "port": d.port}}, "decimation": 3}
     });
     let body = serde_json::to_vec(&request).unwrap();
-    let (status, answer) = http(
-        api,
-        "POST",
-        "/api/v1/channels",
-        &json_headers(),
-        Some(&body),
-    );
+    let (status, answer) = post_json(api, "/api/v1/channels", &body);
     assert_eq!(status, 201, "{answer}");
     // No pause between the 201 and the first datagram.
     let records = example_records(100);
@@ -235,14 +225,7 @@ fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
                 &serde_json::json!({"name": name, "port": port, "schema": schema}),
             )
             .unwrap();
-            http(
-                api,
-                "POST",
-                "/api/v1/channels",
-                &json_headers(),
-                Some(&body),
-            )
-            .0
+            post_json(api, "/api/v1/channels", &body).0
         })
     };
     let distinct: Vec<_> = (0..50)

@@ -481,12 +481,22 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Option
 pub fn register_example(api: SocketAddr, name: &str, port: u16, config: Json) -> (u16, Json) {
     let schema: Json = serde_json::from_str(EXAMPLE_SCHEMA).expect("example schema is JSON");
     let body = serde_json::json!({"name": name, "port": port, "schema": schema, "config": config});
+    post_json(
+        api,
+        "/api/v1/channels",
+        &serde_json::to_vec(&body).expect("serialises"),
+    )
+}
+
+/// One POST of `body` (sent as is) with Content-Type application/json,
+/// through [`http`]: the status and the answer.
+pub fn post_json(api: SocketAddr, path: &str, body: &[u8]) -> (u16, Json) {
     http(
         api,
         "POST",
-        "/api/v1/channels",
+        path,
         &[("Content-Type".into(), "application/json".into())],
-        Some(&serde_json::to_vec(&body).expect("serialises")),
+        Some(body),
     )
 }
 
