@@ -51,12 +51,6 @@ fn one_line_failure(o: Output) -> String {
     err.trim_end().to_string()
 }
 
-fn stats(api: SocketAddr, name: &str) -> Value {
-    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
-    assert_eq!(status, 200, "{body}");
-    body["stats"].clone()
-}
-
 /// The cells of the table row whose first cell is `name`.
 fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
     table
@@ -136,20 +130,20 @@ async fn every_subcommand_against_a_running_relay() {
     }
     assert_eq!(recv_n(&full, 200), records);
     wait_until("203 packets counted", Duration::from_secs(10), || {
-        stats(api, "demo")["packets"] == 203
+        get_channel(api, "demo")["stats"]["packets"] == 203
     })
     .await;
     wait_until("the archive written", Duration::from_secs(10), || {
-        stats(api, "demo")["archive_bytes"].as_u64() > Some(200 * 40)
+        get_channel(api, "demo")["stats"]["archive_bytes"].as_u64() > Some(200 * 40)
     })
     .await;
 
     // list with one sample: no rate column.
     let kib =
-        |s: Value| (s["archive_bytes"].as_u64().unwrap() as f64 / 1024.0 * 10.0).round() / 10.0;
-    let before = kib(stats(api, "demo"));
+        |s: &Value| (s["archive_bytes"].as_u64().unwrap() as f64 / 1024.0 * 10.0).round() / 10.0;
+    let before = kib(&get_channel(api, "demo")["stats"]);
     let table = ok(channels(api, &["list", "--interval", "0"], &[]));
-    let after = kib(stats(api, "demo"));
+    let after = kib(&get_channel(api, "demo")["stats"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
@@ -179,7 +173,7 @@ async fn every_subcommand_against_a_running_relay() {
         .spawn()
         .unwrap();
     wait_until("send to start", Duration::from_secs(10), || {
-        stats(api, "demo")["packets"].as_u64() > Some(400)
+        get_channel(api, "demo")["stats"]["packets"].as_u64() > Some(400)
     })
     .await;
     let table = ok(channels(api, &["list", "--interval", "1"], &[]));

@@ -19,12 +19,6 @@ fn send(args: &[&str]) -> Output {
         .expect("send runs")
 }
 
-fn stats(api: std::net::SocketAddr, name: &str) -> Value {
-    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
-    assert_eq!(status, 200, "{body}");
-    body["stats"].clone()
-}
-
 fn register(api: std::net::SocketAddr, name: &str, port: u16, schema_text: &str) {
     let schema: Value = serde_json::from_str(schema_text).unwrap();
     let body = json!({"name": name, "port": port, "schema": schema});
@@ -88,10 +82,10 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
         wait_until(
             &format!("{N} packets on {name}"),
             Duration::from_secs(20),
-            || stats(api, name)["packets"].as_u64() >= Some(N),
+            || get_channel(api, name)["stats"]["packets"].as_u64() >= Some(N),
         )
         .await;
-        let s = stats(api, name);
+        let s = &get_channel(api, name)["stats"];
         assert_eq!(s["packets"], N, "{name}: {s}");
         assert_eq!(s["invalid"], 0, "{name}: {s}");
         assert_eq!(s["kernel_drops"], 0, "{name}: {s}");

@@ -500,6 +500,13 @@ pub fn post_json(api: SocketAddr, path: &str, body: &[u8]) -> (u16, Json) {
     )
 }
 
+/// GET /api/v1/channels/NAME, asserting a 200: the channel as JSON.
+pub fn get_channel(api: SocketAddr, name: &str) -> Json {
+    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// A file of the repository, e.g. `config/agents/example.avsc`.
 pub fn repo_file(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
