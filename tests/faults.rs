@@ -21,18 +21,6 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
 
-/// Polls `cond` (blocking) until it holds; panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Sends `records` to `port`, a few at a time so that no kernel buffer
 /// overflows, and waits until the channel has counted them all.
 fn send(api: SocketAddr, name: &str, port: u16, records: &[Vec<u8>]) {

@@ -122,6 +122,16 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
     }
 }
 
+/// [`wait_until`] for blocking code: polls `cond` every 10 ms until it
+/// holds; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Receives exactly `n` datagrams (blocking, with the socket's timeout).
 pub fn recv_n(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; 65536];
