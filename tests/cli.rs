@@ -25,6 +25,14 @@ fn channels(api: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("client runs")
 }
 
+/// `speedrelay channels add NAME --port PORT --schema SCHEMA EXTRA…`.
+fn add(api: SocketAddr, name: &str, port: u16, schema: &str, extra: &[&str]) -> Output {
+    let port = port.to_string();
+    let mut args = vec!["add", name, "--port", &port, "--schema", schema];
+    args.extend_from_slice(extra);
+    channels(api, &args, &[])
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -79,15 +87,12 @@ async fn every_subcommand_against_a_running_relay() {
     let port = free_port();
     let (full, full_dest) = receiver();
     let (_decimated, dec_dest) = receiver();
-    let out = ok(channels(
+    let out = ok(add(
         api,
+        "demo",
+        port,
+        example,
         &[
-            "add",
-            "demo",
-            "--port",
-            &port.to_string(),
-            "--schema",
-            example,
             "--decimation",
             "4",
             "--algorithm",
@@ -97,7 +102,6 @@ async fn every_subcommand_against_a_running_relay() {
             "--decimated-output",
             &format!("127.0.0.1:{}", dec_dest.port),
         ],
-        &[],
     ));
     assert_eq!(out, format!("channel demo listening on port {port}\n"));
 
@@ -184,79 +188,30 @@ async fn every_subcommand_against_a_running_relay() {
     assert!((1000.0..3000.0).contains(&rate), "rate {rate} in\n{table}");
 
     // Server errors: one line naming the problem, exit 1, no state change.
-    let taken = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "other",
-            "--port",
-            &port.to_string(),
-            "--schema",
-            example,
-        ],
-        &[],
-    ));
+    let taken = one_line_failure(add(api, "other", port, example, &[]));
     assert_eq!(
         taken,
         format!("speedrelay: port {port} is used by channel demo (409)")
     );
-    let dup = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "demo",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            example,
-        ],
-        &[],
-    ));
+    let dup = one_line_failure(add(api, "demo", free_port(), example, &[]));
     assert!(dup.contains("demo") && dup.ends_with("(409)"), "{dup}");
     let not_avro = dir.path().join("not-avro.avsc");
     std::fs::write(&not_avro, r#"{"type": "recordd", "name": "x"}"#).unwrap();
-    let bad = one_line_failure(channels(
+    let bad = one_line_failure(add(
         api,
-        &[
-            "add",
-            "other",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            not_avro.to_str().unwrap(),
-        ],
+        "other",
+        free_port(),
+        not_avro.to_str().unwrap(),
         &[],
     ));
     assert!(bad.contains("schema") && bad.ends_with("(400)"), "{bad}");
-    let bad_name = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "no/slash",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            example,
-        ],
-        &[],
-    ));
+    let bad_name = one_line_failure(add(api, "no/slash", free_port(), example, &[]));
     assert!(
         bad_name.starts_with("speedrelay: name") && bad_name.ends_with("(400)"),
         "{bad_name}"
     );
     // Refused before any request: the schema file is missing.
-    let missing = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "other",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            "/nonexistent.avsc",
-        ],
-        &[],
-    ));
+    let missing = one_line_failure(add(api, "other", free_port(), "/nonexistent.avsc", &[]));
     assert!(missing.contains("/nonexistent.avsc"), "{missing}");
     let unknown = one_line_failure(channels(api, &["get", "nope"], &[]));
     assert_eq!(unknown, "speedrelay: no channel named nope (404)");
