@@ -198,23 +198,19 @@ impl OpenConnections {
     }
 
     /// Closes the oldest connection that waits for a request (idle
-    /// keep-alive, or headers still arriving); false when there is none.
-    fn evict_oldest_idle(&self) -> bool {
+    /// keep-alive, or headers still arriving), if there is one. An evicted
+    /// connection leaves the list here, so it is never picked twice.
+    fn evict_oldest_idle(&self) {
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
         list.retain(|w| w.strong_count() > 0);
-        let victim = list.iter().position(|w| {
-            w.upgrade()
-                .is_some_and(|c| !c.busy.load(Ordering::Relaxed) && !c.evict.is_cancelled())
-        });
-        match victim
+        let victim = list
+            .iter()
+            .position(|w| w.upgrade().is_some_and(|c| !c.busy.load(Ordering::Relaxed)));
+        if let Some(conn) = victim
             .and_then(|i| list.remove(i))
             .and_then(|w| w.upgrade())
         {
-            Some(conn) => {
-                conn.evict.cancel();
-                true
-            }
-            None => false,
+            conn.evict.cancel();
         }
     }
 }

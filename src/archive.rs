@@ -467,7 +467,7 @@ fn header(schema_json: &str, codec: Codec, sync: &[u8; 16]) -> Vec<u8> {
 }
 
 /// Avro `long`: zigzag, then base-128 varint.
-fn put_long(buf: &mut Vec<u8>, n: i64) {
+pub(crate) fn put_long(buf: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     while z >= 0x80 {
         buf.push((z as u8) | 0x80);

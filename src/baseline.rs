@@ -614,7 +614,8 @@ fn escape_pointer(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
-fn one_line(message: &str) -> String {
+/// Collapses a message's line breaks and runs of spaces into single spaces.
+pub(crate) fn one_line(message: &str) -> String {
     message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

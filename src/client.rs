@@ -21,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 
+use crate::baseline::one_line;
+
 /// Where the API is when neither `--url` nor `SPEEDRELAY_URL` says.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 const PREFIX: &str = "/api/v1";
@@ -372,10 +374,6 @@ fn error_text(v: &Value) -> Option<String> {
 }
 
 /// Server text may hold newlines; the user gets one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 fn message_of(answer: &Value, fallback: &str) -> String {
     answer
         .get("message")

@@ -158,34 +158,6 @@ impl Registry {
     /// Opens or creates the file (parent dir created), then runs the
     /// migration steps forward to [`CURRENT_VERSION`] in one write transaction.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)
-                .map_err(|e| RegistryError::Storage {
-                    path: path.to_path_buf(),
-                    detail: format!("cannot create directory {}: {e}", parent.display()),
-                })?;
-        }
-        // redb would create the file with the umask's mode (usually 0644):
-        // create it first, readable by the owner's group only. redb
-        // initialises an empty file; an existing file keeps its mode.
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(RegistryError::Storage {
-                    path: path.to_path_buf(),
-                    detail: format!("cannot create the file: {e}"),
-                });
-            }
-        }
         let registry = Registry {
             db: RwLock::new(Some(open_database(path)?)),
             broken: AtomicBool::new(false),
@@ -261,21 +233,8 @@ impl Registry {
             path: self.path.clone(),
             detail: format!("{op}: {detail}"),
         };
-        if let Some(parent) = self.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o750)
-                .create(parent)
-                .map_err(|e| storage(format!("cannot create {}: {e}", parent.display())))?;
-        }
         let fresh = self.path.with_extension("redb.rewrite");
         let _ = fs::remove_file(&fresh);
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .open(&fresh)
-            .map_err(|e| storage(format!("cannot create {}: {e}", fresh.display())))?;
         let new_db = open_database(&fresh)?;
         let old = self.with_db(op, |db| db.begin_read().map_err(Into::into))?;
         let txn = new_db.begin_write().at(&self.path, op)?;
@@ -641,7 +600,13 @@ impl<E: Into<redb::Error>> AtPath for E {
 }
 
 /// Opens (or creates) the redb file.
+/// Opens or creates the database file, creating it and its directory
+/// first with private modes.
 fn open_database(path: &Path) -> Result<Database, RegistryError> {
+    create_private(path).map_err(|detail| RegistryError::Storage {
+        path: path.to_path_buf(),
+        detail,
+    })?;
     Database::builder()
         .set_cache_size(CACHE_BYTES)
         // A file damaged outside redb is then reported as Corrupted
@@ -650,6 +615,29 @@ fn open_database(path: &Path) -> Result<Database, RegistryError> {
         .set_check_integrity_on_open(true)
         .create(path)
         .at(path, "open")
+}
+
+/// The file's directory (0750) and the file itself (0640), unless they
+/// exist: redb would create the file with the umask's mode (usually 0644).
+/// redb initialises an empty file; an existing file keeps its mode.
+fn create_private(path: &Path) -> Result<(), String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(parent)
+            .map_err(|e| format!("cannot create directory {}: {e}", parent.display()))?;
+    }
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+    }
 }
 
 /// `.at(path, op)` on a redb result.

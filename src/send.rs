@@ -14,7 +14,7 @@
 //! wake-up sends many datagrams, never one sleep per datagram.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +22,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apache_avro::Schema;
 use apache_avro::schema::{InnerDecimalSchema, NamesRef, NamespaceRef, ResolvedSchema, UuidSchema};
+
+use crate::archive::put_long;
+use crate::config::Destination;
+use crate::udp;
 
 /// Distinct random records encoded up front and cycled through.
 pub const POOL_SIZE: usize = 1024;
@@ -70,9 +74,11 @@ pub struct SendArgs {
 }
 
 fn parse_duration(s: &str) -> Result<f64, String> {
+    // Also refuses what Duration cannot hold, or a deadline now + d cannot.
+    const MAX_SECS: f64 = 100.0 * 365.0 * 86_400.0;
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err("must be a non-negative number of seconds".into()),
+        Ok(v) if (0.0..=MAX_SECS).contains(&v) => Ok(v),
+        _ => Err("must be a number of seconds from 0 to 100 years".into()),
     }
 }
 
@@ -234,28 +240,26 @@ impl Sender {
     /// datagram.
     pub fn connect(addr: SocketAddr, pool: RecordPool) -> Result<Self, SendError> {
         let socket_error = |source| SendError::Socket { addr, source };
-        let local: IpAddr = match addr {
-            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
-        };
-        let socket = UdpSocket::bind((local, 0)).map_err(socket_error)?;
-        // Room for several batches; the kernel caps it at wmem_max.
-        let _ = socket2::SockRef::from(&socket).set_send_buffer_size(4 << 20);
-        socket.connect(addr).map_err(socket_error)?;
+        // The relay's own destination socket (4 MiB send buffer, connected),
+        // made blocking.
+        let socket = udp::connect_destination(&Destination::new(addr.ip(), addr.port()))
+            .map_err(socket_error)?;
+        socket.set_nonblocking(false).map_err(socket_error)?;
+        let (hdrs, iovs) = udp::empty_headers(BATCH);
         Ok(Sender {
             socket,
             addr,
             pool,
-            // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-            hdrs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
-            iovs: (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            hdrs,
+            iovs,
         })
     }
 
     /// Sends until a limit is reached or `stop` is set.
     pub fn run(&mut self, limits: Limits, stop: &AtomicBool) -> Result<Report, SendError> {
         let start = Instant::now();
-        let deadline = limits.duration.map(|d| start + d);
+        // A deadline beyond what Instant holds is no deadline.
+        let deadline = limits.duration.and_then(|d| start.checked_add(d));
         let mut report = Report {
             records: 0,
             bytes: 0,
@@ -325,10 +329,8 @@ impl Sender {
             // Distinct instants within the batch keep records ordered.
             self.pool.stamp(first + i, now.saturating_add(i as i64));
         }
-        let mut bytes = 0u64;
         for i in 0..n {
             let record = self.pool.record(first + i);
-            bytes += record.len() as u64;
             self.iovs[i] = libc::iovec {
                 iov_base: record.as_ptr() as *mut libc::c_void,
                 iov_len: record.len(),
@@ -369,11 +371,9 @@ impl Sender {
                 }
             }
         }
-        if done < n {
-            bytes = (first..first + done)
-                .map(|i| self.pool.record(i).len() as u64)
-                .sum();
-        }
+        let bytes = (first..first + done)
+            .map(|i| self.pool.record(i).len() as u64)
+            .sum();
         Ok((done, bytes))
     }
 }
@@ -554,6 +554,8 @@ impl<'s> Encoder<'s> {
                 let v = self.rng.below(2_000_001) as i64 - 1_000_000;
                 self.long(v);
             }
+            // The same list as `is_long`, spelled out so the match stays
+            // exhaustive (a new schema kind must be handled here).
             Schema::Long
             | Schema::TimeMicros
             | Schema::TimestampMillis
@@ -591,9 +593,9 @@ impl<'s> Encoder<'s> {
                 let digits = 1 + self.rng.below(8) as usize;
                 let scale = self.rng.below(10) as i64;
                 let mut inner = Vec::with_capacity(digits + 2);
-                zigzag(&mut inner, digits as i64);
+                put_long(&mut inner, digits as i64);
                 inner.extend((0..digits).map(|_| self.rng.next() as u8));
-                zigzag(&mut inner, scale);
+                put_long(&mut inner, scale);
                 self.long(inner.len() as i64);
                 self.out.extend_from_slice(&inner);
             }
@@ -699,7 +701,7 @@ impl<'s> Encoder<'s> {
     }
 
     fn long(&mut self, v: i64) {
-        zigzag(&mut self.out, v);
+        put_long(&mut self.out, v);
     }
 
     fn random_bytes(&mut self, n: usize) {
@@ -713,15 +715,6 @@ impl<'s> Encoder<'s> {
         self.long(n as i64);
         self.random_bytes(n);
     }
-}
-
-fn zigzag(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }
 
 /// A `time` field gets now in ns only where the value is a plain 64-bit
@@ -758,6 +751,16 @@ fn least_recursive(variants: &[Schema]) -> usize {
 mod tests {
     use super::*;
     use apache_avro::types::Value;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn durations_a_deadline_cannot_hold_are_refused() {
+        assert_eq!(parse_duration("2.5"), Ok(2.5));
+        assert_eq!(parse_duration("0"), Ok(0.0));
+        for bad in ["1e19", "1e20", "inf", "NaN", "-1", "soon"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
 
     /// Every Avro type, nested, named, logical and recursive.
     pub const EVERY_TYPE: &str = include_str!("../tests/data/every_type.avsc");
@@ -788,7 +791,7 @@ mod tests {
             (1 << 62) - 1,
         ] {
             let mut standard = Vec::new();
-            zigzag(&mut standard, ns);
+            put_long(&mut standard, ns);
             assert_eq!(standard, time9(ns), "{ns}");
         }
         // Out of range: clamped, still 9 bytes.

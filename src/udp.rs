@@ -336,7 +336,7 @@ fn read_drop_count(h: &libc::msghdr) -> Option<u32> {
 }
 
 /// `n` empty message headers and iovecs, for a batch's first use.
-fn empty_headers(n: usize) -> (Vec<libc::mmsghdr>, Vec<libc::iovec>) {
+pub(crate) fn empty_headers(n: usize) -> (Vec<libc::mmsghdr>, Vec<libc::iovec>) {
     // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
     unsafe {
         (
