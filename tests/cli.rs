@@ -25,6 +25,14 @@ fn channels(api: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("client runs")
 }
 
+/// `speedrelay channels add NAME --port PORT --schema SCHEMA EXTRA…`.
+fn add(api: SocketAddr, name: &str, port: u16, schema: &str, extra: &[&str]) -> Output {
+    let port = port.to_string();
+    let mut args = vec!["add", name, "--port", &port, "--schema", schema];
+    args.extend_from_slice(extra);
+    channels(api, &args, &[])
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -51,12 +59,6 @@ fn one_line_failure(o: Output) -> String {
     err.trim_end().to_string()
 }
 
-fn stats(api: SocketAddr, name: &str) -> Value {
-    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
-    assert_eq!(status, 200, "{body}");
-    body["stats"].clone()
-}
-
 /// The cells of the table row whose first cell is `name`.
 fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
     table
@@ -70,7 +72,7 @@ fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
 async fn every_subcommand_against_a_running_relay() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(&quick_empty_config(dir.path()), &data, &[]);
+    let relay = spawn_relay(&quick_empty_config(dir.path()), &data, &[]);
     let api = relay.api;
     let example = repo_file("config/agents/example.avsc");
     let example = example.to_str().unwrap();
@@ -85,15 +87,12 @@ async fn every_subcommand_against_a_running_relay() {
     let port = free_port();
     let (full, full_dest) = receiver();
     let (_decimated, dec_dest) = receiver();
-    let out = ok(channels(
+    let out = ok(add(
         api,
+        "demo",
+        port,
+        example,
         &[
-            "add",
-            "demo",
-            "--port",
-            &port.to_string(),
-            "--schema",
-            example,
             "--decimation",
             "4",
             "--algorithm",
@@ -103,7 +102,6 @@ async fn every_subcommand_against_a_running_relay() {
             "--decimated-output",
             &format!("127.0.0.1:{}", dec_dest.port),
         ],
-        &[],
     ));
     assert_eq!(out, format!("channel demo listening on port {port}\n"));
 
@@ -136,20 +134,20 @@ async fn every_subcommand_against_a_running_relay() {
     }
     assert_eq!(recv_n(&full, 200), records);
     wait_until("203 packets counted", Duration::from_secs(10), || {
-        stats(api, "demo")["packets"] == 203
+        get_channel(api, "demo")["stats"]["packets"] == 203
     })
     .await;
     wait_until("the archive written", Duration::from_secs(10), || {
-        stats(api, "demo")["archive_bytes"].as_u64() > Some(200 * 40)
+        get_channel(api, "demo")["stats"]["archive_bytes"].as_u64() > Some(200 * 40)
     })
     .await;
 
     // list with one sample: no rate column.
     let kib =
-        |s: Value| (s["archive_bytes"].as_u64().unwrap() as f64 / 1024.0 * 10.0).round() / 10.0;
-    let before = kib(stats(api, "demo"));
+        |s: &Value| (s["archive_bytes"].as_u64().unwrap() as f64 / 1024.0 * 10.0).round() / 10.0;
+    let before = kib(&get_channel(api, "demo")["stats"]);
     let table = ok(channels(api, &["list", "--interval", "0"], &[]));
-    let after = kib(stats(api, "demo"));
+    let after = kib(&get_channel(api, "demo")["stats"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
@@ -179,7 +177,7 @@ async fn every_subcommand_against_a_running_relay() {
         .spawn()
         .unwrap();
     wait_until("send to start", Duration::from_secs(10), || {
-        stats(api, "demo")["packets"].as_u64() > Some(400)
+        get_channel(api, "demo")["stats"]["packets"].as_u64() > Some(400)
     })
     .await;
     let table = ok(channels(api, &["list", "--interval", "1"], &[]));
@@ -190,79 +188,30 @@ async fn every_subcommand_against_a_running_relay() {
     assert!((1000.0..3000.0).contains(&rate), "rate {rate} in\n{table}");
 
     // Server errors: one line naming the problem, exit 1, no state change.
-    let taken = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "other",
-            "--port",
-            &port.to_string(),
-            "--schema",
-            example,
-        ],
-        &[],
-    ));
+    let taken = one_line_failure(add(api, "other", port, example, &[]));
     assert_eq!(
         taken,
         format!("speedrelay: port {port} is used by channel demo (409)")
     );
-    let dup = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "demo",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            example,
-        ],
-        &[],
-    ));
+    let dup = one_line_failure(add(api, "demo", free_port(), example, &[]));
     assert!(dup.contains("demo") && dup.ends_with("(409)"), "{dup}");
     let not_avro = dir.path().join("not-avro.avsc");
     std::fs::write(&not_avro, r#"{"type": "recordd", "name": "x"}"#).unwrap();
-    let bad = one_line_failure(channels(
+    let bad = one_line_failure(add(
         api,
-        &[
-            "add",
-            "other",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            not_avro.to_str().unwrap(),
-        ],
+        "other",
+        free_port(),
+        not_avro.to_str().unwrap(),
         &[],
     ));
     assert!(bad.contains("schema") && bad.ends_with("(400)"), "{bad}");
-    let bad_name = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "no/slash",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            example,
-        ],
-        &[],
-    ));
+    let bad_name = one_line_failure(add(api, "no/slash", free_port(), example, &[]));
     assert!(
         bad_name.starts_with("speedrelay: name") && bad_name.ends_with("(400)"),
         "{bad_name}"
     );
     // Refused before any request: the schema file is missing.
-    let missing = one_line_failure(channels(
-        api,
-        &[
-            "add",
-            "other",
-            "--port",
-            &free_port().to_string(),
-            "--schema",
-            "/nonexistent.avsc",
-        ],
-        &[],
-    ));
+    let missing = one_line_failure(add(api, "other", free_port(), "/nonexistent.avsc", &[]));
     assert!(missing.contains("/nonexistent.avsc"), "{missing}");
     let unknown = one_line_failure(channels(api, &["get", "nope"], &[]));
     assert_eq!(unknown, "speedrelay: no channel named nope (404)");
@@ -310,7 +259,7 @@ fn refused_connection_and_bad_url_are_one_line() {
 #[test]
 fn token_and_url_come_from_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &quick_empty_config(dir.path()),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", "s3cret")],

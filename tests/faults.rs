@@ -17,32 +17,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
-
-/// Polls `cond` (blocking) until it holds; panics with `what` after `limit`.
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn channel(api: SocketAddr, name: &str) -> Value {
-    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
-    assert_eq!(status, 200, "{body}");
-    body
-}
 
 /// Sends `records` to `port`, a few at a time so that no kernel buffer
 /// overflows, and waits until the channel has counted them all.
 fn send(api: SocketAddr, name: &str, port: u16, records: &[Vec<u8>]) {
-    let before = channel(api, name)["stats"]["packets"].as_u64().unwrap_or(0);
+    let before = get_channel(api, name)["stats"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
     let tx = sender();
     for chunk in records.chunks(20) {
         for r in chunk {
@@ -52,7 +36,7 @@ fn send(api: SocketAddr, name: &str, port: u16, records: &[Vec<u8>]) {
     }
     let want = before + records.len() as u64;
     wait_for("the channel to count every datagram", T, || {
-        channel(api, name)["stats"]["packets"].as_u64() >= Some(want)
+        get_channel(api, name)["stats"]["packets"].as_u64() >= Some(want)
     });
 }
 
@@ -147,16 +131,16 @@ fn a_removed_archive_directory_is_recreated_with_a_new_file() {
     assert_eq!(status, 201, "{body}");
     send(relay.api, "gone", port, &records(0, 200));
     wait_for("the first file", T, || {
-        channel(relay.api, "gone")["stats"]["archive_files"] == 1
+        get_channel(relay.api, "gone")["stats"]["archive_files"] == 1
     });
     std::fs::remove_dir_all(data.join("gone")).unwrap();
 
     let after = records(200, 300);
     send(relay.api, "gone", port, &after);
     wait_for("a second file", T, || {
-        channel(relay.api, "gone")["stats"]["archive_files"] == 2
+        get_channel(relay.api, "gone")["stats"]["archive_files"] == 2
     });
-    let c = channel(relay.api, "gone");
+    let c = get_channel(relay.api, "gone");
     assert_eq!(c["status"], "active");
     assert!(relay.log_text().contains("deleted while open"));
     assert!(relay.terminate().success());
@@ -201,9 +185,9 @@ fn a_full_disk_is_reported_and_archiving_resumes_when_space_is_freed() {
     assert_eq!(status, 201, "{body}");
     send(relay.api, "full", port, &records(0, 200));
     wait_for("the archive error", T, || {
-        channel(relay.api, "full")["stats"]["archive_error"].is_string()
+        get_channel(relay.api, "full")["stats"]["archive_error"].is_string()
     });
-    let c = channel(relay.api, "full");
+    let c = get_channel(relay.api, "full");
     let err = c["stats"]["archive_error"].as_str().unwrap().to_string();
     let expected = if tmpfs.is_some() {
         "No space left"
@@ -228,11 +212,11 @@ fn a_full_disk_is_reported_and_archiving_resumes_when_space_is_freed() {
     wait_for("archiving to resume", T, || {
         send(relay.api, "full", port, &records(n, 20));
         n += 20;
-        channel(relay.api, "full")["stats"]["archive_error"].is_null()
+        get_channel(relay.api, "full")["stats"]["archive_error"].is_null()
     });
     let after = records(100_000, 300);
     send(relay.api, "full", port, &after);
-    let c = channel(relay.api, "full");
+    let c = get_channel(relay.api, "full");
     assert!(c["error"].is_null(), "{c}");
     assert!(relay.terminate().success());
     let archived = archived_numbers(&data, "full");
@@ -259,7 +243,7 @@ fn a_refusing_destination_is_reported_and_served_again_once_it_listens() {
     assert_eq!(status, 201, "{body}");
     // Nobody listens: ICMP port unreachable comes back to the relay.
     send(relay.api, "refused", port, &records(0, 100));
-    let c = channel(relay.api, "refused");
+    let c = get_channel(relay.api, "refused");
     assert!(c["stats"]["send_errors"].as_u64() > Some(0), "{c}");
     assert!(
         c["stats"]["last_send_error"]
@@ -312,12 +296,12 @@ fn a_vanished_destination_network_is_reported_and_recovered_from() {
     );
     assert_eq!(status, 201, "{body}");
     send(relay.api, "vanish", port, &records(0, 50));
-    let c = channel(relay.api, "vanish");
+    let c = get_channel(relay.api, "vanish");
     assert_eq!(c["stats"]["forwarded"], 50, "{c}");
 
     assert!(ip(&format!("route del {route}")));
     send(relay.api, "vanish", port, &records(50, 50));
-    let c = channel(relay.api, "vanish");
+    let c = get_channel(relay.api, "vanish");
     assert!(c["stats"]["send_errors"].as_u64() > Some(0), "{c}");
     assert!(
         c["stats"]["last_send_error"]
@@ -333,7 +317,7 @@ fn a_vanished_destination_network_is_reported_and_recovered_from() {
     );
     let forwarded = c["stats"]["forwarded"].as_u64().unwrap();
     send(relay.api, "vanish", port, &records(100, 50));
-    let c = channel(relay.api, "vanish");
+    let c = get_channel(relay.api, "vanish");
     assert_eq!(
         c["stats"]["forwarded"].as_u64(),
         Some(forwarded + 50),
@@ -447,7 +431,7 @@ fn a_read_only_registry_refuses_start_and_a_full_disk_is_survived_at_run_time() 
         }
     }
     eprintln!("registrations refused on a full disk: {refused} of 20");
-    assert_eq!(channel(relay.api, "before")["status"], "active");
+    assert_eq!(get_channel(relay.api, "before")["status"], "active");
     std::fs::remove_file(&filler).unwrap();
     let (status, body) = register_example(relay.api, "after", free_port(), json!({}));
     assert_eq!(status, 201, "{body}");
@@ -463,7 +447,7 @@ fn a_read_only_registry_refuses_start_and_a_full_disk_is_survived_at_run_time() 
     assert!(relay.terminate().success());
     // And the registrations made after the fault cleared are durable.
     let relay = spawn_relay(&config, &data, &[]);
-    assert_eq!(channel(relay.api, "after")["status"], "active");
+    assert_eq!(get_channel(relay.api, "after")["status"], "active");
     assert!(relay.terminate().success());
     drop(fs);
 }
@@ -553,7 +537,7 @@ fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
     assert_eq!(register_example(relay.api, "kept", port, json!({})).0, 201);
     send(relay.api, "kept", port, &records(0, 100));
     wait_for("the first file", T, || {
-        channel(relay.api, "kept")["stats"]["archive_files"] == 1
+        get_channel(relay.api, "kept")["stats"]["archive_files"] == 1
     });
     // Everything goes: the registry file and the archives.
     std::fs::remove_dir_all(&data).unwrap();
@@ -569,7 +553,7 @@ fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
     let after = records(100, 100);
     send(relay.api, "kept", port, &after);
     wait_for("a new archive file", T, || {
-        channel(relay.api, "kept")["stats"]["archive_files"] == 2
+        get_channel(relay.api, "kept")["stats"]["archive_files"] == 2
     });
     assert!(relay.terminate().success());
     assert!(archived_numbers(&data, "kept").ends_with(&(100..200).collect::<Vec<_>>()));
@@ -582,7 +566,7 @@ fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
 
     // Both registrations survive a restart.
     let relay = spawn_relay(&config, &data, &[]);
-    assert_eq!(channel(relay.api, "kept")["status"], "active");
-    assert_eq!(channel(relay.api, "new")["status"], "active");
+    assert_eq!(get_channel(relay.api, "kept")["status"], "active");
+    assert_eq!(get_channel(relay.api, "new")["status"], "active");
     assert!(relay.terminate().success());
 }

@@ -325,21 +325,9 @@ fn invalid_utf8_in_path_query_and_body_is_a_4xx() {
     }
     let mut body = br#"{"name":"ok","port":20000,"schema":"#.to_vec();
     body.extend_from_slice(b"\"\xff\xfe\"}");
-    let (status, answer) = http(
-        relay.api,
-        "POST",
-        "/api/v1/channels",
-        &[("Content-Type".into(), "application/json".into())],
-        Some(&body),
-    );
+    let (status, answer) = post_json(relay.api, "/api/v1/channels", &body);
     assert_eq!(status, 400, "{answer}");
-    let (status, _) = http(
-        relay.api,
-        "POST",
-        "/api/v1/channels",
-        &[("Content-Type".into(), "application/json".into())],
-        Some(b"\xff\xfe\x00\x01"),
-    );
+    let (status, _) = post_json(relay.api, "/api/v1/channels", b"\xff\xfe\x00\x01");
     assert_eq!(status, 400);
     // A header value that is not UTF-8.
     let answer = raw_request(
@@ -358,8 +346,7 @@ fn invalid_utf8_in_path_query_and_body_is_a_4xx() {
 fn deeply_nested_json_is_a_400_not_a_crash() {
     let (_dir, mut relay) = relay();
     let prober = Prober::start(relay.api);
-    let json = [("Content-Type".to_string(), "application/json".to_string())];
-    let post = |path: &str, body: &[u8]| http(relay.api, "POST", path, &json, Some(body));
+    let post = |path: &str, body: &[u8]| post_json(relay.api, path, body);
     // Far beyond serde_json's recursion limit (128).
     // Under the 2 MiB body limit, so the parser sees them.
     let depth = 200_000;

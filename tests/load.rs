@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,12 +55,6 @@ fn summary(what: &str, mut samples: Vec<Duration>) -> Duration {
         ms(samples.last().copied().unwrap_or_default())
     );
     p99
-}
-
-fn channel(api: SocketAddr, name: &str) -> Value {
-    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
-    assert_eq!(status, 200, "{body}");
-    body
 }
 
 /// Sends one record as fast as the kernel takes it, from one thread, for
@@ -164,13 +158,7 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     while Instant::now() < until {
         let body = json!({"name": format!("load{i}"), "port": free_port(), "schema": schema});
         let t = Instant::now();
-        let (status, answer) = http(
-            api,
-            "POST",
-            "/api/v1/channels",
-            &[("Content-Type".into(), "application/json".into())],
-            Some(body.to_string().as_bytes()),
-        );
+        let (status, answer) = post_json(api, "/api/v1/channels", body.to_string().as_bytes());
         post.push(t.elapsed());
         assert_eq!(status, 201, "{answer}");
         let t = Instant::now();
@@ -207,7 +195,7 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     let post_p99 = summary("POST /channels under load", post);
     summary("DELETE /channels/{name} under load", delete);
     for ((name, _), sent) in flooded.iter().zip(&sent) {
-        let stats = &channel(api, name)["stats"];
+        let stats = &get_channel(api, name)["stats"];
         eprintln!(
             "{name}: sent {sent} in {flood_secs} s ({:.0}/s), received {} ({:.0}/s), kernel drops {}",
             *sent as f64 / flood_secs,
@@ -227,7 +215,7 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
         got == records,
         "the paced channel's destination got every record in order"
     );
-    let paced = channel(api, "paced");
+    let paced = get_channel(api, "paced");
     assert_eq!(paced["stats"]["packets"], paced_n, "{paced}");
     assert_eq!(paced["stats"]["kernel_drops"], 0, "{paced}");
     assert!(relay.terminate().success());

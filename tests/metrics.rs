@@ -7,7 +7,7 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -104,20 +104,12 @@ fn config(dir: &Path, port: u16, full: u16) -> std::path::PathBuf {
     config
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn metrics_parse_as_prometheus_text_and_move_when_records_flow() {
     let dir = tempfile::tempdir().unwrap();
     let (dest, d) = receiver();
     let port = free_port();
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &config(dir.path(), port, d.port),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", TOKEN)],
@@ -138,10 +130,14 @@ fn metrics_parse_as_prometheus_text_and_move_when_records_flow() {
         tx.send_to(bad, (Ipv4Addr::LOCALHOST, port)).unwrap();
     }
     assert_eq!(recv_n(&dest, records.len()), records);
-    wait_for("the counters and the archive", || {
-        let (_, c) = http(api, "GET", "/api/v1/channels/m1", &auth(), None);
-        c["stats"]["packets"] == 53 && c["stats"]["archive_bytes"].as_u64() > Some(0)
-    });
+    wait_for(
+        "the counters and the archive",
+        Duration::from_secs(10),
+        || {
+            let (_, c) = http(api, "GET", "/api/v1/channels/m1", &auth(), None);
+            c["stats"]["packets"] == 53 && c["stats"]["archive_bytes"].as_u64() > Some(0)
+        },
+    );
 
     let text = scrape(api, "/metrics");
     // Every family has HELP and TYPE; counters end in _total.
@@ -210,7 +206,7 @@ fn metrics_parse_as_prometheus_text_and_move_when_records_flow() {
 #[test]
 fn metrics_need_the_token_and_label_routes_by_template() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &config(dir.path(), free_port(), free_port()),
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", TOKEN)],

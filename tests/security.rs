@@ -167,15 +167,8 @@ fn no_request_reaches_outside_the_config_and_data_directories() {
         cmd
     });
     let api = relay.api;
-    let post = |body: serde_json::Value| {
-        http(
-            api,
-            "POST",
-            "/api/v1/channels",
-            &[("Content-Type".into(), "application/json".into())],
-            Some(body.to_string().as_bytes()),
-        )
-    };
+    let post =
+        |body: serde_json::Value| post_json(api, "/api/v1/channels", body.to_string().as_bytes());
     let schema: serde_json::Value = serde_json::from_str(EXAMPLE_SCHEMA).unwrap();
     for name in [
         "..",

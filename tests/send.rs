@@ -19,22 +19,10 @@ fn send(args: &[&str]) -> Output {
         .expect("send runs")
 }
 
-fn stats(api: std::net::SocketAddr, name: &str) -> Value {
-    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
-    assert_eq!(status, 200, "{body}");
-    body["stats"].clone()
-}
-
 fn register(api: std::net::SocketAddr, name: &str, port: u16, schema_text: &str) {
     let schema: Value = serde_json::from_str(schema_text).unwrap();
     let body = json!({"name": name, "port": port, "schema": schema});
-    let (status, answer) = http(
-        api,
-        "POST",
-        "/api/v1/channels",
-        &[("Content-Type".into(), "application/json".into())],
-        Some(body.to_string().as_bytes()),
-    );
+    let (status, answer) = post_json(api, "/api/v1/channels", body.to_string().as_bytes());
     assert_eq!(status, 201, "{answer}");
 }
 
@@ -57,7 +45,7 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
     const N: u64 = 600;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(&quick_empty_config(dir.path()), &data, &[]);
+    let relay = spawn_relay(&quick_empty_config(dir.path()), &data, &[]);
     let api = relay.api;
     let schemas = [
         ("example", repo_file("config/agents/example.avsc")),
@@ -94,10 +82,10 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
         wait_until(
             &format!("{N} packets on {name}"),
             Duration::from_secs(20),
-            || stats(api, name)["packets"].as_u64() >= Some(N),
+            || get_channel(api, name)["stats"]["packets"].as_u64() >= Some(N),
         )
         .await;
-        let s = stats(api, name);
+        let s = &get_channel(api, name)["stats"];
         assert_eq!(s["packets"], N, "{name}: {s}");
         assert_eq!(s["invalid"], 0, "{name}: {s}");
         assert_eq!(s["kernel_drops"], 0, "{name}: {s}");

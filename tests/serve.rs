@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::process::Command;
 
 use common::*;
@@ -34,7 +34,7 @@ fn serve_relays_from_config_and_flushes_on_sigterm() {
     let data = dir.path().join("data");
 
     // Returns once the relay logs that it runs: every channel is bound.
-    let child = start_serve(&config, &data);
+    let relay = spawn_relay(&config, &data, &[]);
 
     let records = example_records(1000);
     let tx = sender();
@@ -44,7 +44,7 @@ fn serve_relays_from_config_and_flushes_on_sigterm() {
         }
         assert_eq!(recv_n(&dest, chunk.len()), chunk);
     }
-    stop(child);
+    relay.stop();
     assert_eq!(archived_datums(&data, "example", EXAMPLE_SCHEMA), records);
 }
 
@@ -72,25 +72,6 @@ fn serve_refuses_an_invalid_config_and_says_why() {
     assert!(!dir.path().join("data").exists(), "nothing was started");
 }
 
-/// Starts `speedrelay serve` and returns once it logs that it is running.
-fn start_serve(config: &std::path::Path, data: &std::path::Path) -> std::process::Child {
-    start_serve_api(config, data).0
-}
-
-/// Like `start_serve`, also returning the API's address from the log line.
-fn start_serve_api(
-    config: &std::path::Path,
-    data: &std::path::Path,
-) -> (std::process::Child, SocketAddr) {
-    start_relay(config, data, &[])
-}
-
-fn stop(mut child: std::process::Child) {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
-}
-
 #[test]
 fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,7 +86,7 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let first = start_serve(&config, &data);
+    let first = spawn_relay(&config, &data, &[]);
     let second = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
         .args(["serve", "--config"])
         .arg(&config)
@@ -130,23 +111,19 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
         records,
         "the first relay still relays"
     );
-    stop(first);
+    first.stop();
 
     // Restarted, the channel is back from the registry and relaying, in a new file.
-    let again = start_serve(&config, &data);
+    let again = spawn_relay(&config, &data, &[]);
     for r in &records {
         tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
     }
     assert_eq!(recv_n(&dest, records.len()), records);
-    stop(again);
+    again.stop();
     assert_eq!(archive_files(&data, "ex").len(), 2);
     let mut twice = records.clone();
     twice.extend(records);
     assert_eq!(archived_datums(&data, "ex", EXAMPLE_SCHEMA), twice);
-}
-
-fn json_headers() -> Vec<(String, String)> {
-    vec![("Content-Type".into(), "application/json".into())]
 }
 
 fn empty_config(dir: &std::path::Path) -> std::path::PathBuf {
@@ -175,7 +152,8 @@ fn registered_over_http_relays_and_survives_a_restart() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let (relay, api) = start_serve_api(&config, &data);
+    let relay = spawn_relay(&config, &data, &[]);
+    let api = relay.api;
     let (status, body) = http(api, "GET", "/api/v1/health", &[], None);
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
     let (status, base) = http(api, "GET", "/api/v1/channels/base", &[], None);
@@ -192,13 +170,7 @@ fn registered_over_http_relays_and_survives_a_restart() {
         "config": {"outputs": {"full_rate": {"address": "127.0.0.1", "port": d.port}}, "decimation": 3}
     });
     let body = serde_json::to_vec(&request).unwrap();
-    let (status, answer) = http(
-        api,
-        "POST",
-        "/api/v1/channels",
-        &json_headers(),
-        Some(&body),
-    );
+    let (status, answer) = post_json(api, "/api/v1/channels", &body);
     assert_eq!(status, 201, "{answer}");
     // No pause between the 201 and the first datagram.
     let records = example_records(100);
@@ -207,9 +179,10 @@ fn registered_over_http_relays_and_survives_a_restart() {
         tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
     }
     assert_eq!(recv_n(&dest, records.len()), records);
-    stop(relay);
+    relay.stop();
 
-    let (relay, api) = start_serve_api(&config, &data);
+    let relay = spawn_relay(&config, &data, &[]);
+    let api = relay.api;
     let (status, channel) = http(api, "GET", "/api/v1/channels/viahttp", &[], None);
     assert_eq!(status, 200);
     assert_eq!(channel["status"], "active");
@@ -224,8 +197,9 @@ fn registered_over_http_relays_and_survives_a_restart() {
     );
     let (status, _) = http(api, "DELETE", "/api/v1/channels/viahttp", &[], None);
     assert_eq!(status, 200);
-    stop(relay);
-    let (relay, api) = start_serve_api(&config, &data);
+    relay.stop();
+    let relay = spawn_relay(&config, &data, &[]);
+    let api = relay.api;
     let (status, _) = http(api, "GET", "/api/v1/channels/viahttp", &[], None);
     assert_eq!(status, 404, "a deleted channel stays deleted");
     let (status, _) = http(api, "GET", "/api/v1/channels/base", &[], None);
@@ -233,7 +207,7 @@ fn registered_over_http_relays_and_survives_a_restart() {
         status, 404,
         "a deleted baseline channel stays deleted though still in relay.yaml"
     );
-    stop(relay);
+    relay.stop();
 }
 
 #[test]
@@ -241,7 +215,8 @@ fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
     let dir = tempfile::tempdir().unwrap();
     let config = empty_config(dir.path());
     let data = dir.path().join("data");
-    let (relay, api) = start_serve_api(&config, &data);
+    let relay = spawn_relay(&config, &data, &[]);
+    let api = relay.api;
     let schema: serde_json::Value = serde_json::from_str(EXAMPLE_SCHEMA).unwrap();
     let post = |name: String, port: u16| {
         let schema = schema.clone();
@@ -250,14 +225,7 @@ fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
                 &serde_json::json!({"name": name, "port": port, "schema": schema}),
             )
             .unwrap();
-            http(
-                api,
-                "POST",
-                "/api/v1/channels",
-                &json_headers(),
-                Some(&body),
-            )
-            .0
+            post_json(api, "/api/v1/channels", &body).0
         })
     };
     let distinct: Vec<_> = (0..50)
@@ -282,7 +250,7 @@ fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
     );
     let (_, list) = http(api, "GET", "/api/v1/channels", &[], None);
     assert_eq!(list["channels"].as_array().map(Vec::len), Some(51));
-    stop(relay);
+    relay.stop();
 }
 
 /// Start-up code is given back once the relay runs: the executable's

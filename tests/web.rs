@@ -40,7 +40,7 @@ fn config_with(dir: &Path, name: &str, port: u16, full: u16, decimated: u16) -> 
 fn the_page_is_public_with_strict_headers_and_the_api_still_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_with(dir.path(), "base", free_port(), free_port(), free_port());
-    let relay = Relay::start(
+    let relay = spawn_relay(
         &config,
         &dir.path().join("data"),
         &[("SPEEDRELAY_API_TOKEN", TOKEN)],
@@ -115,11 +115,11 @@ fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
     let (decimated, d) = receiver();
     let base_port = free_port();
     let config = config_with(dir.path(), "base", base_port, f.port, d.port);
-    let relay = Relay::start(&config, &dir.path().join("data"), &[]);
+    let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
     let api = relay.api;
     // A second relay with a token, for the token prompt.
     let secured = config_with(dir.path(), "secured", free_port(), free_port(), free_port());
-    let relay2 = Relay::start(
+    let relay2 = spawn_relay(
         &secured,
         &dir.path().join("data2"),
         &[("SPEEDRELAY_API_TOKEN", TOKEN)],
@@ -187,7 +187,7 @@ fn the_form_sends_records_to_the_destinations_it_names() {
     let (default_full, df) = receiver();
     let (default_decimated, dd) = receiver();
     let config = config_with(dir.path(), "base", free_port(), df.port, dd.port);
-    let relay = Relay::start(&config, &dir.path().join("data"), &[]);
+    let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
     let api = relay.api;
     let (full4, f4) = receiver();
     let full6 = std::net::UdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]");

@@ -122,6 +122,16 @@ pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> b
     }
 }
 
+/// [`wait_until`] for blocking code: polls `cond` every 10 ms until it
+/// holds; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Receives exactly `n` datagrams (blocking, with the socket's timeout).
 pub fn recv_n(sock: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; 65536];
@@ -277,53 +287,6 @@ pub fn http(
     (status, json)
 }
 
-/// Starts `speedrelay serve` on `config` and `data` with the API on an
-/// ephemeral loopback port and extra environment `env`; returns once the
-/// relay logs that it runs, with the API's address.
-pub fn start_relay(
-    config: &Path,
-    data: &Path,
-    env: &[(&str, &str)],
-) -> (std::process::Child, SocketAddr) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--api", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut line = String::new();
-    while !line.contains("speedrelay running") {
-        line.clear();
-        assert!(Instant::now() < deadline, "relay did not start");
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "relay exited early"
-        );
-    }
-    let api = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("api="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no api= in {line:?}"));
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, api)
-}
-
-/// SIGTERMs a relay started by [`start_relay`] and asserts a clean exit.
-pub fn stop_relay(mut child: std::process::Child) {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
-}
-
 /// One HTTP/1.1 GET over a fresh connection, any content type: the status,
 /// the response head (lower-cased) and the body as text.
 pub fn http_get_text(
@@ -353,43 +316,9 @@ pub fn http_get_text(
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
-/// A relay started by [`start_relay`] that is killed if the test panics
-/// before [`Relay::stop`], so no relay outlives its test.
-pub struct Relay {
-    child: Option<std::process::Child>,
-    pub api: SocketAddr,
-}
-
-impl Relay {
-    pub fn start(config: &Path, data: &Path, env: &[(&str, &str)]) -> Relay {
-        let (child, api) = start_relay(config, data, env);
-        Relay {
-            child: Some(child),
-            api,
-        }
-    }
-
-    /// SIGTERM and a clean exit.
-    pub fn stop(mut self) {
-        if let Some(child) = self.child.take() {
-            stop_relay(child);
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The real `speedrelay serve` binary, started by [`spawn_relay`] (with
-/// its log and /proc figures; [`Relay`] is the plain one): its API
+/// The real `speedrelay serve` binary, started by [`spawn_relay`]: its API
 /// address (from the start-up log line) and everything it wrote to stderr.
-/// Dropping it kills the process.
+/// Dropping it kills the process, so no relay outlives a failed test.
 pub struct RelayProcess {
     pub child: std::process::Child,
     pub api: SocketAddr,
@@ -413,6 +342,11 @@ impl RelayProcess {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         self.child.wait().expect("relay exits")
+    }
+
+    /// SIGTERM, asserting a clean exit.
+    pub fn stop(self) {
+        assert!(self.terminate().success());
     }
 
     pub fn log_text(&self) -> String {
@@ -557,13 +491,30 @@ pub fn raw_request(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> (Option
 pub fn register_example(api: SocketAddr, name: &str, port: u16, config: Json) -> (u16, Json) {
     let schema: Json = serde_json::from_str(EXAMPLE_SCHEMA).expect("example schema is JSON");
     let body = serde_json::json!({"name": name, "port": port, "schema": schema, "config": config});
+    post_json(
+        api,
+        "/api/v1/channels",
+        &serde_json::to_vec(&body).expect("serialises"),
+    )
+}
+
+/// One POST of `body` (sent as is) with Content-Type application/json,
+/// through [`http`]: the status and the answer.
+pub fn post_json(api: SocketAddr, path: &str, body: &[u8]) -> (u16, Json) {
     http(
         api,
         "POST",
-        "/api/v1/channels",
+        path,
         &[("Content-Type".into(), "application/json".into())],
-        Some(&serde_json::to_vec(&body).expect("serialises")),
+        Some(body),
     )
+}
+
+/// GET /api/v1/channels/NAME, asserting a 200: the channel as JSON.
+pub fn get_channel(api: SocketAddr, name: &str) -> Json {
+    let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
+    assert_eq!(status, 200, "{body}");
+    body
 }
 
 /// A file of the repository, e.g. `config/agents/example.avsc`.
