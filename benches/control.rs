@@ -40,10 +40,10 @@ fn main() {
 }
 
 fn options(dir: &std::path::Path) -> EngineOptions {
-    EngineOptions {
-        data_dir: dir.to_path_buf(),
-        defaults: json!({"socket": {"bind": "127.0.0.1", "recv_buffer": 262144}}),
-    }
+    EngineOptions::new(
+        dir,
+        json!({"socket": {"bind": "127.0.0.1", "recv_buffer": 262144}}),
+    )
 }
 
 fn registration(i: u16) -> Registration {
@@ -208,7 +208,7 @@ fn request(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&[
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     let body = body.unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).expect("write");

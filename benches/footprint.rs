@@ -96,10 +96,7 @@ fn main() {
         println!("== {N} idle channels registered through the engine");
         let (h0, r0) = (heap(), rss_kib());
         let engine = Engine::start(
-            EngineOptions {
-                data_dir: dir.path().join("engine"),
-                defaults: json!({"socket": {"bind": "127.0.0.1"}}),
-            },
+            EngineOptions::new(dir.path().join("engine"), json!({"socket": {"bind": "127.0.0.1"}})),
             &[],
         )
         .await

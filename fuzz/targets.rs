@@ -379,10 +379,10 @@ pub fn config(data: &[u8]) {
         Ok(b) => {
             for ch in &b.channels {
                 assert!(
-                    Validator::from_json(&ch.schema_json).is_ok(),
+                    Validator::from_json(&ch.spec.schema_json).is_ok(),
                     "loaded schema compiles"
                 );
-                round_trip(&ch.settings);
+                round_trip(&ch.spec.settings);
             }
             let _ = baseline::settings_from(&b.defaults);
         }
@@ -434,7 +434,8 @@ pub fn api_body(data: &[u8]) {
             };
             if let Some(path) = &r.schema_path {
                 let root = config_dir.canonicalize().expect("config dir");
-                let full = root.join(path).canonicalize().expect("read, so it exists");
+                let full = speedrelay::schema_file::resolve(&config_dir, path)
+                    .expect("read, so it resolves");
                 assert!(
                     full.starts_with(&root),
                     "{path} leaves the config directory"

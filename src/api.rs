@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -22,7 +22,11 @@ use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_MAX_AGE, ALLOW, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue,
+    ORIGIN, VARY,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -36,8 +40,13 @@ use tokio_util::task::TaskTracker;
 use crate::engine::{Engine, EngineError, Registration, check_name};
 use crate::metrics::{self, RequestCounts, Route};
 
-/// Requests with a larger body get 413 (SPEC §5).
+/// The API's connection cap unless configured otherwise.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Requests with a larger body get 413.
 pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// The range `GET /ports/available` scans when none is given or configured:
+/// SpeedData's.
+pub const DEFAULT_PORTS: (u16, u16) = (26000, 27000);
 /// The widest range `GET /ports/available` scans.
 pub const MAX_PORT_SPAN: u32 = 10_000;
 /// A client must send its request headers within this time.
@@ -53,6 +62,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// connection to close.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
 const PREFIX: &str = "/api/v1";
+/// How long reading a registration's schema file may take before the
+/// request is answered 400 (a slow network filesystem, say).
+const SCHEMA_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Schema reads that may be under way at once. A read stuck on a dead
+/// filesystem holds its slot until it returns; once all are stuck, further
+/// registrations by path get 503 instead of piling up blocked threads.
+const SCHEMA_READS: usize = 4;
 
 /// How the API is run.
 #[derive(Debug, Clone)]
@@ -68,6 +84,14 @@ pub struct ApiOptions {
     /// closes the oldest connection that is not inside a request; when every
     /// one is, the new one waits in the listen backlog.
     pub max_connections: usize,
+    /// Host names accepted in the `Host` header besides IP literals and
+    /// `localhost` (a defence against DNS rebinding). Lower case, no port.
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose pages may call the API (CORS); `*` is any origin.
+    /// Empty: no cross-origin calls.
+    pub cors_origins: Vec<String>,
+    /// How long a schema file named by `POST /channels` may take to read.
+    pub schema_read_timeout: Duration,
 }
 
 impl Default for ApiOptions {
@@ -76,7 +100,10 @@ impl Default for ApiOptions {
             token: None,
             config_dir: None,
             ports: None,
-            max_connections: 256,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            schema_read_timeout: SCHEMA_READ_TIMEOUT,
         }
     }
 }
@@ -96,6 +123,7 @@ pub async fn serve(
         options,
         own_port,
         requests: RequestCounts::default(),
+        schema_reads: Arc::new(Semaphore::new(SCHEMA_READS)),
     });
     let tracker = TaskTracker::new();
     let open = Arc::new(OpenConnections::default());
@@ -232,6 +260,8 @@ struct Api {
     own_port: u16,
     /// Answers given, by route template and status, for `/metrics`.
     requests: RequestCounts,
+    /// Slots for schema file reads on the blocking pool ([`SCHEMA_READS`]).
+    schema_reads: Arc<Semaphore>,
 }
 
 /// An error answer: `{error, field?, details?}` plus any route-specific
@@ -267,8 +297,9 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, what)
     }
 
+    /// SpeedData's clients match on "Channel not found".
     fn no_channel(name: &str) -> Self {
-        ApiError::not_found(format!("no channel named {name}"))
+        ApiError::not_found(format!("Channel not found: no channel named {name}"))
     }
 
     fn method(allow: &'static str) -> Self {
@@ -303,6 +334,9 @@ impl From<EngineError> for ApiError {
                 let mut err = ApiError::new(StatusCode::CONFLICT, message);
                 err.extra = used_by.map(|u| ("used_by", Value::String(u)));
                 err
+            }
+            EngineError::Unavailable { message } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
             }
             EngineError::Registry(e) => {
                 tracing::error!(error = %e, "api: registry fault");
@@ -344,12 +378,80 @@ impl Api {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let route = Route::of(req.uri().path());
         let method = req.method().clone();
-        let resp = match self.route(req).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(),
+        let origin = self.cors_origin(&req);
+        let answer = match self.check_host(&req) {
+            Err(e) => Err(e),
+            Ok(()) if method == Method::OPTIONS && req.headers().contains_key(ORIGIN) => {
+                self.preflight(origin.as_ref())
+            }
+            Ok(()) => self.route(req).await,
         };
+        let mut resp = answer.unwrap_or_else(ApiError::into_response);
+        if let Some(origin) = origin {
+            let headers = resp.headers_mut();
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(VARY, HeaderValue::from_static("Origin"));
+        }
         self.requests.record(route, &method, resp.status().as_u16());
         resp
+    }
+
+    /// DNS rebinding: a page on `evil.example`, once that name resolves to
+    /// 127.0.0.1, would reach the API with `Host: evil.example`. IP
+    /// literals and `localhost` names cannot be rebound, so they pass; any
+    /// other name must be on the allow-list. No `Host` (HTTP/1.0) passes.
+    fn check_host(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
+        let Some(value) = req.headers().get(HOST) else {
+            return Ok(());
+        };
+        let host = value.to_str().unwrap_or("").trim();
+        if host_allowed(host, &self.options.allowed_hosts) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {host:?} is not an address of this relay: use an IP address or \
+                 localhost, or allow the name with --allowed-host"
+            ),
+        ))
+    }
+
+    /// The `Origin` to echo in `Access-Control-Allow-Origin`, when the
+    /// request has one and it is allowed.
+    fn cors_origin(&self, req: &Request<Incoming>) -> Option<HeaderValue> {
+        let origin = req.headers().get(ORIGIN)?;
+        let allowed = &self.options.cors_origins;
+        let listed = allowed.iter().any(|o| o == "*")
+            || origin
+                .to_str()
+                .is_ok_and(|o| allowed.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        listed.then(|| origin.clone())
+    }
+
+    /// A CORS preflight (`OPTIONS` with `Origin`): 204 with what may be
+    /// sent, for a listed origin; 403 otherwise. Needs no token: browsers
+    /// never send one on a preflight.
+    fn preflight(&self, origin: Option<&HeaderValue>) -> Reply {
+        if origin.is_none() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "this origin may not call the API: list it with --cors-origin",
+            ));
+        }
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        let h = resp.headers_mut();
+        h.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PATCH, DELETE, OPTIONS"),
+        );
+        h.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type"),
+        );
+        h.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        Ok(resp)
     }
 
     fn authorized(&self, req: &Request<Incoming>) -> bool {
@@ -477,14 +579,16 @@ impl Api {
 
     fn list(&self, query: &str) -> Reply {
         use crate::engine::Status;
+        // SpeedData's `registered` is every channel in the registry;
+        // its `running` is `active`.
         let wanted = match query_param(query, "status") {
-            None => None,
-            Some("active") => Some(Status::Active),
+            None | Some("registered") => None,
+            Some("active" | "running") => Some(Status::Active),
             Some("failed") => Some(Status::Failed),
             Some(other) => {
                 return Err(ApiError::bad(
                     "status",
-                    format!("unknown status {other:?}: use active or failed"),
+                    format!("unknown status {other:?}: use active, failed, registered or running"),
                 ));
             }
         };
@@ -521,7 +625,7 @@ impl Api {
     }
 
     async fn register(&self, body: Value) -> Reply {
-        let registration = registration_from(body, &self.options, self.own_port)?;
+        let registration = self.registration(body).await?;
         let info = self.engine.register(registration).await?;
         Ok(json_response(
             StatusCode::CREATED,
@@ -533,6 +637,43 @@ impl Api {
                 "message": format!("channel {} listening on port {}", info.name, info.port),
             }),
         ))
+    }
+
+    /// [`registration_from`] on the blocking pool with a time limit when
+    /// it must read a schema file: a FIFO is refused before it is opened,
+    /// but a file on a hung network filesystem can still block its read.
+    async fn registration(&self, body: Value) -> Result<Registration, ApiError> {
+        if !matches!(body.get("schema"), Some(Value::String(_))) {
+            return registration_from(body, &self.options, self.own_port);
+        }
+        let Ok(slot) = self.schema_reads.clone().try_acquire_owned() else {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "schema files are not being read: earlier reads are still stuck \
+                 (a hung filesystem in the config directory?); send the schema inline",
+            ));
+        };
+        let options = self.options.clone();
+        let own_port = self.own_port;
+        let read = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            registration_from(body, &options, own_port)
+        });
+        let limit = self.options.schema_read_timeout;
+        match tokio::time::timeout(limit, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the schema failed: {e}"),
+            )),
+            Err(_) => Err(ApiError::bad(
+                "schema",
+                format!(
+                    "the schema file could not be read within {} s",
+                    limit.as_secs_f64()
+                ),
+            )),
+        }
     }
 
     async fn patch(&self, name: &str, body: Value) -> Reply {
@@ -575,10 +716,18 @@ impl Api {
     }
 
     async fn ports_available(&self, query: &str) -> Reply {
-        let start = parse_port(query_param(query, "start"), "start")?;
-        let end = parse_port(query_param(query, "end"), "end")?;
-        if start > end {
-            return Err(ApiError::bad("end", "must not be below start"));
+        // Without a range, the configured one (SpeedData's when none is).
+        let (lo, hi) = self.options.ports.unwrap_or(DEFAULT_PORTS);
+        let start = match query_param(query, "start") {
+            None => lo,
+            given => parse_port(given, "start")?,
+        };
+        let end = match query_param(query, "end") {
+            None => hi,
+            given => parse_port(given, "end")?,
+        };
+        if start >= end {
+            return Err(ApiError::bad("start", "start must be < end"));
         }
         if u32::from(end - start) > MAX_PORT_SPAN {
             return Err(ApiError::bad(
@@ -633,23 +782,38 @@ pub fn registration_from(
             "the body must be a JSON object",
         ));
     };
+    // SpeedData's clients match on "Missing required fields".
+    let missing: Vec<&str> = ["name", "port", "schema"]
+        .into_iter()
+        .filter(|k| body.get(*k).is_none_or(Value::is_null))
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(ApiError::bad(
+            first,
+            format!("Missing required fields: {}", missing.join(", ")),
+        ));
+    }
     let name = match body.get("name") {
         Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(ApiError::bad("name", "must be a string")),
-        None => return Err(ApiError::bad("name", "is required")),
+        _ => return Err(ApiError::bad("name", "must be a string")),
     };
     check_name(&name)?;
+    // A number, or as SpeedData also takes it, a string of digits.
     let port = match body.get("port") {
-        None => return Err(ApiError::bad("port", "is required")),
-        Some(v) => match v.as_u64() {
-            Some(p @ 1..=65535) => p as u16,
-            _ => {
-                return Err(ApiError::bad(
-                    "port",
-                    "must be an integer between 1 and 65535",
-                ));
-            }
-        },
+        Some(Value::Number(n)) => n.as_u64(),
+        Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse::<u64>().ok()
+        }
+        _ => None,
+    };
+    let port = match port {
+        Some(p @ 1..=65535) => p as u16,
+        _ => {
+            return Err(ApiError::bad(
+                "port",
+                "must be an integer between 1 and 65535",
+            ));
+        }
     };
     if port == own_port {
         return Err(ApiError::bad(
@@ -695,8 +859,9 @@ pub fn registration_from(
     })
 }
 
-/// Reads a schema named by a path relative to the config directory;
-/// anything that could leave that directory is refused.
+/// Reads a schema named by a path inside the config directory (see
+/// [`crate::schema_file`]); anything that could leave it, or that is not a
+/// regular file, is refused. Blocking: the API calls it on the blocking pool.
 fn read_schema_file(config_dir: Option<&Path>, given: &str) -> Result<String, ApiError> {
     let Some(dir) = config_dir else {
         return Err(ApiError::bad(
@@ -704,29 +869,9 @@ fn read_schema_file(config_dir: Option<&Path>, given: &str) -> Result<String, Ap
             "schema paths are disabled (no config directory): send the schema inline",
         ));
     };
-    let rel = Path::new(given);
-    if given.is_empty()
-        || rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-    {
-        return Err(ApiError::bad(
-            "schema",
-            "must be a relative path without '..' inside the config directory",
-        ));
-    }
-    let outside = || ApiError::bad("schema", "the path leaves the config directory");
-    let root = dir
-        .canonicalize()
-        .map_err(|e| ApiError::bad("schema", format!("config directory: {e}")))?;
-    let full = root
-        .join(rel)
-        .canonicalize()
-        .map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))?;
-    if !full.starts_with(&root) {
-        return Err(outside());
-    }
-    std::fs::read_to_string(&full).map_err(|e| ApiError::bad("schema", format!("{given}: {e}")))
+    crate::schema_file::load(dir, given)
+        .map(|(_, text)| text)
+        .map_err(|e| ApiError::bad("schema", e.to_string()))
 }
 
 /// The answer of `POST /channels/{name}/validate-schema` for a channel
@@ -795,6 +940,31 @@ pub fn compare_schemas(registered_text: &str, body: Value) -> Reply {
         }
     };
     ok(json!({ "valid": true, "compatibility": compatibility, "details": reasons }))
+}
+
+/// Whether `host` (a `Host` header: name or IP, optional port) names this
+/// relay: an IP literal, `localhost` or `*.localhost`, or a name in
+/// `allowed` (lower case, without port).
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    // `[::1]:8080`, `[::1]`, `127.0.0.1:8080`, `name:8080`, `name`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, _)) => return ip.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    if name.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
 /// Whether a channel could bind `port` right now (UDP on every address).

@@ -518,7 +518,7 @@ fn utc_stamp(t: SystemTime) -> String {
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
 /// calendar (Howard Hinnant's `civil_from_days`, for non-negative days).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     // Shift to eras of 400 years starting on 0000-03-01, so that the leap
     // day ends the year.
     let z = days + 719_468;

@@ -95,6 +95,24 @@ impl fmt::Display for Lines<'_> {
     }
 }
 
+/// A channel the configuration lists, to be registered at start-up unless
+/// the registry knows its name.
+#[derive(Debug, Clone)]
+pub struct Seed {
+    pub spec: ChannelSpec,
+    /// The schema path as the file wrote it, shown as `schema_path`.
+    pub schema_path: Option<String>,
+}
+
+impl From<ChannelSpec> for Seed {
+    fn from(spec: ChannelSpec) -> Self {
+        Seed {
+            spec,
+            schema_path: None,
+        }
+    }
+}
+
 /// What the configuration files say.
 #[derive(Debug, Default)]
 pub struct Baseline {
@@ -104,7 +122,7 @@ pub struct Baseline {
     pub data_dir: Option<PathBuf>,
     /// The channel settings every channel starts from.
     pub defaults: Value,
-    pub channels: Vec<ChannelSpec>,
+    pub channels: Vec<Seed>,
     /// `ports: {start, end}` of `relay.yaml`: the range registrations may
     /// use, both ends included, `start <= end`.
     pub ports: Option<(u16, u16)>,
@@ -112,6 +130,10 @@ pub struct Baseline {
     pub api_listen: Option<String>,
     /// `api.token` of `global.yaml`.
     pub api_token: Option<String>,
+    /// `api.allowed_hosts` of `global.yaml`.
+    pub allowed_hosts: Vec<String>,
+    /// `api.cors_origins` of `global.yaml`.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,10 +161,9 @@ struct RelayFile {
 struct ChannelEntry {
     name: String,
     port: u16,
-    /// Already resolved and read by [`check_channels`]; kept so that the
-    /// struct still refuses what the schema refuses.
-    #[allow(dead_code)]
-    schema: PathBuf,
+    /// As written: resolved and read by [`check_channels`], and kept as the
+    /// channel's `schema_path`.
+    schema: String,
     #[serde(default)]
     config: Option<Value>,
 }
@@ -173,6 +194,10 @@ struct Storage {
 struct Api {
     listen: Option<String>,
     token: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    cors_origins: Vec<String>,
 }
 
 /// Reads a config directory (`relay.yaml`, optional `global.yaml`) or one
@@ -271,9 +296,9 @@ pub fn load_texts(
             );
         }
     }
-    settings_from(&defaults).map_err(|message| ConfigError::Invalid {
+    settings_from(&defaults).map_err(|e| ConfigError::Invalid {
         path: relay_path.clone(),
-        message: format!("channel defaults: {message}"),
+        message: format!("channel defaults: {e}"),
     })?;
 
     let mut channels = Vec::with_capacity(relay.channels.len());
@@ -282,16 +307,19 @@ pub fn load_texts(
         if let Some(overrides) = entry.config {
             merge(&mut doc, expand_shorthand(overrides));
         }
-        let settings = settings_from(&doc).map_err(|message| ConfigError::Invalid {
+        let settings = settings_from(&doc).map_err(|e| ConfigError::Invalid {
             path: relay_path.clone(),
-            message: format!("channel {}: {message}", entry.name),
+            message: format!("channel {}: {e}", entry.name),
         })?;
-        channels.push(ChannelSpec {
-            name: entry.name,
-            port: entry.port,
-            // Without a violation, check_channels read every schema.
-            schema_json: schema_json.unwrap_or_default(),
-            settings,
+        channels.push(Seed {
+            spec: ChannelSpec {
+                name: entry.name,
+                port: entry.port,
+                // Without a violation, check_channels read every schema.
+                schema_json: schema_json.unwrap_or_default(),
+                settings,
+            },
+            schema_path: Some(entry.schema),
         });
     }
     let storage = global.storage.or(relay.storage).unwrap_or_default();
@@ -304,6 +332,8 @@ pub fn load_texts(
         ports: relay.ports.map(|r| (r.start, r.end)),
         api_listen: api.listen,
         api_token: api.token,
+        allowed_hosts: api.allowed_hosts,
+        cors_origins: api.cors_origins,
     })
 }
 
@@ -343,6 +373,9 @@ fn from_document<T: for<'de> Deserialize<'de>>(doc: Value, path: &Path) -> Resul
 struct Schemas {
     relay: jsonschema::Validator,
     global: jsonschema::Validator,
+    /// `relay.schema.json#/$defs/channelSettings`: one channel's layered
+    /// settings, whichever door they came through.
+    settings: jsonschema::Validator,
     /// The schema documents by file name: where an unknown key is found,
     /// they say which keys would have been allowed.
     documents: HashMap<&'static str, Value>,
@@ -357,9 +390,16 @@ fn schemas() -> &'static Schemas {
             .expect("relay.schema.json compiles");
         let global = compile(&documents, GLOBAL_FILE, &documents[GLOBAL_FILE])
             .expect("global.schema.json compiles");
+        let settings = compile(
+            &documents,
+            "channel-settings.schema.json",
+            &serde_json::json!({"$ref": format!("{RELAY_FILE}#/$defs/channelSettings")}),
+        )
+        .expect("channelSettings compiles");
         Schemas {
             relay,
             global,
+            settings,
             documents,
         }
     })
@@ -443,11 +483,19 @@ fn message(error: &jsonschema::ValidationError<'_>) -> String {
             };
             format!("{} is not one of {}", error.instance(), options.join(", "))
         }
-        Kind::Pattern { .. } => {
-            match schema_node(error, "pattern").and_then(|node| node.get("errorMessage")) {
+        Kind::Pattern { .. } | Kind::Not { .. } => {
+            let keyword = if matches!(error.kind(), Kind::Pattern { .. }) {
+                "pattern"
+            } else {
+                "not"
+            };
+            match schema_node(error, keyword).and_then(|node| node.get("errorMessage")) {
                 Some(Value::String(text)) => format!("{} {text}", error.instance()),
                 _ => error.to_string(),
             }
+        }
+        Kind::Format { format } => {
+            format!("{} is not a valid {format} address", error.instance())
         }
         _ => error.to_string(),
     }
@@ -561,7 +609,7 @@ fn check_channels(
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .and_then(|schema| {
-                read_avro_schema(config_dir, Path::new(schema))
+                read_avro_schema(config_dir, schema)
                     .map_err(|message| report(format!("/channels/{i}/schema"), message))
                     .ok()
             });
@@ -571,26 +619,8 @@ fn check_channels(
 }
 
 /// The text of a channel's schema file, once it parses as Avro.
-fn read_avro_schema(config_dir: &Path, schema: &Path) -> Result<String, String> {
-    let Some(file) = resolve_schema(config_dir, schema) else {
-        if schema.is_absolute() {
-            return Err(format!("schema file {} not found", schema.display()));
-        }
-        let shown = |p: &Path| match p.as_os_str().is_empty() {
-            true => ".".to_string(),
-            false => p.display().to_string(),
-        };
-        let mut looked = shown(config_dir);
-        if let Some(parent) = config_dir.parent() {
-            looked = format!("{looked} and {}", shown(parent));
-        }
-        return Err(format!(
-            "schema file {} not found (looked in {looked})",
-            schema.display()
-        ));
-    };
-    let text =
-        fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+fn read_avro_schema(config_dir: &Path, schema: &str) -> Result<String, String> {
+    let (file, text) = crate::schema_file::load(config_dir, schema).map_err(|e| e.to_string())?;
     Validator::from_json(&text).map_err(|e| one_line(&format!("{}: {e}", file.display())))?;
     Ok(text)
 }
@@ -631,24 +661,69 @@ fn compare_pointers(a: &str, b: &str) -> Ordering {
     key(a).cmp(&key(b))
 }
 
-/// Typed settings from a layered JSON document.
-/// Errors name the offending field's path (`decimation.factor: …`).
-pub fn settings_from(doc: &Value) -> Result<ChannelSettings, String> {
+/// A channel's settings refused: the first problem, at its JSON pointer
+/// inside the settings document (`/decimation/factor`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", if .pointer.is_empty() { "/" } else { .pointer })]
+pub struct SettingsError {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl SettingsError {
+    /// The pointer as a dotted field name under `config`
+    /// (`config.decimation.factor`), for the API's `field`.
+    pub fn field(&self) -> String {
+        let mut field = String::from("config");
+        for part in self.pointer.split('/').skip(1) {
+            field.push('.');
+            field.push_str(&part.replace("~1", "/").replace("~0", "~"));
+        }
+        field
+    }
+}
+
+/// Typed settings from a layered JSON document, checked against the
+/// shipped JSON Schema first: the one validation of a channel's settings,
+/// used for the config files, `POST`, `PATCH` and the registry alike, so a
+/// document is valid or not whichever door it comes through. `null` is no
+/// settings (every default).
+pub fn settings_from(doc: &Value) -> Result<ChannelSettings, SettingsError> {
+    let empty = Value::Object(Map::new());
+    let doc = if doc.is_null() { &empty } else { doc };
+    let mut violations = schema_violations(&schemas().settings, doc, Path::new(""));
+    violations.sort_by(|a, b| compare_pointers(&a.pointer, &b.pointer));
+    if let Some(v) = violations.into_iter().next() {
+        return Err(SettingsError {
+            pointer: v.pointer,
+            message: v.message,
+        });
+    }
     serde_path_to_error::deserialize(doc).map_err(|e| {
-        let path = e.path().to_string();
-        format!("{path}: {}", e.into_inner())
+        let pointer: String = e.path().iter().map(|seg| format!("/{seg}")).collect();
+        SettingsError {
+            pointer,
+            message: one_line(&e.into_inner().to_string()),
+        }
     })
 }
 
-/// SpeedData's `"decimation": N` is short for `{"factor": N}`.
+/// SpeedData's shorthands: `"decimation": N` is `{"factor": N}` and
+/// `"rotation": N` is `{"mode": "time", "threshold": N}` (seconds).
 pub fn expand_shorthand(mut overrides: Value) -> Value {
-    if let Some(obj) = overrides.as_object_mut()
-        && let Some(n) = obj.get("decimation").filter(|v| v.is_number()).cloned()
-    {
-        obj.insert(
-            "decimation".into(),
-            Value::Object([("factor".into(), n)].into_iter().collect()),
-        );
+    if let Some(obj) = overrides.as_object_mut() {
+        if let Some(n) = obj.get("decimation").filter(|v| v.is_number()).cloned() {
+            obj.insert(
+                "decimation".into(),
+                Value::Object([("factor".into(), n)].into_iter().collect()),
+            );
+        }
+        if let Some(n) = obj.get("rotation").filter(|v| v.is_number()).cloned() {
+            obj.insert(
+                "rotation".into(),
+                serde_json::json!({"mode": "time", "threshold": n}),
+            );
+        }
     }
     overrides
 }
@@ -663,20 +738,6 @@ pub fn merge(base: &mut Value, over: Value) {
         }
         (b, o) => *b = o,
     }
-}
-
-/// SpeedData writes schema paths from the repository root
-/// (`config/agents/x.avsc`); accept those and paths relative to the config
-/// directory itself.
-fn resolve_schema(config_dir: &Path, schema: &Path) -> Option<PathBuf> {
-    if schema.is_absolute() {
-        return schema.is_file().then(|| schema.to_path_buf());
-    }
-    let candidates = [
-        Some(config_dir.join(schema)),
-        config_dir.parent().map(|p| p.join(schema)),
-    ];
-    candidates.into_iter().flatten().find(|p| p.is_file())
 }
 
 #[cfg(test)]
@@ -710,7 +771,11 @@ mod tests {
     fn shipped_config_loads() {
         let b = load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))).unwrap();
         assert_eq!(b.channels.len(), 1);
-        let ch = &b.channels[0];
+        let ch = &b.channels[0].spec;
+        assert_eq!(
+            b.channels[0].schema_path.as_deref(),
+            Some("agents/example.avsc")
+        );
         assert_eq!((ch.name.as_str(), ch.port), ("example", 26000));
         assert_eq!(ch.settings.decimation.factor, 5);
         let full = &ch.settings.outputs.full_rate[0];
@@ -820,6 +885,7 @@ mod tests {
                 archive: ArchiveSettings {
                     enabled: false,
                     codec: codecs[i],
+                    layout: Default::default(),
                     flush_records: 1,
                     flush_bytes: u32::MAX,
                     flush_ms: 0,
@@ -902,8 +968,9 @@ mod tests {
         for doc in refused {
             assert_eq!(both(doc.clone()), (false, false), "{doc}");
         }
-        // Refused by the schema only: SPEC bounds the typed fields do not carry.
-        let stricter = [
+        // Bounds only the schema can say: refused by `settings_from` too,
+        // since it checks the schema first (one validation for every door).
+        let bounds = [
             json!({"decimation": {"factor": 0}}),
             json!({"archive": {"flush_records": 0}}),
             json!({"archive": {"flush_bytes": 0}}),
@@ -911,9 +978,17 @@ mod tests {
             json!({"socket": {"max_datagram": 65536}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 1, "ttl": 256}}}),
         ];
-        for doc in stricter {
-            assert_eq!(both(doc.clone()), (false, true), "{doc}");
+        for doc in bounds {
+            assert_eq!(both(doc.clone()), (false, false), "{doc}");
+            let serde_only: Result<ChannelSettings, _> = serde_json::from_value(doc.clone());
+            assert!(serde_only.is_ok(), "serde alone would take {doc}");
         }
+        let err = settings_from(&json!({"decimation": {"factor": 0}})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/decimation/factor: 0 is less than the minimum of 1"
+        );
+        assert_eq!(err.field(), "config.decimation.factor");
     }
 
     #[test]
@@ -937,14 +1012,17 @@ mod tests {
         )
         .unwrap();
         let b = load(dir.path()).unwrap();
-        assert_eq!(b.channels[0].settings.decimation.factor, 7);
+        assert_eq!(b.channels[0].spec.settings.decimation.factor, 7);
         assert_eq!(
-            b.channels[0].settings.decimation.algorithm,
+            b.channels[0].spec.settings.decimation.algorithm,
             Algorithm::Average
         );
-        assert_eq!(b.channels[1].settings.decimation.factor, 3);
-        assert_eq!(b.channels[1].settings.decimation.algorithm, Algorithm::Rms);
-        assert_eq!(b.channels[0].schema_json, AVRO);
+        assert_eq!(b.channels[1].spec.settings.decimation.factor, 3);
+        assert_eq!(
+            b.channels[1].spec.settings.decimation.algorithm,
+            Algorithm::Rms
+        );
+        assert_eq!(b.channels[0].spec.schema_json, AVRO);
     }
 
     #[test]

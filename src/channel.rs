@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
-use crate::config::{ChannelSettings, Destination};
+use crate::config::{ChannelSettings, Destination, Layout};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
 use crate::udp::{self, BATCH, RecvBatch, SendBatch, SendReport};
@@ -78,7 +78,7 @@ pub struct BoundChannel {
     local_addr: SocketAddr,
     full_rate: Vec<StdUdpSocket>,
     decimated: Vec<StdUdpSocket>,
-    channel_dir: PathBuf,
+    data_dir: PathBuf,
     counters: Arc<ChannelCounters>,
     batch_limit: usize,
 }
@@ -131,7 +131,7 @@ impl BoundChannel {
                 source,
             })?;
         let (full_rate, decimated) = open_destinations(&spec.settings)?;
-        let channel_dir = data_dir.join(&spec.name);
+        let data_dir = data_dir.to_path_buf();
         Ok(Self {
             spec,
             validator,
@@ -139,7 +139,7 @@ impl BoundChannel {
             local_addr,
             full_rate,
             decimated,
-            channel_dir,
+            data_dir,
             counters,
             batch_limit: BATCH,
         })
@@ -168,17 +168,10 @@ impl BoundChannel {
         let socket = UdpSocket::from_std(self.socket)
             .map_err(|source| ChannelError::Bind { port, source })?;
         let settings = &self.spec.settings;
-        let archive = settings.archive.enabled.then(|| {
-            let writer = ArchiveWriter::new(
-                self.channel_dir.clone(),
-                &self.spec.name,
-                &self.spec.schema_json,
-                settings.archive,
-                settings.rotation,
-                settings.retention,
-            );
-            archive::spawn(writer, self.counters.clone(), ARCHIVE_QUEUE)
-        });
+        let archive = settings
+            .archive
+            .enabled
+            .then(|| start_archive(&self.data_dir, &self.spec, settings, &self.counters));
         let cancel = CancellationToken::new();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let slots = self.validator.numeric_slots().len();
@@ -203,6 +196,12 @@ impl BoundChannel {
             full_rate: self.full_rate,
             decimated: self.decimated,
             archive,
+            data_dir: self.data_dir,
+            schema_json: self.spec.schema_json.clone(),
+            layout: settings.archive.layout,
+            max_datagram: settings.socket.max_datagram,
+            recv_buffer: settings.socket.recv_buffer,
+            batch_limit: self.batch_limit,
             block: Vec::new(),
             block_count: 0,
             flush_records: u64::from(settings.archive.flush_records.max(1)),
@@ -224,6 +223,24 @@ impl BoundChannel {
             join,
         })
     }
+}
+
+/// The channel's archive writer task, with the channel's current settings.
+fn start_archive(
+    data_dir: &Path,
+    spec: &ChannelSpec,
+    settings: &ChannelSettings,
+    counters: &Arc<ChannelCounters>,
+) -> ArchiveHandle {
+    let writer = ArchiveWriter::new(
+        settings.archive.layout.dir(data_dir, &spec.name),
+        &spec.name,
+        &spec.schema_json,
+        settings.archive,
+        settings.rotation,
+        settings.retention,
+    );
+    archive::spawn(writer, counters.clone(), ARCHIVE_QUEUE)
 }
 
 fn open_destinations(
@@ -280,10 +297,11 @@ impl ChannelHandle {
         &self.counters
     }
 
-    /// Applies new settings without touching the socket: destinations,
-    /// decimation, validation, archive codec/rotation/retention and block
-    /// bounds. The socket settings (bind address, buffer size) need a restart.
-    /// New destinations are opened here so an error reaches the caller and
+    /// Applies new settings to the running channel: destinations,
+    /// decimation, validation, the archive (on, off, codec, rotation,
+    /// retention, block bounds) and the socket's receive buffer and largest
+    /// datagram. The bind address cannot change on a bound socket; the
+    /// engine refuses that before it gets here. New destinations are opened here so an error reaches the caller and
     /// leaves the running channel as it was.
     pub fn reconfigure(&self, settings: ChannelSettings) -> Result<(), ChannelError> {
         let (full_rate, decimated) = open_destinations(&settings)?;
@@ -353,6 +371,14 @@ struct ChannelTask {
     decimated: Vec<StdUdpSocket>,
 
     archive: Option<ArchiveHandle>,
+    /// What a (re)started archive needs: the data directory and the schema.
+    data_dir: PathBuf,
+    schema_json: String,
+    /// The socket settings in effect, to see what a reconfiguration changes.
+    layout: Layout,
+    max_datagram: u32,
+    recv_buffer: u32,
+    batch_limit: usize,
     /// Encoded records of the block being filled.
     block: Vec<u8>,
     block_count: u64,
@@ -385,7 +411,7 @@ impl ChannelTask {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => return Ok(()),
-                Some(command) = self.commands.recv() => self.apply(command),
+                Some(command) = self.commands.recv() => self.apply(command).await,
                 _ = &mut self.flush_timer, if self.block_count > 0 => self.ship_block(),
                 ready = self.socket.readable() => {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
@@ -547,7 +573,7 @@ impl ChannelTask {
         }
     }
 
-    fn apply(&mut self, command: Command) {
+    async fn apply(&mut self, command: Command) {
         match command {
             Command::Reconfigure {
                 settings,
@@ -566,8 +592,52 @@ impl ChannelTask {
                 self.flush_records = u64::from(a.flush_records.max(1));
                 self.flush_bytes = a.flush_bytes.max(1) as usize;
                 self.flush_after = Duration::from_millis(u64::from(a.flush_ms));
-                if let Some(archive) = &self.archive {
-                    archive.reconfigure(*a, settings.rotation, settings.retention);
+                let mut archive = self.archive.take();
+                if archive.is_some() && a.layout != self.layout {
+                    // Another directory: close this file, start anew there.
+                    if let Some(old) = archive.take() {
+                        old.close().await;
+                    }
+                }
+                self.layout = a.layout;
+                match (archive, a.enabled) {
+                    (Some(archive), true) => {
+                        archive.reconfigure(*a, settings.rotation, settings.retention);
+                        self.archive = Some(archive);
+                    }
+                    // Waits for the file to be closed (its last block
+                    // synced): datagrams meanwhile wait in the kernel queue.
+                    (Some(archive), false) => archive.close().await,
+                    (None, true) => {
+                        let spec = ChannelSpec {
+                            name: self.name.clone(),
+                            port: self.port,
+                            schema_json: self.schema_json.clone(),
+                            settings: (*settings).clone(),
+                        };
+                        self.archive = Some(start_archive(
+                            &self.data_dir,
+                            &spec,
+                            &settings,
+                            &self.counters,
+                        ));
+                    }
+                    (None, false) => {}
+                }
+                let sock = &settings.socket;
+                if sock.max_datagram != self.max_datagram {
+                    // Every datagram already received was processed: the
+                    // batch is empty between two batches.
+                    self.batch = RecvBatch::new(sock.max_datagram as usize);
+                    self.batch.set_limit(self.batch_limit);
+                    self.max_datagram = sock.max_datagram;
+                }
+                if sock.recv_buffer != self.recv_buffer {
+                    let sock_ref = socket2::SockRef::from(&self.socket);
+                    if let Err(e) = sock_ref.set_recv_buffer_size(sock.recv_buffer as usize) {
+                        tracing::warn!(channel = %self.name, error = %e, "cannot resize the receive buffer");
+                    }
+                    self.recv_buffer = sock.recv_buffer;
                 }
                 tracing::info!(channel = %self.name, "channel reconfigured");
             }

@@ -169,6 +169,7 @@ pub enum RetentionMode {
 pub struct ArchiveSettings {
     pub enabled: bool,
     pub codec: Codec,
+    pub layout: Layout,
     /// A block is written when it holds this many records…
     pub flush_records: u32,
     /// …or this many bytes of records…
@@ -182,9 +183,32 @@ impl Default for ArchiveSettings {
         Self {
             enabled: true,
             codec: Codec::Null,
+            layout: Layout::Channel,
             flush_records: 10_000,
             flush_bytes: 1 << 20,
             flush_ms: 1000,
+        }
+    }
+}
+
+/// Where a channel's archive files go in the data directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `<data_dir>/<channel>/<channel>-<stamp>.avro`.
+    #[default]
+    Channel,
+    /// `<data_dir>/<channel>-<stamp>.avro`: SpeedData's readers look for
+    /// `data/*.avro`.
+    Flat,
+}
+
+impl Layout {
+    /// The directory a channel's files go to.
+    pub fn dir(self, data_dir: &std::path::Path, channel: &str) -> std::path::PathBuf {
+        match self {
+            Layout::Channel => data_dir.join(channel),
+            Layout::Flat => data_dir.to_path_buf(),
         }
     }
 }

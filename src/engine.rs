@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::baseline::{merge, settings_from};
+use crate::baseline::{Seed, SettingsError, expand_shorthand, merge, settings_from};
 use crate::channel::{BoundChannel, ChannelError, ChannelSpec};
 use crate::config::ChannelSettings;
 use crate::counters::{ChannelCounters, ChannelStats};
@@ -44,6 +44,10 @@ pub enum EngineError {
         message: String,
         used_by: Option<String>,
     },
+    /// The relay cannot do it now (out of file descriptors, a channel that
+    /// did not take its new settings); nothing was changed.
+    #[error("{message}")]
+    Unavailable { message: String },
     #[error("registry: {0}")]
     Registry(RegistryError),
 }
@@ -56,7 +60,7 @@ impl From<RegistryError> for EngineError {
                 used_by: Some(name),
             },
             RegistryError::PortTaken { port, used_by } => EngineError::Conflict {
-                message: format!("port {port} is used by channel {used_by}"),
+                message: format!("Port already in use: port {port} is used by channel {used_by}"),
                 used_by: Some(used_by),
             },
             RegistryError::NotFound { name } => EngineError::NotFound { name },
@@ -71,6 +75,22 @@ pub struct EngineOptions {
     pub data_dir: PathBuf,
     /// The layered default channel settings (JSON), as the config files give them.
     pub defaults: Value,
+    /// File descriptors a registration must leave free besides one archive
+    /// file per channel: the API's connection cap plus
+    /// [`crate::descriptors::SPARE`].
+    pub fd_reserve: u64,
+}
+
+impl EngineOptions {
+    /// Options for `data_dir` and `defaults`, with the reserve of an API
+    /// at its default connection cap.
+    pub fn new(data_dir: impl Into<PathBuf>, defaults: Value) -> Self {
+        EngineOptions {
+            data_dir: data_dir.into(),
+            defaults,
+            fd_reserve: crate::api::DEFAULT_MAX_CONNECTIONS as u64 + crate::descriptors::SPARE,
+        }
+    }
 }
 
 /// Whether a channel is relaying.
@@ -92,8 +112,10 @@ pub struct ChannelInfo {
     pub status: Status,
     /// The relay's process id (one process for every channel).
     pub pid: u32,
-    /// Unix milliseconds.
-    pub created_at: u64,
+    /// When it was registered, `YYYY-MM-DD HH:MM:SS` in UTC (SpeedData's form).
+    pub created_at: String,
+    /// The same instant in Unix milliseconds.
+    pub created_at_ms: u64,
     pub config: ChannelSettings,
     pub stats: ChannelStats,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -153,18 +175,18 @@ impl Engine {
     /// `failed` and retried; the others start normally.
     pub async fn start(
         options: EngineOptions,
-        baseline: &[ChannelSpec],
+        baseline: &[Seed],
     ) -> Result<Arc<Engine>, EngineError> {
-        let registry = Registry::open(&options.data_dir.join("registry.redb"))?;
+        let registry = Registry::open(&registry_path(&options.data_dir)?)?;
         let now = unix_ms();
         let seeds: Vec<ChannelRecord> = baseline
             .iter()
-            .map(|spec| ChannelRecord {
-                name: spec.name.clone(),
-                port: spec.port,
-                schema_json: spec.schema_json.clone(),
-                schema_path: None,
-                config: serde_json::to_value(&spec.settings).unwrap_or(Value::Null),
+            .map(|seed| ChannelRecord {
+                name: seed.spec.name.clone(),
+                port: seed.spec.port,
+                schema_json: seed.spec.schema_json.clone(),
+                schema_path: seed.schema_path.clone(),
+                config: serde_json::to_value(&seed.spec.settings).unwrap_or(Value::Null),
                 created_at: now,
             })
             .collect();
@@ -215,9 +237,9 @@ impl Engine {
         Validator::from_json(&r.schema_json).map_err(|e| invalid("schema", e.to_string()))?;
         let mut doc = self.options.defaults.clone();
         if let Some(overrides) = r.config.clone() {
-            merge(&mut doc, crate::baseline::expand_shorthand(overrides));
+            merge(&mut doc, expand_shorthand(overrides));
         }
-        let settings = settings_from(&doc).map_err(|m| invalid("config", m))?;
+        let settings = settings_from(&doc).map_err(invalid_config)?;
 
         let _guard = self.control.lock().await;
         if self.lock_slots().contains_key(&r.name) {
@@ -230,6 +252,23 @@ impl Engine {
             }
             .into());
         }
+        // Refused while it would eat into what the API and the archives of
+        // the other channels need (one file each, this one included).
+        let outputs = &settings.outputs;
+        let needed = 1
+            + outputs.full_rate.len()
+            + if settings.decimation.enabled {
+                outputs.decimated.len()
+            } else {
+                0
+            };
+        let reserve = self.options.fd_reserve + self.lock_slots().len() as u64 + 1;
+        tokio::task::spawn_blocking(move || {
+            crate::descriptors::check_headroom(needed as u64, reserve)
+        })
+        .await
+        .unwrap_or(Ok(()))
+        .map_err(|message| EngineError::Unavailable { message })?;
         let spec = ChannelSpec {
             name: r.name.clone(),
             port: r.port,
@@ -239,8 +278,15 @@ impl Engine {
         let counters = Arc::new(ChannelCounters::default());
         let bound = BoundChannel::bind_with_counters(spec, &self.options.data_dir, counters)
             .map_err(|e| match e {
+                ChannelError::Bind { source, .. } | ChannelError::Destination { source, .. }
+                    if crate::descriptors::is_exhaustion(&source) =>
+                {
+                    EngineError::Unavailable {
+                        message: format!("out of file descriptors: {source}"),
+                    }
+                }
                 ChannelError::Bind { port, source } => EngineError::Conflict {
-                    message: format!("port {port} cannot be bound: {source}"),
+                    message: format!("Port already in use: port {port} cannot be bound: {source}"),
                     used_by: None,
                 },
                 e @ ChannelError::Destination { .. } => invalid_settings(e),
@@ -285,25 +331,44 @@ impl Engine {
     /// running channel without dropping its socket.
     pub async fn update(&self, name: &str, patch: Value) -> Result<ChannelInfo, EngineError> {
         let _guard = self.control.lock().await;
-        let (mut doc, commands) = {
+        let (mut doc, current, commands) = {
             let slots = self.lock_slots();
             let slot = slots
                 .get(name)
                 .ok_or_else(|| EngineError::NotFound { name: name.into() })?;
-            (slot.record.config.clone(), slot.commands.clone())
+            (
+                slot.record.config.clone(),
+                slot.settings.clone(),
+                slot.commands.clone(),
+            )
         };
-        merge(&mut doc, crate::baseline::expand_shorthand(patch));
-        let settings = settings_from(&doc).map_err(|m| invalid("config", m))?;
+        merge(&mut doc, expand_shorthand(patch));
+        let settings = settings_from(&doc).map_err(invalid_config)?;
+        if settings.socket.bind != current.socket.bind {
+            return Err(invalid(
+                "config.socket.bind",
+                format!(
+                    "/socket/bind: a running channel stays bound to {}; \
+                     to listen on {} delete the channel and register it again",
+                    current.socket.bind, settings.socket.bind
+                ),
+            ));
+        }
         let (reply, answer) = oneshot::channel();
         let command = SupervisorCommand::Reconfigure {
             settings: Box::new(settings.clone()),
             reply,
         };
-        // A supervisor that is gone (shutting down) just stores the settings.
-        if commands.send(command).is_ok()
-            && let Ok(Err(e)) = answer.await
-        {
-            return Err(invalid_settings(e));
+        // Stored only once the channel has taken the settings (or, when it
+        // is failed and waiting to restart, will start with them).
+        let not_taken = || EngineError::Unavailable {
+            message: format!("channel {name} is stopping and did not take the new settings"),
+        };
+        commands.send(command).map_err(|_| not_taken())?;
+        match answer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(ChannelError::Task(_))) | Err(_) => return Err(not_taken()),
+            Ok(Err(e)) => return Err(invalid_settings(e)),
         }
         let config = serde_json::to_value(&settings).unwrap_or(Value::Null);
         let owned = name.to_string();
@@ -402,7 +467,8 @@ impl Engine {
             schema_path: slot.record.schema_path.clone(),
             status: health.status,
             pid: std::process::id(),
-            created_at: slot.record.created_at,
+            created_at: utc_datetime(slot.record.created_at),
+            created_at_ms: slot.record.created_at,
             config: slot.settings.clone(),
             stats,
             error,
@@ -582,6 +648,15 @@ fn invalid_settings(e: ChannelError) -> EngineError {
     }
 }
 
+/// Settings refused by the one validation: `field` names the setting
+/// (`config.decimation.factor`), the message is check-config's.
+fn invalid_config(e: SettingsError) -> EngineError {
+    EngineError::Invalid {
+        field: e.field(),
+        message: e.to_string(),
+    }
+}
+
 fn invalid(field: &str, message: impl Into<String>) -> EngineError {
     EngineError::Invalid {
         field: field.into(),
@@ -606,6 +681,45 @@ pub fn check_name(name: &str) -> Result<(), EngineError> {
             "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
         ))
     }
+}
+
+/// Where the registry of `data_dir` lives: `.speedrelay/registry.redb`,
+/// a name no channel directory can take (channel names start with a letter
+/// or digit). A registry left at `<data_dir>/registry.redb` by an older
+/// version is moved there first.
+pub fn registry_path(data_dir: &std::path::Path) -> Result<PathBuf, EngineError> {
+    let dir = data_dir.join(".speedrelay");
+    let path = dir.join("registry.redb");
+    let old = data_dir.join("registry.redb");
+    let old_is_registry = std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_file());
+    if old_is_registry && !path.exists() {
+        let storage = |detail: String| {
+            EngineError::Registry(RegistryError::Storage {
+                path: old.clone(),
+                detail,
+            })
+        };
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
+            .create(&dir)
+            .map_err(|e| storage(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::rename(&old, &path)
+            .map_err(|e| storage(format!("cannot move it to {}: {e}", path.display())))?;
+        tracing::info!(from = %old.display(), to = %path.display(), "registry moved beside the archives' directories");
+    }
+    Ok(path)
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc_datetime(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (year, month, day) = crate::archive::civil_from_days(secs / 86_400);
+    let sod = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        sod / 3600,
+        sod / 60 % 60,
+        sod % 60
+    )
 }
 
 fn unix_ms() -> u64 {

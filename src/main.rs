@@ -73,6 +73,23 @@ struct ServeArgs {
     /// Raspberry Pi profile). Default: one per core.
     #[arg(long, env = "SPEEDRELAY_THREADS")]
     threads: Option<usize>,
+    /// A host name the API answers to besides IP addresses and localhost
+    /// (repeatable; requests naming another Host get 403). Adds to
+    /// api.allowed_hosts of global.yaml.
+    #[arg(
+        long = "allowed-host",
+        env = "SPEEDRELAY_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    allowed_hosts: Vec<String>,
+    /// An origin (scheme://host[:port]) whose pages may call the API from a
+    /// browser (repeatable). Adds to api.cors_origins of global.yaml.
+    #[arg(
+        long = "cors-origin",
+        env = "SPEEDRELAY_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -108,7 +125,14 @@ fn main() -> ExitCode {
 fn serve(args: ServeArgs) -> Result<(), String> {
     let config = args
         .config
+        .clone()
         .or_else(|| Some(PathBuf::from("config")).filter(|p| p.join("relay.yaml").is_file()));
+    if config.is_none() {
+        tracing::info!(
+            "no configuration found (no --config, SPEEDRELAY_CONFIG or ./config/relay.yaml): \
+             running on built-in defaults, no channels until some are registered"
+        );
+    }
     let baseline = match &config {
         Some(path) => baseline::load(path).map_err(|e| match e {
             ConfigError::Violations { .. } => format!(
@@ -121,6 +145,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let data_dir = args
         .data_dir
+        .clone()
         .or_else(|| baseline.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("data"));
     let runtime = match args.threads {
@@ -139,9 +164,77 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot start the runtime: {e}"))?;
     let api = args
         .api
+        .clone()
         .or_else(|| baseline.api_listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".to_string());
-    runtime.block_on(run(baseline, &data_dir, &api))
+    let api_options = api_options(&args, &baseline)?;
+    runtime.block_on(run(baseline, &data_dir, &api, api_options))
+}
+
+/// The API's settings from the flags, environment and config files. Read
+/// before anything starts, so a dangerous combination stops start-up.
+fn api_options(args: &ServeArgs, baseline: &Baseline) -> Result<ApiOptions, String> {
+    // The token is read from the environment only here, never logged. Set
+    // but empty would silently mean "no token": refuse it.
+    let token = match std::env::var("SPEEDRELAY_API_TOKEN") {
+        Ok(t) if t.is_empty() => {
+            return Err(
+                "SPEEDRELAY_API_TOKEN is set but empty: set a token, or unset the \
+                        variable to run without one"
+                    .into(),
+            );
+        }
+        Ok(t) => Some(t),
+        Err(_) => baseline.api_token.clone(),
+    };
+    let lower = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect()
+    };
+    let mut allowed_hosts = lower(&baseline.allowed_hosts);
+    allowed_hosts.extend(lower(&args.allowed_hosts));
+    let mut cors_origins = lower(&baseline.cors_origins);
+    cors_origins.extend(lower(&args.cors_origins));
+    for origin in &cors_origins {
+        let ok = origin == "*"
+            || ["http://", "https://"].iter().any(|scheme| {
+                origin
+                    .strip_prefix(scheme)
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+            });
+        if !ok {
+            return Err(format!(
+                "--cors-origin {origin}: not an origin such as http://localhost:5000 (no path), nor *"
+            ));
+        }
+    }
+    if token.is_some() && cors_origins.iter().any(|o| o == "*") {
+        return Err(
+            "--cors-origin '*' with an API token would let any web page use the token a \
+             browser holds: list the origins instead"
+                .into(),
+        );
+    }
+    // Descriptors: the API's connection cap is part of the reserve that
+    // registrations leave free; a low limit lowers the cap.
+    let fd_limit = speedrelay::descriptors::raise_limit()
+        .map_err(|e| tracing::warn!(error = %e, "cannot raise the file descriptor limit"))
+        .ok()
+        .or_else(|| speedrelay::descriptors::limit().ok())
+        .unwrap_or(1024);
+    let max_connections =
+        (fd_limit / 8).clamp(16, speedrelay::api::DEFAULT_MAX_CONNECTIONS as u64) as usize;
+    Ok(ApiOptions {
+        token,
+        config_dir: baseline.config_dir.clone(),
+        ports: baseline.ports,
+        max_connections,
+        allowed_hosts,
+        cors_origins,
+        ..ApiOptions::default()
+    })
 }
 
 /// `speedrelay check-config PATH`: `PATH: ok (N channels)` and 0; every
@@ -250,16 +343,19 @@ fn summary(r: &speedrelay::verify::Report) -> String {
 
 /// Start-up order of SPEC §6: config (already loaded) → registry → seed →
 /// channels; then wait for a signal and stop every channel cleanly.
-async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), String> {
+async fn run(
+    baseline: Baseline,
+    data_dir: &Path,
+    api: &str,
+    api_options: ApiOptions,
+) -> Result<(), String> {
     let mut signals = ShutdownSignals::install()?;
     // Not world-accessible: archives and the registry are the operator's.
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
         .create(data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
-    let options = EngineOptions {
-        data_dir: data_dir.to_path_buf(),
-        defaults: baseline.defaults.clone(),
-    };
+    let mut options = EngineOptions::new(data_dir, baseline.defaults.clone());
+    options.fd_reserve = api_options.max_connections as u64 + speedrelay::descriptors::SPARE;
     let engine = Engine::start(options, &baseline.channels)
         .await
         .map_err(|e| e.to_string())?;
@@ -271,17 +367,6 @@ async fn run(baseline: Baseline, data_dir: &Path, api: &str) -> Result<(), Strin
         }
     };
     let api_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    // The token is read from the environment only here, never logged.
-    let token = std::env::var("SPEEDRELAY_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| baseline.api_token.clone());
-    let api_options = ApiOptions {
-        token,
-        config_dir: baseline.config_dir.clone(),
-        ports: baseline.ports,
-        ..ApiOptions::default()
-    };
     let stop_api = CancellationToken::new();
     let api_task = tokio::spawn(speedrelay::api::serve(
         listener,

@@ -37,15 +37,17 @@ pub struct BoundSocket {
     pub recv_buffer_granted: usize,
 }
 
-/// Binds `addr:port` with SO_REUSEADDR (SPEC §4: a restarted relay rebinds
-/// at once), the requested receive buffer and drop counting (SO_RXQ_OVFL).
-/// No SO_REUSEPORT, so a port held by another program fails with
-/// `AddrInUse`; two channels of this process never share a port because the
-/// registry's port index refuses it first.
+/// Binds `addr:port` with the requested receive buffer and drop counting
+/// (SO_RXQ_OVFL). Neither SO_REUSEADDR nor SO_REUSEPORT: with either, a
+/// port whose holder set it too would be shared, and the kernel would hand
+/// the relay the other program's unicast traffic. Without them a port held
+/// by anyone else fails with `AddrInUse`, exactly when `GET
+/// /ports/{p}/status` says `in_use`. UDP has no TIME_WAIT, so a restarted
+/// relay rebinds at once without them. (Channels receive unicast only; a
+/// multicast receiver would need SO_REUSEADDR to share its group's port.)
 pub fn bind_receiver(addr: IpAddr, port: u16, recv_buffer: usize) -> io::Result<BoundSocket> {
     let sa = SocketAddr::new(addr, port);
     let socket = Socket::new(Domain::for_address(sa), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
     // The kernel caps this at net.core.rmem_max; the caller reads back the grant.
     let _ = socket.set_recv_buffer_size(recv_buffer);
     enable_drop_counter(&socket);

@@ -40,14 +40,14 @@ async fn server_with(token: Option<&str>, ports: Option<(u16, u16)>) -> Server {
     std::fs::write(dir.path().join("secret.avsc"), EXAMPLE_SCHEMA).unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret.avsc"), config_dir.join("link.avsc"))
         .unwrap();
-    let options = EngineOptions {
+    let options = EngineOptions::new(
         data_dir,
-        defaults: json!({
+        json!({
             "socket": {"bind": "127.0.0.1"},
             "decimation": {"enabled": false},
             "archive": {"flush_ms": 50}
         }),
-    };
+    );
     let engine = Engine::start(options, &[]).await.expect("engine starts");
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .await
@@ -59,6 +59,7 @@ async fn server_with(token: Option<&str>, ports: Option<(u16, u16)>) -> Server {
         config_dir: Some(config_dir.clone()),
         ports,
         max_connections: 64,
+        ..ApiOptions::default()
     };
     let task = tokio::spawn(serve(listener, engine.clone(), api, shutdown.clone()));
     Server {
@@ -205,7 +206,9 @@ async fn register_relays_at_once_then_list_get_schema_delete() {
     assert_eq!(ch["name"], "live");
     assert_eq!(ch["port"], port);
     assert_eq!(ch["status"], "active");
-    assert!(ch["created_at"].is_u64());
+    let created = ch["created_at"].as_str().unwrap();
+    assert_eq!(created.len(), "YYYY-MM-DD HH:MM:SS".len(), "{created}");
+    assert!(ch["created_at_ms"].is_u64());
     assert!(ch["config"].is_object());
     assert_eq!(ch["stats"]["forwarded"], 100);
 
@@ -356,21 +359,26 @@ async fn ports_available_and_status() {
         json!({"port": fport, "available": false, "status": "in_use"})
     );
 
-    for (port, expect) in [(free, vec![free]), (cport, vec![]), (fport, vec![])] {
+    for (port, free) in [(free, true), (cport, false), (fport, false)] {
         let (status, r) = s
-            .get(&format!("/ports/available?start={port}&end={port}"))
+            .get(&format!("/ports/available?start={port}&end={}", port + 1))
             .await;
         assert_eq!(status, 200, "{r}");
-        assert_eq!(r["range"], json!({"start": port, "end": port}));
-        assert_eq!(r["available"], json!(expect));
-        assert_eq!(r["count"], expect.len());
+        assert_eq!(r["range"], json!({"start": port, "end": port + 1}));
+        let listed: Vec<u64> = r["available"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect();
+        assert_eq!(listed.contains(&u64::from(port)), free, "{r}");
+        assert_eq!(r["count"], listed.len());
     }
     let (status, r) = s.get("/ports/available?start=40000&end=40100").await;
     assert_eq!(status, 200);
     assert!(r["count"].as_u64().unwrap() <= 101);
 
     for q in [
-        "",
         "?start=100",
         "?end=100",
         "?start=0&end=10",
@@ -418,7 +426,7 @@ async fn bad_input_is_4xx_and_changes_nothing() {
         (without("schema"), 400, Some("schema")),
         (json!([1, 2, 3]), 400, None),
         (json!("just a string"), 400, None),
-        (with("port", json!("8080")), 400, Some("port")),
+        (with("port", json!("80a0")), 400, Some("port")),
         (with("port", json!(0)), 400, Some("port")),
         (with("port", json!(70000)), 400, Some("port")),
         (with("port", json!(-5)), 400, Some("port")),
@@ -471,19 +479,19 @@ async fn bad_input_is_4xx_and_changes_nothing() {
     for (outputs, says) in [
         (
             json!({"full_rate": {"address": "127.0.0.1", "port": 0}}),
-            ["outputs.full_rate", "port", "0 is not a port to send to"],
+            ["/outputs/full_rate/port", "0 is less than the minimum of 1"],
         ),
         (
             json!({"decimated": [{"address": "nope", "port": 9}]}),
-            ["outputs.decimated", "address", "invalid IP address"],
+            ["/outputs/decimated/0/address", "not a valid ipv4 address"],
         ),
         (
             json!({"full_rate": [{"address": "0.0.0.0", "port": 9}]}),
-            ["outputs.full_rate", "address", "bind-any"],
+            ["/outputs/full_rate/0/address", "bind-any"],
         ),
         (
             json!({"full_rate": {"address": "127.0.0.1", "port": 70000}}),
-            ["outputs.full_rate", "port", "65535"],
+            ["/outputs/full_rate/port", "65535"],
         ),
     ] {
         let body = with("config", json!({"outputs": outputs}));

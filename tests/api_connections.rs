@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 async fn a_waiting_client_gets_the_slot_of_a_connection_that_turned_idle() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(
-        EngineOptions {
-            data_dir: dir.path().join("data"),
-            defaults: json!({"socket": {"bind": "127.0.0.1"}}),
-        },
+        EngineOptions::new(
+            dir.path().join("data"),
+            json!({"socket": {"bind": "127.0.0.1"}}),
+        ),
         &[],
     )
     .await
@@ -40,7 +40,7 @@ async fn a_waiting_client_gets_the_slot_of_a_connection_that_turned_idle() {
         let mut busy = TcpStream::connect(addr).unwrap();
         busy.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         busy.write_all(
-            b"POST /api/v1/channels HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+            b"POST /api/v1/channels HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
               Expect: 100-continue\r\nContent-Length: 2\r\n\r\n",
         )
         .unwrap();
@@ -53,7 +53,7 @@ async fn a_waiting_client_gets_the_slot_of_a_connection_that_turned_idle() {
         // test passes without testing the retry, never fails spuriously).
         let mut waiting = TcpStream::connect(addr).unwrap();
         waiting
-            .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n\r\n")
+            .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
         std::thread::sleep(Duration::from_millis(200));
         // The first request completes; its connection stays open, idle.

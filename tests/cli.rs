@@ -191,7 +191,7 @@ async fn every_subcommand_against_a_running_relay() {
     let taken = one_line_failure(add(api, "other", port, example, &[]));
     assert_eq!(
         taken,
-        format!("speedrelay: port {port} is used by channel demo (409)")
+        format!("speedrelay: Port already in use: port {port} is used by channel demo (409)")
     );
     let dup = one_line_failure(add(api, "demo", free_port(), example, &[]));
     assert!(dup.contains("demo") && dup.ends_with("(409)"), "{dup}");
@@ -214,7 +214,10 @@ async fn every_subcommand_against_a_running_relay() {
     let missing = one_line_failure(add(api, "other", free_port(), "/nonexistent.avsc", &[]));
     assert!(missing.contains("/nonexistent.avsc"), "{missing}");
     let unknown = one_line_failure(channels(api, &["get", "nope"], &[]));
-    assert_eq!(unknown, "speedrelay: no channel named nope (404)");
+    assert_eq!(
+        unknown,
+        "speedrelay: Channel not found: no channel named nope (404)"
+    );
     let (_, listing) = http(api, "GET", "/api/v1/channels", &[], None);
     assert_eq!(listing["channels"].as_array().unwrap().len(), 1);
 
@@ -228,7 +231,10 @@ async fn every_subcommand_against_a_running_relay() {
         "no channels registered\n"
     );
     let gone = one_line_failure(channels(api, &["rm", "demo"], &[]));
-    assert_eq!(gone, "speedrelay: no channel named demo (404)");
+    assert_eq!(
+        gone,
+        "speedrelay: Channel not found: no channel named demo (404)"
+    );
 
     relay.stop();
 }

@@ -49,7 +49,7 @@ fn try_http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> O
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).ok()?;
@@ -229,7 +229,7 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
 
         // The registry opens and holds exactly the acknowledged channels.
         let names: BTreeSet<String> = {
-            let registry = Registry::open(&data.join("registry.redb"))
+            let registry = Registry::open(&speedrelay::engine::registry_path(&data).unwrap())
                 .unwrap_or_else(|e| panic!("round {round}: the registry does not open: {e}"));
             registry
                 .list()

@@ -332,8 +332,8 @@ fn a_corrupt_registry_refuses_start_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let config = loopback_config(dir.path(), 20);
-    std::fs::create_dir_all(&data).unwrap();
-    let registry = data.join("registry.redb");
+    let registry = speedrelay::engine::registry_path(&data).unwrap();
+    std::fs::create_dir_all(registry.parent().unwrap()).unwrap();
     std::fs::write(&registry, vec![0x5a; 64 * 1024]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
         .args(["serve", "--api", "127.0.0.1:0", "--config"])
@@ -456,14 +456,14 @@ fn a_read_only_registry_refuses_start_and_a_full_disk_is_survived_at_run_time() 
 async fn a_panicking_channel_task_is_restarted_by_its_supervisor() {
     use speedrelay::engine::{Engine, EngineOptions, Registration, Status};
     let dir = tempfile::tempdir().unwrap();
-    let options = EngineOptions {
-        data_dir: dir.path().to_path_buf(),
-        defaults: json!({
+    let options = EngineOptions::new(
+        dir.path().to_path_buf(),
+        json!({
             "socket": {"bind": "127.0.0.1"},
             "decimation": {"enabled": false},
             "archive": {"flush_ms": 20}
         }),
-    };
+    );
     let engine = Engine::start(options, &[]).await.unwrap();
     let (dest, d) = receiver();
     let port = free_port();
@@ -558,7 +558,7 @@ fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
     assert!(relay.terminate().success());
     assert!(archived_numbers(&data, "kept").ends_with(&(100..200).collect::<Vec<_>>()));
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(data.join("registry.redb"))
+        &std::fs::metadata(speedrelay::engine::registry_path(&data).unwrap())
             .unwrap()
             .permissions(),
     );

@@ -44,7 +44,7 @@ impl Prober {
                 let t = Instant::now();
                 let (status, text) = raw_request(
                     api,
-                    b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                    b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
                     Duration::from_secs(20),
                 );
                 worst = worst.max(t.elapsed());
@@ -143,7 +143,7 @@ fn a_trickled_body_gets_408_and_others_are_served() {
     let prober = Prober::start(relay.api);
     let mut s = TcpStream::connect(relay.api).unwrap();
     s.write_all(
-        b"POST /api/v1/channels HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":",
+        b"POST /api/v1/channels HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"name\":",
     )
     .unwrap();
     let start = Instant::now();
@@ -189,7 +189,7 @@ fn thousands_of_idle_connections_do_not_lock_out_a_fresh_client() {
         match TcpStream::connect_timeout(&relay.api, Duration::from_millis(300)) {
             Ok(mut s) => {
                 if i % 2 == 1 {
-                    let _ = s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\n");
+                    let _ = s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n");
                 }
                 idle.push(s);
             }
@@ -208,7 +208,7 @@ fn thousands_of_idle_connections_do_not_lock_out_a_fresh_client() {
     let start = Instant::now();
     let (status, _) = raw_request(
         relay.api,
-        b"GET /api/v1/health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         Duration::from_secs(20),
     );
     let took = start.elapsed();
@@ -241,21 +241,22 @@ fn oversized_headers_get_431_or_are_dropped() {
     let big = "a".repeat(200 * 1024);
     let answer = raw_request(
         relay.api,
-        format!("GET /api/v1/health HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+        format!("GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n")
+            .as_bytes(),
         t,
     );
     assert_4xx_or_dropped("one 200 KiB header", &answer);
     let many: String = (0..500).map(|i| format!("X-H{i}: v\r\n")).collect();
     let answer = raw_request(
         relay.api,
-        format!("GET /api/v1/health HTTP/1.1\r\nHost: t\r\n{many}\r\n").as_bytes(),
+        format!("GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n{many}\r\n").as_bytes(),
         t,
     );
     assert_eq!(status_of(&answer), 431, "{}", answer.1);
     let long_path = format!("/api/v1/channels/{}", "x".repeat(100 * 1024));
     let answer = raw_request(
         relay.api,
-        format!("GET {long_path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        format!("GET {long_path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
         t,
     );
     assert_4xx_or_dropped("a 100 KiB path", &answer);
@@ -272,7 +273,7 @@ fn absurd_content_lengths_are_refused() {
         raw_request(
             relay.api,
             format!(
-                "POST /api/v1/channels HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
+                "POST /api/v1/channels HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}"
             )
             .as_bytes(),
             t,
@@ -307,7 +308,7 @@ fn invalid_utf8_in_path_query_and_body_is_a_4xx() {
     let get = |target: &[u8]| {
         let mut req = b"GET ".to_vec();
         req.extend_from_slice(target);
-        req.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         raw_request(relay.api, &req, t)
     };
     for target in [
@@ -332,7 +333,7 @@ fn invalid_utf8_in_path_query_and_body_is_a_4xx() {
     // A header value that is not UTF-8.
     let answer = raw_request(
         relay.api,
-        b"GET /api/v1/channels HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/channels HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n",
         t,
     );
     assert_eq!(status_of(&answer), 200, "no token configured: {}", answer.1);

@@ -307,7 +307,7 @@ fn registration_churn_leaks_no_descriptor_socket_task_or_memory() {
     // The blocking pool's idle threads time out after 10 s; compare fds
     // and memory now, threads with a bound.
     let (fds1, rss1, threads1) = (relay.fd_count(), relay.rss_kib(), threads(&relay));
-    let registry = std::fs::metadata(data.join("registry.redb"))
+    let registry = std::fs::metadata(speedrelay::engine::registry_path(&data).unwrap())
         .map(|m| m.len())
         .unwrap_or(0);
     eprintln!(

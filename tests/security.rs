@@ -147,7 +147,16 @@ fn nothing_created_is_open_to_other_users_even_with_umask_0() {
     }
     assert!(relay.terminate().success());
     assert_eq!(mode(&data), 0o750, "data directory");
-    assert_eq!(mode(&data.join("registry.redb")), 0o640, "registry");
+    assert_eq!(
+        mode(&data.join(".speedrelay")),
+        0o750,
+        "relay's own directory"
+    );
+    assert_eq!(
+        mode(&speedrelay::engine::registry_path(&data).unwrap()),
+        0o640,
+        "registry"
+    );
     assert_eq!(mode(&data.join("perm")), 0o750, "channel directory");
     for f in archive_files(&data, "perm") {
         assert_eq!(mode(&f), 0o640, "{}", f.display());
@@ -229,7 +238,7 @@ fn no_request_reaches_outside_the_config_and_data_directories() {
         .collect();
     inside.sort();
     assert!(
-        inside.iter().all(|n| n == "registry.redb" || n == "inside"),
+        inside.iter().all(|n| n == ".speedrelay" || n == "inside"),
         "{inside:?}"
     );
 }

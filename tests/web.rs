@@ -29,11 +29,22 @@ fn config_with(dir: &Path, name: &str, port: u16, full: u16, decimated: u16) -> 
         format!(
             "channels:\n  - {{name: {name}, port: {port}, schema: example.avsc}}\n\
              socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 100}}\n\
-             outputs:\n  full_rate: {{address: 127.0.0.1, port: {full}}}\n  decimated: {{address: 127.0.0.1, port: {decimated}}}\n"
+             outputs:\n  full_rate: {{address: 127.0.0.1, port: {full}}}\n  decimated: {{address: 127.0.0.1, port: {decimated}}}\n\
+             ports: {{start: {}, end: {}}}\n",
+            port_range(port).0,
+            port_range(port).1
         ),
     )
     .unwrap();
     config
+}
+
+/// The range a test relay lets registrations use: from its channel's port
+/// on, so that relays of tests running at once suggest different ports
+/// (a port bound by one relay is refused to every other).
+fn port_range(port: u16) -> (u16, u16) {
+    let start = port.min(65_000);
+    (start, start + 200)
 }
 
 #[test]
@@ -135,6 +146,7 @@ fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
         "url": format!("http://{api}/"),
         "existing": "base",
         "existing_port": base_port,
+        "ports": port_range(base_port),
         "schema_file": schema_file,
         "payload_hex": record.iter().map(|b| format!("{b:02x}")).collect::<String>(),
         "records": records,

@@ -6,7 +6,6 @@
 const API = '/api/v1';
 const REFRESH_MS = 2000;
 const TOKEN_KEY = 'speedrelay.token';
-const SUGGEST_RANGE = [26000, 27000];
 const MAX_SCHEMA_BYTES = 2 * 1024 * 1024;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 // Four decimal octets without leading zeros, as the relay (Rust's Ipv4Addr) reads them.
@@ -447,15 +446,17 @@ async function suggestPort(force) {
   const input = $('f-port');
   if (!force && input.value && input.value !== String(suggested)) return;
   try {
-    const data = await api('GET', `/ports/available?start=${SUGGEST_RANGE[0]}&end=${SUGGEST_RANGE[1]}`);
+    // The relay's own range: its configured `ports`, else 26000–27000.
+    const data = await api('GET', '/ports/available');
+    const range = `${data.range.start}–${data.range.end}`;
     const port = (data.available || [])[0];
     if (port === undefined) {
-      $('f-port-hint').textContent = `No free port in ${SUGGEST_RANGE[0]}–${SUGGEST_RANGE[1]}; enter one.`;
+      $('f-port-hint').textContent = `No free port in ${range}; enter one.`;
       return;
     }
     suggested = port;
     input.value = String(port);
-    $('f-port-hint').textContent = `Suggested: ${port}, the first free port in ${SUGGEST_RANGE[0]}–${SUGGEST_RANGE[1]}.`;
+    $('f-port-hint').textContent = `Suggested: ${port}, the first free port in ${range}.`;
   } catch (e) {
     $('f-port-hint').textContent = 'No suggestion: ' + errorText(e);
   }
