@@ -59,7 +59,8 @@ enum Command {
 #[derive(Parser, Default)]
 struct ServeArgs {
     /// A config directory (relay.yaml, optional global.yaml) or one YAML
-    /// file. Default: ./config if it exists, else no channels.
+    /// file. Default: ./config, else /etc/speedrelay, when it holds a
+    /// relay.yaml; else built-in defaults and no channels.
     #[arg(long, env = "SPEEDRELAY_CONFIG")]
     config: Option<PathBuf>,
     /// Where archives go. Default: storage.avro_path of global.yaml, else ./data.
@@ -123,15 +124,23 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = args
-        .config
-        .clone()
-        .or_else(|| Some(PathBuf::from("config")).filter(|p| p.join("relay.yaml").is_file()));
-    if config.is_none() {
-        tracing::info!(
-            "no configuration found (no --config, SPEEDRELAY_CONFIG or ./config/relay.yaml): \
-             running on built-in defaults, no channels until some are registered"
-        );
+    // Discovery: --config, SPEEDRELAY_CONFIG, ./config, /etc/speedrelay.
+    let config = args.config.clone().or_else(|| {
+        ["config", "/etc/speedrelay"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("relay.yaml").is_file())
+    });
+    match &config {
+        Some(path) if args.config.is_none() => {
+            tracing::info!(config = %path.display(), "configuration found");
+        }
+        Some(_) => {}
+        None => tracing::info!(
+            "no configuration found (no --config, SPEEDRELAY_CONFIG, ./config/relay.yaml or \
+             /etc/speedrelay/relay.yaml): running on built-in defaults, no channels until \
+             some are registered"
+        ),
     }
     let baseline = match &config {
         Some(path) => baseline::load(path).map_err(|e| match e {
