@@ -185,3 +185,55 @@ fn bad_schemas_are_one_line_errors() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+#[test]
+fn sending_to_a_port_nobody_listens_on_exits_1() {
+    let schema = repo_file("config/agents/temperature.avsc");
+    for count in ["1", "5", "300"] {
+        let port = free_port();
+        let out = send(&[
+            "--port",
+            &port.to_string(),
+            "--schema",
+            schema.to_str().unwrap(),
+            "--count",
+            count,
+            "--rate",
+            "0",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--count {count}: {err}");
+        assert!(out.stdout.is_empty(), "no 'sent' summary");
+        assert!(
+            err.contains(&format!(
+                "no record was delivered: 127.0.0.1:{port} refused every send ({count} records)"
+            )) && err.contains(&format!("is a channel listening on port {port}?")),
+            "{err}"
+        );
+    }
+    // The same with a listener: delivered, exit 0, even for one record.
+    let sink = sender();
+    let port = sink.local_addr().unwrap().port().to_string();
+    for count in ["1", "300"] {
+        let out = send(&[
+            "--port",
+            &port,
+            "--schema",
+            schema.to_str().unwrap(),
+            "--count",
+            count,
+            "--rate",
+            "0",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with(&format!("sent {count} records (")),
+            "{said}"
+        );
+    }
+}
