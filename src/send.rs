@@ -213,9 +213,10 @@ pub fn load_schema(path: &std::path::Path) -> Result<Schema, SendError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // apache-avro logs warnings about schema style (e.g. example.avsc's
-    // field-level logicalType); the relay reports those when the channel is
-    // registered, so the demo source stays quiet about them.
+    // apache-avro logs warnings about schema style (e.g. a logicalType
+    // placed beside a field's type instead of inside it); the relay reports
+    // those when the channel is registered, so the demo source stays quiet
+    // about them.
     let parsed =
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
             Schema::parse_str(&text)
@@ -1004,11 +1005,11 @@ mod tests {
             (1_800_000_000_123_456_789, 1_800_000_000_123_456_789)
         );
 
-        // example.avsc: the one `time` field, a long.
+        // example.avsc: the one `time` field, a timestamp-nanos long.
         let schema = Schema::parse_str(include_str!("../config/agents/example.avsc")).unwrap();
         let pool = RecordPool::generate(&schema, 5, 2).unwrap();
         let v = decode(&schema, pool.record(0));
-        let Value::Long(t) = field(&v, "time") else {
+        let Value::TimestampNanos(t) = field(&v, "time") else {
             panic!("time: {v:?}")
         };
         assert!((now_ns() - t).abs() < 1_000_000_000);

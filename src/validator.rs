@@ -56,8 +56,8 @@
 //! numeric: they name instants, not measurements, so the decimated record
 //! keeps the last record's value. The same holds for an int/long field
 //! carrying one of these names as a field-level `"logicalType"` attribute (a
-//! common misplacement that Avro itself ignores, e.g. `time` in SpeedData's
-//! `example.avsc`). [`Validator::validate_capture`] validates exactly like
+//! common misplacement that Avro itself ignores, e.g. `time` in the
+//! `example.avsc` of SpeedData v0.x). [`Validator::validate_capture`] validates exactly like
 //! [`Validator::validate`] and also records each slot's value and the byte
 //! span of its encoding.
 //!
@@ -1772,7 +1772,7 @@ mod tests {
     #[test]
     fn captures_of_example_are_exact() {
         let (schema, v) = parse(EXAMPLE);
-        // `time` carries a field-level timestamp logicalType: not a slot.
+        // `time` is a timestamp-nanos: not a slot.
         assert_eq!(
             v.numeric_slots(),
             &[
@@ -1788,7 +1788,10 @@ mod tests {
             &["counter", "sine_wave", "ramp", "square_wave", "noise"]
         );
         let record = Value::Record(vec![
-            ("time".into(), Value::Long(1_700_000_000_000_000_000)),
+            (
+                "time".into(),
+                Value::TimestampNanos(1_700_000_000_000_000_000),
+            ),
             ("message".into(), Value::String("hello".into())),
             ("counter".into(), Value::Int(-300)),
             ("sine_wave".into(), Value::Double(0.5)),
@@ -1813,6 +1816,15 @@ mod tests {
         );
         assert_eq!(datum.len(), 49);
         assert_eq!(datum[15..17], zz(-300)[..]);
+
+        // SpeedData v0.x wrote the logicalType beside the type, where Avro
+        // ignores it: still an instant, not a slot.
+        let (_, old) = parse(
+            r#"{"type": "record", "name": "data", "fields": [
+                {"name": "time", "type": "long", "logicalType": "timestamp-nanos"},
+                {"name": "counter", "type": "int"}]}"#,
+        );
+        assert_eq!(old.numeric_slot_paths(), &["counter"]);
 
         // temperature.avsc: `time` is a plain long there.
         let (_, t) = parse(TEMPERATURE);

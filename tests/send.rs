@@ -102,8 +102,9 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
         assert!(distinct.len() as u64 > N / 2, "{name}: records do not vary");
         for d in &datums {
             let v = decode(&schema, d);
-            // Every record of these schemas has a long `time`: now, in ns.
-            let Avro::Long(t) = field(&v, "time") else {
+            // Every record of these schemas has a long `time` (in
+            // example.avsc a timestamp-nanos): now, in ns.
+            let (Avro::Long(t) | Avro::TimestampNanos(t)) = field(&v, "time") else {
                 panic!("{name}: time is {:?}", field(&v, "time"))
             };
             assert!(

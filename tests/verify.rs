@@ -30,7 +30,10 @@ fn records(start: usize, n: usize) -> (Vec<Value>, Vec<u8>) {
     let mut data = Vec::new();
     for i in start..start + n {
         let mut r = Record::new(&schema).expect("a record schema");
-        r.put("time", Value::Long(1_795_426_812_000_000_000 + i as i64));
+        r.put(
+            "time",
+            Value::TimestampNanos(1_795_426_812_000_000_000 + i as i64),
+        );
         r.put("message", Value::String(format!("record {i}")));
         r.put("counter", Value::Int(i as i32));
         for f in ["sine_wave", "ramp", "square_wave", "noise"] {
