@@ -215,7 +215,7 @@ fn print_table(size: usize, c: &Figures, r: &Figures) {
 fn record_of(size: usize) -> Vec<u8> {
     let schema = Schema::parse_str(SCHEMA).expect("schema");
     let mut r = Record::new(&schema).expect("record");
-    r.put("time", Value::Long(1_763_900_000_000_000_000));
+    r.put("time", Value::TimestampNanos(1_763_900_000_000_000_000));
     r.put("counter", Value::Int(12345));
     r.put("sine_wave", Value::Double(0.5));
     r.put("ramp", Value::Double(1.5));

@@ -33,7 +33,10 @@ fn wide_schema() -> String {
 fn example_value(n: i64) -> Value {
     let x = n as f64 / 10.0;
     Value::Record(vec![
-        ("time".into(), Value::Long(1_760_000_000_000_000_000 + n)),
+        (
+            "time".into(),
+            Value::TimestampNanos(1_760_000_000_000_000_000 + n),
+        ),
         ("message".into(), Value::String(format!("sample {n}"))),
         ("counter".into(), Value::Int(n as i32)),
         ("sine_wave".into(), Value::Double(x.sin())),

@@ -467,6 +467,7 @@ impl ChannelTask {
         let mut bytes = 0u64;
         let mut invalid = 0u64;
         let mut last_invalid = None;
+        let mut archive_rejected = 0u64;
         let needs_values = self.decimation_enabled && self.decimator.needs_values();
         let validate = self.validate;
         self.decimated_out.clear();
@@ -475,8 +476,11 @@ impl ChannelTask {
             let (datagram, truncated) = self.batch.get(i);
             bytes += datagram.len() as u64;
             // With validation off, a record the decimator cannot read is
-            // still forwarded and archived, just left out of the decimation.
+            // still forwarded, just left out of the decimation; and only
+            // datagrams that are one record are archived, so that every
+            // archive file stays readable (checked only when archiving).
             let mut decimable = !needs_values;
+            let mut archivable = true;
             let checked = if truncated {
                 Err(InvalidDatum {
                     kind: InvalidKind::Oversized,
@@ -488,10 +492,14 @@ impl ChannelTask {
                     .validator
                     .validate_capture(datagram, &mut self.captured);
                 decimable = r.is_ok();
+                archivable = r.is_ok();
                 if validate { r } else { Ok(()) }
             } else if validate {
                 self.validator.validate(datagram)
             } else {
+                if self.archive.is_some() {
+                    archivable = self.validator.validate(datagram).is_ok();
+                }
                 Ok(())
             };
             if let Err(e) = checked {
@@ -505,7 +513,9 @@ impl ChannelTask {
                 self.decimator
                     .push(datagram, &self.captured, &mut self.decimated_out);
             }
-            if self.archive.is_some() {
+            if self.archive.is_some() && !archivable {
+                archive_rejected += 1;
+            } else if self.archive.is_some() {
                 if self.block_count == 0 {
                     let deadline = Instant::now() + self.flush_after;
                     self.flush_timer.as_mut().reset(deadline);
@@ -524,6 +534,9 @@ impl ChannelTask {
         if let Some(e) = last_invalid {
             c.invalid.fetch_add(invalid, Relaxed);
             c.record_invalid(e);
+        }
+        if archive_rejected > 0 {
+            c.archive_rejected.fetch_add(archive_rejected, Relaxed);
         }
         if let Some(drops) = self.batch.kernel_drops {
             c.kernel_drops.store(u64::from(drops), Relaxed);

@@ -18,7 +18,13 @@ pub struct ChannelSettings {
     /// `None` keeps every file.
     pub retention: Option<Retention>,
     pub archive: ArchiveSettings,
-    /// Check every datagram against the schema (SPEC §4); `false` trusts senders.
+    /// Check every datagram against the schema before forwarding it
+    /// (default). `false` trusts senders: every datagram is forwarded
+    /// unchecked at full rate, but the archive still takes only datagrams
+    /// that decode as exactly one record (checked only while archiving is
+    /// enabled), so archive files stay readable; the others are counted in
+    /// `archive_rejected`. The decimator leaves them out as well (except
+    /// `downsample`, which does not read records).
     pub validate: bool,
     pub socket: SocketSettings,
 }

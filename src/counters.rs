@@ -35,6 +35,10 @@ pub struct ChannelCounters {
     /// Records that never reached a file because of an archive error or a
     /// writer that fell behind.
     pub archive_dropped: AtomicU64,
+    /// Datagrams forwarded but not archived because they are not exactly
+    /// one record of the schema: only with `validate: false`, which
+    /// forwards unchecked but keeps archive files readable.
+    pub archive_rejected: AtomicU64,
     /// Datagrams the kernel dropped because the receive buffer was full
     /// (SO_RXQ_OVFL: a running total kept by the kernel).
     pub kernel_drops: AtomicU64,
@@ -81,6 +85,7 @@ impl ChannelCounters {
             archive_files: self.archive_files.load(Relaxed),
             archive_errors: self.archive_errors.load(Relaxed),
             archive_dropped: self.archive_dropped.load(Relaxed),
+            archive_rejected: self.archive_rejected.load(Relaxed),
             kernel_drops: self.kernel_drops.load(Relaxed),
             last_invalid: last_invalid.map(|e| e.to_string()),
             last_send_error: (errno != 0)
@@ -103,6 +108,7 @@ pub struct ChannelStats {
     pub archive_files: u64,
     pub archive_errors: u64,
     pub archive_dropped: u64,
+    pub archive_rejected: u64,
     pub kernel_drops: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_invalid: Option<String>,

@@ -286,8 +286,12 @@ fn verify(files: &[PathBuf], repair: bool, print_schema: bool) -> ExitCode {
                 status = 2;
                 continue;
             }
-            Ok(Repaired::Removed(_)) => {
-                println!("{p}: removed: it held no complete header, so no record");
+            Ok(Repaired::Removed(before)) => {
+                if before.file_len == 0 {
+                    println!("{p}: removed: it was empty (0 bytes, no Avro header)");
+                } else {
+                    println!("{p}: removed: it held no complete header, so no record");
+                }
                 continue;
             }
             Ok(Repaired::Truncated { before, after }) => {
@@ -306,13 +310,27 @@ fn verify(files: &[PathBuf], repair: bool, print_schema: bool) -> ExitCode {
             Ok(Repaired::Healthy(report)) => {
                 match &report.tail {
                     None => println!("{p}: healthy: {}", summary(&report)),
+                    // No header, so nothing to keep: repair removes the file.
+                    Some(_) if report.file_len == 0 => {
+                        status = status.max(1);
+                        println!("{p}: empty: no Avro header (0 bytes); --repair removes it");
+                    }
+                    Some(_) if report.header_len == 0 => {
+                        status = status.max(1);
+                        println!(
+                            "{p}: torn: the Avro header is incomplete ({} bytes), so no \
+                             record is readable; --repair removes it",
+                            report.file_len
+                        );
+                    }
                     Some(tail) => {
                         status = status.max(1);
                         println!(
-                            "{p}: torn: {} bytes unreadable {tail}; readable: {} \
-                             (--repair keeps them)",
+                            "{p}: torn: {} bytes unreadable {tail}; readable: {}; \
+                             --repair cuts the file to these {} bytes",
                             report.file_len - report.complete_len,
-                            summary(&report)
+                            summary(&report),
+                            report.complete_len
                         );
                     }
                 }

@@ -151,7 +151,7 @@ pub struct Exposition<'a> {
 
 /// Per-channel counter families: name, help, and which counter.
 type Field = fn(&ChannelStats) -> u64;
-const CHANNEL_COUNTERS: [(&str, &str, Field); 11] = [
+const CHANNEL_COUNTERS: [(&str, &str, Field); 12] = [
     (
         "speedrelay_channel_received_packets_total",
         "Datagrams received on the channel's port, valid or not.",
@@ -206,6 +206,11 @@ const CHANNEL_COUNTERS: [(&str, &str, Field); 11] = [
         "speedrelay_channel_archive_dropped_records_total",
         "Records that never reached an archive file.",
         |s| s.archive_dropped,
+    ),
+    (
+        "speedrelay_channel_archive_rejected_packets_total",
+        "Datagrams forwarded unchecked (validate: false) but not archived: not one record of the schema.",
+        |s| s.archive_rejected,
     ),
 ];
 

@@ -48,6 +48,10 @@ const MAX_STRING: u64 = 16;
 const MIN_TICK: Duration = Duration::from_millis(1);
 /// Nor longer than this, so Ctrl-C is seen promptly even at 1 record/s.
 const MAX_TICK: Duration = Duration::from_millis(50);
+/// How long the end of a short run waits for the refusals of its last
+/// sends: on loopback they are there at once, from a remote host they take
+/// a round trip.
+const LAST_REFUSAL_WAIT: Duration = Duration::from_millis(200);
 
 /// `speedrelay send …`
 #[derive(Debug, Clone, clap::Args)]
@@ -100,6 +104,15 @@ pub enum SendError {
         sent: u64,
         source: io::Error,
     },
+    #[error(
+        "no record was delivered: {addr} refused every send ({sent} records); \
+         is a channel listening on port {port}?"
+    )]
+    AllRefused {
+        addr: SocketAddr,
+        port: u16,
+        sent: u64,
+    },
 }
 
 /// What a run did.
@@ -108,11 +121,18 @@ pub struct Report {
     pub records: u64,
     pub bytes: u64,
     pub elapsed: Duration,
-    /// Sends the destination refused (ICMP port unreachable): nothing listened.
+    /// Records the destination refused (ICMP port unreachable): nothing
+    /// listened. Counted one by one from the socket's error queue; ICMP
+    /// errors from a remote host may be rate-limited, so fewer may be seen.
     pub refused: u64,
 }
 
 impl Report {
+    /// Every record sent was refused: none reached a listener.
+    pub fn all_refused(&self) -> bool {
+        self.records > 0 && self.refused >= self.records
+    }
+
     pub fn rate(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
@@ -163,6 +183,13 @@ pub fn run(args: SendArgs) -> Result<(), SendError> {
         duration: args.duration.map(Duration::from_secs_f64),
     };
     let report = Sender::connect(addr, pool)?.run(limits, &STOP)?;
+    if report.all_refused() {
+        return Err(SendError::AllRefused {
+            addr,
+            port: args.port,
+            sent: report.records,
+        });
+    }
     let summary = format!(
         "sent {} records ({}) to {addr} in {:.3} s: {:.0} records/s\n",
         report.records,
@@ -174,8 +201,8 @@ pub fn run(args: SendArgs) -> Result<(), SendError> {
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), summary.as_bytes());
     if report.refused > 0 {
         eprintln!(
-            "speedrelay: {addr} refused {} sends: is a channel listening on port {}?",
-            report.refused, args.port
+            "speedrelay: {addr} refused {} of the {} records: is a channel listening on port {}?",
+            report.refused, report.records, args.port
         );
     }
     Ok(())
@@ -186,9 +213,10 @@ pub fn load_schema(path: &std::path::Path) -> Result<Schema, SendError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // apache-avro logs warnings about schema style (e.g. example.avsc's
-    // field-level logicalType); the relay reports those when the channel is
-    // registered, so the demo source stays quiet about them.
+    // apache-avro logs warnings about schema style (e.g. a logicalType
+    // placed beside a field's type instead of inside it); the relay reports
+    // those when the channel is registered, so the demo source stays quiet
+    // about them.
     let parsed =
         tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
             Schema::parse_str(&text)
@@ -245,6 +273,27 @@ impl Sender {
         let socket = udp::connect_destination(&Destination::new(addr.ip(), addr.port()))
             .map_err(socket_error)?;
         socket.set_nonblocking(false).map_err(socket_error)?;
+        // Each ICMP error is queued, so refusals can be counted one by one
+        // (the socket's single pending error would merge them, and
+        // sendmmsg drops the one that cuts a batch short).
+        let (level, name) = match addr {
+            SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_RECVERR),
+            SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(socket_error(io::Error::last_os_error()));
+        }
         let (hdrs, iovs) = udp::empty_headers(BATCH);
         Ok(Sender {
             socket,
@@ -311,8 +360,96 @@ impl Sender {
             tokens -= sent as f64;
             cursor = (cursor + sent) % self.pool.len();
         }
+        report.refused += self.take_refusals();
+        // A short run may end before the refusals of its last sends came
+        // back; wait for them a little (a long one shows its pattern).
+        let outstanding = report.records.saturating_sub(report.refused);
+        if outstanding > 0 && outstanding <= BATCH as u64 {
+            let deadline = Instant::now() + LAST_REFUSAL_WAIT;
+            while report.refused < report.records && self.wait_for_error(deadline) {
+                let taken = self.take_refusals();
+                if taken == 0 {
+                    // Some other pending error: clear it, or poll spins.
+                    let _ = self.socket.take_error();
+                }
+                report.refused += taken;
+            }
+        }
         report.elapsed = start.elapsed();
         Ok(report)
+    }
+
+    /// Takes every queued ICMP error; returns how many were refusals.
+    fn take_refusals(&self) -> u64 {
+        /// Room for one `sock_extended_err` and the offender's address.
+        #[repr(C, align(8))]
+        struct Control([u8; 128]);
+        const _: () = assert!(
+            align_of::<Control>() >= align_of::<libc::cmsghdr>()
+                && size_of::<libc::cmsghdr>()
+                    + size_of::<libc::sock_extended_err>()
+                    + size_of::<libc::sockaddr_in6>()
+                    <= size_of::<Control>()
+        );
+        let fd = self.socket.as_raw_fd();
+        let mut refused = 0;
+        let mut control = Control([0; 128]);
+        let mut byte = [0u8; 1];
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: byte.as_mut_ptr().cast(),
+                iov_len: byte.len(),
+            };
+            // SAFETY: all-zero msghdr is valid; its pointers are set below to
+            // buffers that outlive the call.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.0.as_mut_ptr().cast();
+            msg.msg_controllen = size_of::<Control>() as _;
+            // SAFETY: msg points at live buffers of the sizes given.
+            let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+            if r < 0 {
+                // EAGAIN: the queue is empty (EINTR: the next call takes the rest).
+                return refused;
+            }
+            // SAFETY: the kernel wrote well-formed cmsgs up to msg_controllen.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&msg);
+                while !c.is_null() {
+                    let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
+                    if (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+                        || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR)
+                    {
+                        let e = std::ptr::read_unaligned(
+                            libc::CMSG_DATA(c).cast::<libc::sock_extended_err>(),
+                        );
+                        if e.ee_errno == libc::ECONNREFUSED as u32 {
+                            refused += 1;
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&msg, c);
+                }
+            }
+        }
+    }
+
+    /// Waits until an error is pending on the socket or `deadline` passes;
+    /// true when one is.
+    fn wait_for_error(&self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            // POLLERR is reported whatever is asked for.
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
+        ready > 0 && pfd.revents & libc::POLLERR != 0
     }
 
     /// Stamps records `first..first + n` with the current time and sends
@@ -351,6 +488,7 @@ impl Sender {
             // which is not touched until the call returns.
             let r =
                 unsafe { libc::sendmmsg(fd, self.hdrs[done..n].as_mut_ptr(), (n - done) as _, 0) };
+            report.refused += self.take_refusals();
             if r >= 0 {
                 done += r as usize;
                 continue;
@@ -359,9 +497,9 @@ impl Sender {
             match err.raw_os_error() {
                 Some(libc::EINTR) if stop.load(Ordering::Relaxed) => break,
                 Some(libc::EINTR) => {}
-                // An ICMP "port unreachable" for an earlier datagram: it is
-                // reported once and consumed; keep sending.
-                Some(libc::ECONNREFUSED) => report.refused += 1,
+                // An ICMP "port unreachable" for an earlier datagram, also
+                // queued (and counted) by take_refusals: keep sending.
+                Some(libc::ECONNREFUSED) => {}
                 _ => {
                     return Err(SendError::Send {
                         addr: self.addr,
@@ -867,11 +1005,11 @@ mod tests {
             (1_800_000_000_123_456_789, 1_800_000_000_123_456_789)
         );
 
-        // example.avsc: the one `time` field, a long.
+        // example.avsc: the one `time` field, a timestamp-nanos long.
         let schema = Schema::parse_str(include_str!("../config/agents/example.avsc")).unwrap();
         let pool = RecordPool::generate(&schema, 5, 2).unwrap();
         let v = decode(&schema, pool.record(0));
-        let Value::Long(t) = field(&v, "time") else {
+        let Value::TimestampNanos(t) = field(&v, "time") else {
             panic!("time: {v:?}")
         };
         assert!((now_ns() - t).abs() < 1_000_000_000);

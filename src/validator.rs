@@ -28,10 +28,25 @@
 //! into a linear sequence of [`Op`]s; arrays, maps, union branches and
 //! recursive named types are subroutines run on a fixed-size explicit stack
 //! of [`MAX_DEPTH`] frames (deeper data is [`InvalidKind::TooDeep`]), never on
-//! the Rust stack. Every array or map item costs one unit of a per-datagram
-//! budget of 8 items per byte (at least 256, at most 2^20), charged as soon
-//! as a block count is read, so a count of 2^60 `null`s fails at once with
-//! [`InvalidKind::Oversized`] instead of looping.
+//! the Rust stack. Every op but a call or a return reads at least one byte,
+//! and a zero-size `fixed` compiles to nothing, so an array or map item
+//! either encodes to no byte at all — its items type is `null`, an empty
+//! record, a zero-size `fixed`, or records of those — or reads at least one
+//! byte. A block of items of the first kind is skipped in O(1) whatever
+//! its count; a block of the second kind whose count exceeds the bytes left
+//! is [`InvalidKind::Truncated`] at once, before any item is run. So the
+//! work is linear in the datagram's length, and a count of 2^60 fails (or
+//! is skipped) without looping.
+//!
+//! **The one limit beyond the Avro rules**: a datum holds at most
+//! [`MAX_ITEMS`] (2^20 = 1,048,576) array and map items in all, counted as
+//! block counts are read ([`InvalidKind::TooManyItems`]). Items that take
+//! bytes never reach it in a UDP datagram (at most 65,507 bytes); it exists
+//! for items that take none: 2^60 `null`s fit in ten bytes, are valid Avro,
+//! and would make every reader of the archive (apache-avro, fastavro, the
+//! live view) build a list of 2^60 values. apache-avro itself refuses an
+//! array of more than 512 MiB of decoded values (about 10^7 items), so
+//! every datum accepted here still decodes with it.
 //!
 //! **Numeric slots.** The decimator works on the fields of plain type `int`,
 //! `long`, `float` and `double` reachable from the root through records only
@@ -41,8 +56,8 @@
 //! numeric: they name instants, not measurements, so the decimated record
 //! keeps the last record's value. The same holds for an int/long field
 //! carrying one of these names as a field-level `"logicalType"` attribute (a
-//! common misplacement that Avro itself ignores, e.g. `time` in SpeedData's
-//! `example.avsc`). [`Validator::validate_capture`] validates exactly like
+//! common misplacement that Avro itself ignores, e.g. `time` in the
+//! `example.avsc` of SpeedData v0.x). [`Validator::validate_capture`] validates exactly like
 //! [`Validator::validate`] and also records each slot's value and the byte
 //! span of its encoding.
 //!
@@ -70,12 +85,9 @@ pub const MAX_DEPTH: usize = 64;
 /// exponentially).
 const MAX_PROGRAM_OPS: usize = 1 << 18;
 
-/// Array/map items allowed per datagram byte, and the floor and ceiling of
-/// that budget. Items of zero-byte types (null, empty records) cost nothing
-/// in data, so their number must be bounded another way.
-const ITEMS_PER_BYTE: usize = 8;
-const MIN_ITEM_BUDGET: usize = 256;
-const MAX_ITEM_BUDGET: usize = 1 << 20;
+/// Most array and map items one datum may hold, across all its arrays and
+/// maps (see the module doc: it bounds items that encode to no byte).
+pub const MAX_ITEMS: u32 = 1 << 20;
 
 /// Why a datagram is not one record of the schema. `Copy` and small so the
 /// hot path can keep the last one in an atomic (see [`InvalidDatum::pack`]).
@@ -111,16 +123,24 @@ pub enum InvalidKind {
     InvalidUtf8,
     /// Nesting deeper than [`MAX_DEPTH`].
     TooDeep,
-    /// More array/map items than the datagram's budget, or a datagram over 4 GiB.
+    /// A datagram longer than the channel's `socket.max_datagram`: the
+    /// kernel cut it, so it cannot be the whole record. Flagged by the
+    /// channel, not the validator; [`InvalidDatum::offset`] holds
+    /// `max_datagram`.
     Oversized,
     /// An array/map block whose byte size differs from its items' encoding.
     BadBlockSize,
     /// A `uuid` that is not a UUID (text form for strings, 16 bytes for bytes).
     BadUuid,
+    /// More than [`MAX_ITEMS`] array and map items in one datum.
+    TooManyItems,
+    /// Input of 4 GiB or more, which offsets cannot address (no datagram is
+    /// that long).
+    TooLarge,
 }
 
 impl InvalidKind {
-    const ALL: [InvalidKind; 13] = [
+    const ALL: [InvalidKind; 15] = [
         InvalidKind::Empty,
         InvalidKind::Truncated,
         InvalidKind::TrailingBytes,
@@ -134,6 +154,8 @@ impl InvalidKind {
         InvalidKind::Oversized,
         InvalidKind::BadBlockSize,
         InvalidKind::BadUuid,
+        InvalidKind::TooManyItems,
+        InvalidKind::TooLarge,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {
@@ -185,7 +207,16 @@ impl fmt::Display for InvalidDatum {
             InvalidKind::BadEnumIndex => write!(f, "enum index out of range at byte {at}"),
             InvalidKind::InvalidUtf8 => write!(f, "invalid UTF-8 at byte {at}"),
             InvalidKind::TooDeep => write!(f, "nested deeper than {MAX_DEPTH} at byte {at}"),
-            InvalidKind::Oversized => write!(f, "too many array or map items at byte {at}"),
+            InvalidKind::Oversized => {
+                write!(f, "datagram longer than max_datagram ({at} bytes)")
+            }
+            InvalidKind::TooManyItems => {
+                write!(
+                    f,
+                    "more than {MAX_ITEMS} array or map items in one record at byte {at}"
+                )
+            }
+            InvalidKind::TooLarge => write!(f, "datagram of 4 GiB or more"),
             InvalidKind::BadBlockSize => {
                 write!(
                     f,
@@ -378,7 +409,7 @@ impl Validator {
     /// walked. Off the hot path: reading archives back.
     pub fn validate_prefix(&self, data: &[u8]) -> Result<usize, InvalidDatum> {
         if u32::try_from(data.len()).map_or(true, |n| n == u32::MAX) {
-            return Err(InvalidDatum::at(InvalidKind::Oversized, 0));
+            return Err(InvalidDatum::at(InvalidKind::TooLarge, 0));
         }
         if self.full.needs_stack {
             run::<false, MAX_DEPTH>(&self.full, data, &mut [])
@@ -395,7 +426,7 @@ impl Validator {
         out: &mut [Captured],
     ) -> Result<(), InvalidDatum> {
         if u32::try_from(datum.len()).map_or(true, |n| n == u32::MAX) {
-            return Err(InvalidDatum::at(InvalidKind::Oversized, 0));
+            return Err(InvalidDatum::at(InvalidKind::TooLarge, 0));
         }
         let result = if program.needs_stack {
             run::<CAPTURE, MAX_DEPTH>(program, datum, out)
@@ -427,8 +458,8 @@ fn run<const CAPTURE: bool, const DEPTH: usize>(
     let mut sp = 0usize;
     let mut pc = 0usize;
     let mut pos = 0usize;
-    let mut budget =
-        (d.len().saturating_mul(ITEMS_PER_BYTE)).clamp(MIN_ITEM_BUDGET, MAX_ITEM_BUDGET) as u32;
+    // Items still allowed in this datum (see MAX_ITEMS).
+    let mut budget = MAX_ITEMS;
 
     // Pushes a frame or fails with TooDeep.
     macro_rules! push {
@@ -536,7 +567,7 @@ fn run<const CAPTURE: bool, const DEPTH: usize>(
                 pc = target as usize;
             }
             Op::Array { body } => {
-                if let Some((count, block_end)) = read_block(d, &mut pos, &mut budget)? {
+                if let Some((count, block_end)) = read_block(d, &mut pos, &mut budget, false)? {
                     push!(Frame {
                         ret: pc as u32,
                         body,
@@ -547,7 +578,8 @@ fn run<const CAPTURE: bool, const DEPTH: usize>(
                 }
             }
             Op::ArrayOfEmpty => {
-                while let Some((_, block_end)) = read_block(d, &mut pos, &mut budget)? {
+                // Items of no bytes: a block is its header, whatever its count.
+                while let Some((_, block_end)) = read_block(d, &mut pos, &mut budget, true)? {
                     if block_end != NO_BLOCK_END && block_end as usize != pos {
                         return Err(InvalidDatum::at(BadBlockSize, pos));
                     }
@@ -570,7 +602,7 @@ fn run<const CAPTURE: bool, const DEPTH: usize>(
                     if frame.block_end != NO_BLOCK_END && frame.block_end as usize != pos {
                         return Err(InvalidDatum::at(BadBlockSize, pos));
                     }
-                    match read_block(d, &mut pos, &mut budget)? {
+                    match read_block(d, &mut pos, &mut budget, false)? {
                         Some((count, block_end)) => {
                             frame.remaining = count - 1;
                             frame.block_end = block_end;
@@ -709,11 +741,14 @@ fn read_bytes<'d>(d: &'d [u8], pos: &mut usize) -> Result<&'d [u8], InvalidDatum
 
 /// Reads an array/map block header: `None` at the terminating 0, otherwise
 /// the item count (charged to `budget`) and where the block must end.
+/// Unless `empty_items`, every item reads at least one byte (module doc), so
+/// a count beyond the bytes left cannot be complete.
 #[inline]
 fn read_block(
     d: &[u8],
     pos: &mut usize,
     budget: &mut u32,
+    empty_items: bool,
 ) -> Result<Option<(u32, u32)>, InvalidDatum> {
     let start = *pos;
     let count = read_long(d, pos)?;
@@ -721,6 +756,8 @@ fn read_block(
         return Ok(None);
     }
     let mut block_end = NO_BLOCK_END;
+    // d.len() < u32::MAX, checked on entry.
+    let mut room = d.len() - *pos;
     if count < 0 {
         let size_at = *pos;
         let size = read_long(d, pos)?;
@@ -728,17 +765,28 @@ fn read_block(
             return Err(InvalidDatum::at(InvalidKind::NegativeLength, size_at));
         };
         match pos.checked_add(size) {
-            // d.len() < u32::MAX, checked on entry.
-            Some(end) if end <= d.len() => block_end = end as u32,
+            Some(end) if end <= d.len() => {
+                block_end = end as u32;
+                room = size;
+            }
             _ => return Err(InvalidDatum::at(InvalidKind::Truncated, size_at)),
         }
     }
-    match u32::try_from(count.unsigned_abs()) {
+    let n = count.unsigned_abs();
+    if !empty_items && n > room as u64 {
+        let kind = if block_end == NO_BLOCK_END {
+            InvalidKind::Truncated
+        } else {
+            InvalidKind::BadBlockSize
+        };
+        return Err(InvalidDatum::at(kind, start));
+    }
+    match u32::try_from(n) {
         Ok(n) if n <= *budget => {
             *budget -= n;
             Ok(Some((n, block_end)))
         }
-        _ => Err(InvalidDatum::at(InvalidKind::Oversized, start)),
+        _ => Err(InvalidDatum::at(InvalidKind::TooManyItems, start)),
     }
 }
 
@@ -992,6 +1040,11 @@ impl<'s> Compiler<'s> {
                 }
             }
         };
+        // A zero-size fixed reads nothing: no op, so that every op left
+        // reads at least one byte (see the module doc).
+        if op == Op::Fixed(0) {
+            return Ok(());
+        }
         self.count(1)?;
         out.push(op);
         Ok(())
@@ -1552,39 +1605,81 @@ mod tests {
             err(TooDeep, 2 * (MAX_DEPTH as u32 + 1))
         );
 
-        // 2^60 nulls: refused at the count, no loop.
-        let (_, nulls) = parse(r#"{"type": "array", "items": "null"}"#);
+        // Items of no bytes cost no work per item: any count that fits
+        // MAX_ITEMS is one block header. 2^60 nulls: refused at the count,
+        // no loop.
+        let (schema, nulls) = parse(r#"{"type": "array", "items": "null"}"#);
+        let many = [zz(100_000), zz(0)].concat();
+        assert_eq!(many.len(), 4);
+        assert_eq!(nulls.validate(&many), Ok(()));
+        assert!(avro_accepts(&schema, &many));
+        let limit = i64::from(MAX_ITEMS);
+        assert_eq!(nulls.validate(&[zz(limit), zz(0)].concat()), Ok(()));
+        assert_eq!(
+            nulls.validate(&[zz(limit + 1), zz(0)].concat()),
+            err(TooManyItems, 0)
+        );
+        // The limit is per datum, across blocks.
+        let split = [zz(limit - 1), zz(2), zz(0)].concat();
+        assert_eq!(
+            nulls.validate(&split),
+            err(TooManyItems, zz(limit - 1).len() as u32)
+        );
         assert_eq!(
             nulls.validate(&[zz(1 << 60), zz(0)].concat()),
-            err(Oversized, 0)
+            err(TooManyItems, 0)
         );
         assert_eq!(
             nulls.validate(&[zz(-(1 << 60)), zz(0), zz(0)].concat()),
-            err(Oversized, 0)
+            err(TooManyItems, 0)
         );
         assert_eq!(
             nulls.validate(&[zz(i64::MIN), zz(0), zz(0)].concat()),
-            err(Oversized, 0)
-        );
-        assert_eq!(nulls.validate(&[zz(256), zz(0)].concat()), Ok(()));
-        assert_eq!(
-            nulls.validate(&[zz(200), zz(57), zz(0)].concat()),
-            err(Oversized, 2)
+            err(TooManyItems, 0)
         );
         // ... also behind a frame: items of empty records inside a list.
-        let (_, empties) = parse(
+        let (schema, empties) = parse(
             r#"{"type": "array", "items": {"type": "array", "items":
-                {"type": "record", "name": "E", "fields": []}}}"#,
+                {"type": "record", "name": "E", "fields": [{"name": "n", "type": "null"},
+                  {"name": "z", "type": {"type": "fixed", "name": "Z", "size": 0}}]}}}"#,
         );
+        let three = [
+            zz(3),
+            zz(1000),
+            zz(0),
+            zz(-1000),
+            zz(0),
+            zz(0),
+            zz(1000),
+            zz(0),
+            zz(0),
+        ];
+        let three = three.concat();
+        assert_eq!(empties.validate(&three), Ok(()));
+        assert!(avro_accepts(&schema, &three));
         assert_eq!(
             empties.validate(&[zz(1), zz(1 << 40), zz(0), zz(0)].concat()),
-            err(Oversized, 1)
+            err(TooManyItems, 1)
         );
+        // Items that take bytes: a count beyond the bytes left is cut short
+        // at the count (or beyond its block's size), before any item runs.
         let (_, ints_deep) =
             parse(r#"{"type": "array", "items": {"type": "array", "items": "int"}}"#);
         assert_eq!(
             ints_deep.validate(&[zz(1), zz(1 << 40)].concat()),
-            err(Oversized, 1)
+            err(Truncated, 1)
+        );
+        assert_eq!(
+            ints.validate(&[zz(3), zz(1), zz(2)].concat()),
+            err(Truncated, 0)
+        );
+        assert_eq!(
+            ints.validate(&[zz(3), zz(1), zz(2), zz(3), zz(0)].concat()),
+            Ok(())
+        );
+        assert_eq!(
+            ints.validate(&[zz(-3), zz(2), zz(1), zz(2), zz(0)].concat()),
+            err(BadBlockSize, 0)
         );
     }
 
@@ -1615,6 +1710,16 @@ mod tests {
             shown(InvalidKind::TrailingBytes, 40),
             "trailing bytes after the record, which ends at byte 40"
         );
+        // Each cause of a refused length says which.
+        assert_eq!(
+            shown(InvalidKind::Oversized, 512),
+            "datagram longer than max_datagram (512 bytes)"
+        );
+        assert_eq!(
+            shown(InvalidKind::TooManyItems, 3),
+            "more than 1048576 array or map items in one record at byte 3"
+        );
+        assert_eq!(shown(InvalidKind::TooLarge, 0), "datagram of 4 GiB or more");
     }
 
     #[test]
@@ -1667,7 +1772,7 @@ mod tests {
     #[test]
     fn captures_of_example_are_exact() {
         let (schema, v) = parse(EXAMPLE);
-        // `time` carries a field-level timestamp logicalType: not a slot.
+        // `time` is a timestamp-nanos: not a slot.
         assert_eq!(
             v.numeric_slots(),
             &[
@@ -1683,7 +1788,10 @@ mod tests {
             &["counter", "sine_wave", "ramp", "square_wave", "noise"]
         );
         let record = Value::Record(vec![
-            ("time".into(), Value::Long(1_700_000_000_000_000_000)),
+            (
+                "time".into(),
+                Value::TimestampNanos(1_700_000_000_000_000_000),
+            ),
             ("message".into(), Value::String("hello".into())),
             ("counter".into(), Value::Int(-300)),
             ("sine_wave".into(), Value::Double(0.5)),
@@ -1708,6 +1816,15 @@ mod tests {
         );
         assert_eq!(datum.len(), 49);
         assert_eq!(datum[15..17], zz(-300)[..]);
+
+        // SpeedData v0.x wrote the logicalType beside the type, where Avro
+        // ignores it: still an instant, not a slot.
+        let (_, old) = parse(
+            r#"{"type": "record", "name": "data", "fields": [
+                {"name": "time", "type": "long", "logicalType": "timestamp-nanos"},
+                {"name": "counter", "type": "int"}]}"#,
+        );
+        assert_eq!(old.numeric_slot_paths(), &["counter"]);
 
         // temperature.avsc: `time` is a plain long there.
         let (_, t) = parse(TEMPERATURE);

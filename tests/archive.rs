@@ -40,7 +40,7 @@ fn records(schema: &Schema, start: usize, n: usize) -> (Vec<Value>, Vec<u8>) {
         let mut r = Record::new(schema).expect("a record schema");
         r.put(
             "time",
-            Value::Long(1_795_426_812_000_000_000 + i as i64 * 1000),
+            Value::TimestampNanos(1_795_426_812_000_000_000 + i as i64 * 1000),
         );
         r.put(
             "message",

@@ -163,6 +163,12 @@ fn metrics_parse_as_prometheus_text_and_move_when_records_flow() {
     assert_eq!(at("speedrelay_channel_forwarded_records_total"), Some(50.0));
     assert_eq!(at("speedrelay_channel_kernel_drops_total"), Some(0.0));
     assert_eq!(at("speedrelay_channel_send_errors_total"), Some(0.0));
+    // Validation is on: nothing is forwarded unchecked, so nothing is refused
+    // by the archive alone.
+    assert_eq!(
+        at("speedrelay_channel_archive_rejected_packets_total"),
+        Some(0.0)
+    );
     assert_eq!(at("speedrelay_channel_up"), Some(1.0));
     let bytes: usize = records.iter().map(Vec::len).sum::<usize>() + 1 + 15;
     assert_eq!(

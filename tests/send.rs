@@ -102,8 +102,9 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
         assert!(distinct.len() as u64 > N / 2, "{name}: records do not vary");
         for d in &datums {
             let v = decode(&schema, d);
-            // Every record of these schemas has a long `time`: now, in ns.
-            let Avro::Long(t) = field(&v, "time") else {
+            // Every record of these schemas has a long `time` (in
+            // example.avsc a timestamp-nanos): now, in ns.
+            let (Avro::Long(t) | Avro::TimestampNanos(t)) = field(&v, "time") else {
                 panic!("{name}: time is {:?}", field(&v, "time"))
             };
             assert!(
@@ -183,5 +184,57 @@ fn bad_schemas_are_one_line_errors() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(err.contains(says), "{err}");
+    }
+}
+
+#[test]
+fn sending_to_a_port_nobody_listens_on_exits_1() {
+    let schema = repo_file("config/agents/temperature.avsc");
+    for count in ["1", "5", "300"] {
+        let port = free_port();
+        let out = send(&[
+            "--port",
+            &port.to_string(),
+            "--schema",
+            schema.to_str().unwrap(),
+            "--count",
+            count,
+            "--rate",
+            "0",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--count {count}: {err}");
+        assert!(out.stdout.is_empty(), "no 'sent' summary");
+        assert!(
+            err.contains(&format!(
+                "no record was delivered: 127.0.0.1:{port} refused every send ({count} records)"
+            )) && err.contains(&format!("is a channel listening on port {port}?")),
+            "{err}"
+        );
+    }
+    // The same with a listener: delivered, exit 0, even for one record.
+    let sink = sender();
+    let port = sink.local_addr().unwrap().port().to_string();
+    for count in ["1", "300"] {
+        let out = send(&[
+            "--port",
+            &port,
+            "--schema",
+            schema.to_str().unwrap(),
+            "--count",
+            count,
+            "--rate",
+            "0",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with(&format!("sent {count} records (")),
+            "{said}"
+        );
     }
 }

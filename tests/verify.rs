@@ -30,7 +30,10 @@ fn records(start: usize, n: usize) -> (Vec<Value>, Vec<u8>) {
     let mut data = Vec::new();
     for i in start..start + n {
         let mut r = Record::new(&schema).expect("a record schema");
-        r.put("time", Value::Long(1_795_426_812_000_000_000 + i as i64));
+        r.put(
+            "time",
+            Value::TimestampNanos(1_795_426_812_000_000_000 + i as i64),
+        );
         r.put("message", Value::String(format!("record {i}")));
         r.put("counter", Value::Int(i as i32));
         for f in ["sine_wave", "ramp", "square_wave", "noise"] {
@@ -328,5 +331,67 @@ fn hostile_lengths_are_refused_without_allocating_them() -> TestResult {
         (1 << 62) - 1,
         "counted without walking each"
     );
+    Ok(())
+}
+
+#[test]
+fn an_empty_file_has_its_own_line_and_repair_removes_it() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let empty = tmp.path().join("empty.avro");
+    fs::write(&empty, b"")?;
+    let p = empty.to_str().ok_or("utf-8 path")?;
+    let out = cli(&[p]);
+    assert_eq!(out.status.code(), Some(1), "as a torn file");
+    assert_eq!(
+        stdout(&out),
+        format!("{p}: empty: no Avro header (0 bytes); --repair removes it\n")
+    );
+    let out = cli(&["--repair", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!("{p}: removed: it was empty (0 bytes, no Avro header)\n")
+    );
+    assert!(!empty.exists());
+    Ok(())
+}
+
+#[test]
+fn the_torn_line_says_what_repair_will_do() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    // Torn inside the third block: repair keeps the first two.
+    let (path, sizes, _) = three_blocks(tmp.path(), Codec::Null);
+    let two_blocks = sizes[0] + sizes[1];
+    File::options()
+        .write(true)
+        .open(&path)?
+        .set_len(two_blocks + 10)?;
+    let p = path.to_str().ok_or("utf-8 path")?;
+    let said = stdout(&cli(&[p]));
+    assert!(
+        said.contains("readable: 2 blocks, 60 records, codec null")
+            && said.ends_with(&format!(
+                "; --repair cuts the file to these {two_blocks} bytes\n"
+            )),
+        "{said}"
+    );
+    cli(&["--repair", p]);
+    assert_eq!(fs::metadata(&path)?.len(), two_blocks, "as it said");
+
+    // A header cut short: nothing is readable, and repair removes the file.
+    let (cut, _, _) = three_blocks(&tmp.path().join("cut"), Codec::Null);
+    File::options().write(true).open(&cut)?.set_len(40)?;
+    let c = cut.to_str().ok_or("utf-8 path")?;
+    let out = cli(&[c]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{c}: torn: the Avro header is incomplete (40 bytes), so no record is \
+             readable; --repair removes it\n"
+        )
+    );
+    cli(&["--repair", c]);
+    assert!(!cut.exists(), "as it said");
     Ok(())
 }

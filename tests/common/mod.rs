@@ -31,7 +31,10 @@ pub fn schema(json: &str) -> Schema {
 /// identity can be checked.
 pub fn example_value(schema: &Schema, n: u64) -> Value {
     let mut r = Record::new(schema).expect("record schema");
-    r.put("time", Value::Long(1_700_000_000_000_000_000 + n as i64));
+    r.put(
+        "time",
+        Value::TimestampNanos(1_700_000_000_000_000_000 + n as i64),
+    );
     r.put("message", Value::String(format!("record {n}")));
     r.put("counter", Value::Int(n as i32));
     r.put("sine_wave", Value::Double((n as f64).sin()));
