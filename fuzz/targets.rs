@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use apache_avro::Schema;
 use serde_json::{Map, Value};
 use speedrelay::api::{self, ApiOptions};
-use speedrelay::baseline;
+use speedrelay::config;
 use speedrelay::config::{Algorithm, ChannelSettings};
 use speedrelay::decimator::{DecimatedBatch, Decimator};
 use speedrelay::validator::{Captured, Num, NumericKind, Validator};
@@ -364,7 +364,7 @@ pub fn config(data: &[u8]) {
         return;
     }
     let dir = repo_dir().join("config");
-    let result = baseline::load_texts(
+    let result = config::files::load_texts(
         dir.clone(),
         (relay, &dir.join("relay.yaml")),
         global
@@ -384,7 +384,7 @@ pub fn config(data: &[u8]) {
                 );
                 round_trip(&ch.spec.settings);
             }
-            let _ = baseline::settings_from(&b.defaults);
+            let _ = config::settings_from(&b.defaults);
         }
     }
 }
@@ -393,7 +393,7 @@ pub fn config(data: &[u8]) {
 /// back at start-up: that must give the same settings.
 fn round_trip(settings: &ChannelSettings) {
     let json = serde_json::to_value(settings).expect("settings serialize");
-    match baseline::settings_from(&json) {
+    match config::settings_from(&json) {
         Ok(back) => assert_eq!(&back, settings, "settings change through the registry"),
         Err(e) => panic!("stored settings do not load back: {e}: {json}"),
     }
@@ -445,9 +445,9 @@ pub fn api_body(data: &[u8]) {
             let _ = Validator::from_json(&r.schema_json);
             let mut doc = Value::Object(Map::new());
             if let Some(overrides) = r.config {
-                baseline::merge(&mut doc, baseline::expand_shorthand(overrides));
+                config::merge(&mut doc, config::expand_shorthand(overrides));
             }
-            if let Ok(settings) = baseline::settings_from(&doc) {
+            if let Ok(settings) = config::settings_from(&doc) {
                 round_trip(&settings);
             }
         }
@@ -459,8 +459,8 @@ pub fn api_body(data: &[u8]) {
             }
             let stored = ChannelSettings::default();
             let mut doc = serde_json::to_value(&stored).expect("settings serialize");
-            baseline::merge(&mut doc, baseline::expand_shorthand(value));
-            if let Ok(settings) = baseline::settings_from(&doc) {
+            config::merge(&mut doc, config::expand_shorthand(value));
+            if let Ok(settings) = config::settings_from(&doc) {
                 round_trip(&settings);
             }
         }

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 
-use crate::baseline::one_line;
+use crate::config::schema::one_line;
 
 /// Where the API is when neither `--url` nor `SPEEDRELAY_URL` says.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";

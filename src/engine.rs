@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::baseline::{Seed, SettingsError, expand_shorthand, merge, settings_from};
 use crate::channel::{BoundChannel, ChannelError, ChannelSpec};
 use crate::config::ChannelSettings;
+use crate::config::files::Seed;
+use crate::config::{SettingsError, expand_shorthand, merge, settings_from};
 use crate::counters::{ChannelCounters, ChannelStats};
 use crate::registry::{ChannelRecord, Registry, RegistryError};
 use crate::validator::Validator;

@@ -10,7 +10,6 @@
 
 pub mod api;
 pub mod archive;
-pub mod baseline;
 pub mod channel;
 pub mod client;
 pub mod config;

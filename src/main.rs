@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use speedrelay::api::ApiOptions;
-use speedrelay::baseline::{self, Baseline, ConfigError};
+use speedrelay::config::files::{self, FileConfig, ConfigError};
 use speedrelay::engine::{Engine, EngineOptions, Status};
 use tokio_util::sync::CancellationToken;
 
@@ -143,14 +143,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         ),
     }
     let baseline = match &config {
-        Some(path) => baseline::load(path).map_err(|e| match e {
+        Some(path) => files::load(path).map_err(|e| match e {
             ConfigError::Violations { .. } => format!(
                 "invalid configuration {}; nothing was started:\n{e}",
                 path.display()
             ),
             e => e.to_string(),
         })?,
-        None => Baseline::default(),
+        None => FileConfig::default(),
     };
     let data_dir = args
         .data_dir
@@ -182,7 +182,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 
 /// The API's settings from the flags, environment and config files. Read
 /// before anything starts, so a dangerous combination stops start-up.
-fn api_options(args: &ServeArgs, baseline: &Baseline) -> Result<ApiOptions, String> {
+fn api_options(args: &ServeArgs, baseline: &FileConfig) -> Result<ApiOptions, String> {
     // The token is read from the environment only here, never logged. Set
     // but empty would silently mean "no token": refuse it.
     let token = match std::env::var("SPEEDRELAY_API_TOKEN") {
@@ -249,7 +249,7 @@ fn api_options(args: &ServeArgs, baseline: &Baseline) -> Result<ApiOptions, Stri
 /// `speedrelay check-config PATH`: `PATH: ok (N channels)` and 0; every
 /// violation on stdout and 1; a file that cannot be read, 2.
 fn check_config(path: &Path) -> ExitCode {
-    match baseline::load(path) {
+    match files::load(path) {
         Ok(b) => {
             let n = b.channels.len();
             let plural = if n == 1 { "" } else { "s" };
@@ -371,7 +371,7 @@ fn summary(r: &speedrelay::verify::Report) -> String {
 /// Start-up order of SPEC §6: config (already loaded) → registry → seed →
 /// channels; then wait for a signal and stop every channel cleanly.
 async fn run(
-    baseline: Baseline,
+    baseline: FileConfig,
     data_dir: &Path,
     api: &str,
     api_options: ApiOptions,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{Value, json};
-use speedrelay::baseline::Seed;
 use speedrelay::channel::ChannelSpec;
+use speedrelay::config::files::Seed;
 use speedrelay::engine::{Engine, EngineError, EngineOptions, Registration, Status};
 
 const T: Duration = Duration::from_secs(20);
@@ -22,7 +22,7 @@ fn defaults(extra: Value) -> Value {
         "decimation": {"enabled": false},
         "archive": {"flush_ms": 50}
     });
-    speedrelay::baseline::merge(&mut d, extra);
+    speedrelay::config::merge(&mut d, extra);
     d
 }
 
@@ -201,7 +201,7 @@ async fn deregister_stops_the_channel_and_frees_its_port() {
 async fn channels_come_back_after_a_restart_and_deleted_baseline_ones_stay_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let base_port = free_port();
-    let mut settings = speedrelay::baseline::settings_from(&defaults(json!({}))).unwrap();
+    let mut settings = speedrelay::config::settings_from(&defaults(json!({}))).unwrap();
     settings.decimation.factor = 4;
     let baseline = vec![
         ChannelSpec {
@@ -251,7 +251,7 @@ async fn a_channel_whose_port_is_busy_at_start_fails_then_recovers() {
     let holder = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
     let port = holder.local_addr().unwrap().port();
     let (dest, d) = receiver();
-    let mut settings = speedrelay::baseline::settings_from(&defaults(json!({}))).unwrap();
+    let mut settings = speedrelay::config::settings_from(&defaults(json!({}))).unwrap();
     settings.outputs.full_rate = vec![d];
     let other_port = free_port();
     let baseline = vec![

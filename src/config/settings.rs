@@ -1,8 +1,8 @@
-//! Channel settings (SPEC §3): the typed form of what `relay.yaml`,
-//! `global.yaml` and the API's `config` objects say about one channel.
+//! The typed channel settings: what `relay.yaml`, `global.yaml` and the
+//! API's `config` objects say about one channel.
 //!
-//! Every field has a default, so a partial document deserializes; the loader
-//! merges global defaults with a channel's overrides before it gets here.
+//! Every field has a default, so a partial document deserializes; layers
+//! are merged as JSON and checked ([`super::layers`]) before they get here.
 
 use std::net::{IpAddr, Ipv4Addr};
 
