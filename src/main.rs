@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use speedrelay::api::ApiOptions;
-use speedrelay::config::files::{self, FileConfig, ConfigError};
+use speedrelay::config::files::{self, ConfigError, FileConfig};
 use speedrelay::engine::{Engine, EngineOptions, Status};
 use tokio_util::sync::CancellationToken;
 
