@@ -11,7 +11,7 @@
 //! The file lives in a temporary directory on the default temp filesystem,
 //! so `insert` measures that disk's fsync.
 //!
-//! `CARGO_TARGET_DIR=/work/target-registry cargo bench --bench registry`
+//! `cargo bench --bench registry`
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
