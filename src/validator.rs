@@ -19,10 +19,12 @@
 //!   keys are strings.
 //! - logical types are checked as their underlying type (`decimal` on bytes
 //!   or fixed, `date`/`time-*`/`timestamp-*` on int or long, `duration` on
-//!   fixed 12, apache-avro's `big-decimal` on bytes), except `uuid`: on a
-//!   string it must be a UUID in one of the textual forms apache-avro
-//!   accepts (hyphenated, simple, braced or URN), on bytes exactly 16 bytes,
-//!   so that every accepted datagram decodes with apache-avro as well.
+//!   fixed 12), except `uuid`: on a string it must be a UUID in one of the
+//!   textual forms apache-avro accepts (hyphenated, simple, braced or URN),
+//!   on bytes exactly 16 bytes; and apache-avro's `big-decimal` on bytes,
+//!   whose content must be what apache-avro writes: a `long` length, that
+//!   many bytes of unscaled integer, a `long` scale, nothing more. So every
+//!   accepted datagram decodes with apache-avro as well.
 //!
 //! How the work stays bounded whatever the bytes say: records are inlined
 //! into a linear sequence of [`Op`]s; arrays, maps, union branches and
@@ -137,10 +139,13 @@ pub enum InvalidKind {
     /// Input of 4 GiB or more, which offsets cannot address (no datagram is
     /// that long).
     TooLarge,
+    /// A `big-decimal` whose bytes are not a length-prefixed unscaled
+    /// integer followed by a scale.
+    BadBigDecimal,
 }
 
 impl InvalidKind {
-    const ALL: [InvalidKind; 15] = [
+    const ALL: [InvalidKind; 16] = [
         InvalidKind::Empty,
         InvalidKind::Truncated,
         InvalidKind::TrailingBytes,
@@ -156,6 +161,7 @@ impl InvalidKind {
         InvalidKind::BadUuid,
         InvalidKind::TooManyItems,
         InvalidKind::TooLarge,
+        InvalidKind::BadBigDecimal,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {
@@ -217,6 +223,7 @@ impl fmt::Display for InvalidDatum {
                 )
             }
             InvalidKind::TooLarge => write!(f, "datagram of 4 GiB or more"),
+            InvalidKind::BadBigDecimal => write!(f, "malformed big-decimal at byte {at}"),
             InvalidKind::BadBlockSize => {
                 write!(
                     f,
@@ -303,6 +310,9 @@ enum Op {
     UuidString,
     /// `uuid` on bytes: exactly 16 bytes.
     UuidBytes,
+    /// apache-avro's `big-decimal`: bytes holding a length-prefixed
+    /// unscaled integer and a scale.
+    BigDecimal,
     Fixed(u32),
     /// Number of symbols.
     Enum(u32),
@@ -548,6 +558,12 @@ fn run<const CAPTURE: bool, const DEPTH: usize>(
                     return Err(InvalidDatum::at(BadUuid, start));
                 }
             }
+            Op::BigDecimal => {
+                let start = pos;
+                if !is_big_decimal(read_bytes(d, &mut pos)?) {
+                    return Err(InvalidDatum::at(BadBigDecimal, start));
+                }
+            }
             Op::Union { table, count } => {
                 let start = pos;
                 let i = read_long(d, &mut pos)?;
@@ -790,6 +806,18 @@ fn read_block(
     }
 }
 
+/// Whether `b` is what apache-avro writes for a `big-decimal` (and reads
+/// back): a `long` length, that many bytes, a `long` scale, and no more.
+fn is_big_decimal(b: &[u8]) -> bool {
+    let mut pos = 0;
+    let Ok(len) = read_long(b, &mut pos).map(usize::try_from) else {
+        return false;
+    };
+    len.is_ok_and(|len| take(b, &mut pos, len).is_ok())
+        && read_long(b, &mut pos).is_ok()
+        && pos == b.len()
+}
+
 /// Whether `s` is a UUID in a form `uuid::Uuid::parse_str` (used by
 /// apache-avro) accepts: simple (32 hex digits), hyphenated (36), braced
 /// (38) or URN (45).
@@ -976,7 +1004,8 @@ impl<'s> Compiler<'s> {
             | Schema::LocalTimestampMillis
             | Schema::LocalTimestampMicros
             | Schema::LocalTimestampNanos => Op::Long { slot: NO_SLOT },
-            Schema::Bytes | Schema::BigDecimal => Op::Bytes,
+            Schema::Bytes => Op::Bytes,
+            Schema::BigDecimal => Op::BigDecimal,
             Schema::Decimal(d) => match &d.inner {
                 InnerDecimalSchema::Bytes => Op::Bytes,
                 InnerDecimalSchema::Fixed(f) => fixed(f.size),
@@ -1448,13 +1477,35 @@ mod tests {
         assert_eq!(v.validate(&[]), Ok(()));
         assert_eq!(v.validate(&[0]), err(InvalidKind::TrailingBytes, 0));
 
-        // apache-avro's big-decimal: checked as bytes.
+        // apache-avro's big-decimal: bytes holding a length-prefixed
+        // integer and a scale, exactly.
         let (schema, v) = parse(r#"{"type": "bytes", "logicalType": "big-decimal"}"#);
         let d = encode(
             &schema,
             Value::BigDecimal(apache_avro::BigDecimal::from(-12345)),
         );
         assert_eq!(v.validate(&d), Ok(()));
+        // Found by the `schema` fuzz target: length 4 holding an inner
+        // length of -3, which apache-avro cannot read.
+        let inner_negative = [0x08, 0xfc, 0x04, 0xd2, 0x04];
+        assert!(!avro_accepts(&schema, &inner_negative));
+        assert_eq!(
+            v.validate(&inner_negative),
+            err(InvalidKind::BadBigDecimal, 0)
+        );
+        for bad in [
+            vec![0x02, 0x04],                   // integer cut short
+            vec![0x04, 0x02, 0x07],             // no scale
+            vec![0x08, 0x02, 0x07, 0x00, 0x00], // a byte after the scale
+        ] {
+            assert_eq!(
+                v.validate(&bad),
+                err(InvalidKind::BadBigDecimal, 0),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(v.validate(&[0x06, 0x02, 0x07, 0x04]), Ok(()));
+        assert!(avro_accepts(&schema, &[0x06, 0x02, 0x07, 0x04]));
 
         // uuid on bytes (apache-avro only): exactly 16 bytes.
         let (schema, v) = parse(r#"{"type": "bytes", "logicalType": "uuid"}"#);
