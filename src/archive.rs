@@ -34,6 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, warn};
 
+use crate::avro::put_long;
 use crate::config::{ArchiveSettings, Codec, Retention, RetentionMode, Rotation, RotationMode};
 use crate::counters::ChannelCounters;
 
@@ -464,16 +465,6 @@ fn header(schema_json: &str, codec: Codec, sync: &[u8; 16]) -> Vec<u8> {
     put_long(&mut h, 0);
     h.extend_from_slice(sync);
     h
-}
-
-/// Avro `long`: zigzag, then base-128 varint.
-pub(crate) fn put_long(buf: &mut Vec<u8>, n: i64) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        buf.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    buf.push(z as u8);
 }
 
 /// Avro `bytes`/`string`: length, then the bytes.
@@ -910,22 +901,6 @@ mod tests {
             utc_stamp(UNIX_EPOCH - Duration::from_secs(5)),
             "19700101T000000.000000Z"
         );
-    }
-
-    #[test]
-    fn longs_are_zigzag_varints() {
-        let enc = |n| {
-            let mut b = Vec::new();
-            put_long(&mut b, n);
-            b
-        };
-        assert_eq!(enc(0), [0x00]);
-        assert_eq!(enc(-1), [0x01]);
-        assert_eq!(enc(1), [0x02]);
-        assert_eq!(enc(-64), [0x7f]);
-        assert_eq!(enc(64), [0x80, 0x01]);
-        assert_eq!(enc(1000), [0xd0, 0x0f]);
-        assert_eq!(enc(i64::MAX).len(), 10);
     }
 
     #[test]

@@ -51,6 +51,7 @@
 
 use std::sync::Arc;
 
+use crate::avro::put_long;
 use crate::config::Algorithm;
 use crate::validator::{Captured, Num, NumericKind, Validator};
 
@@ -325,24 +326,10 @@ fn encode(kind: NumericKind, v: Num, out: &mut Vec<u8>) {
     match kind {
         NumericKind::Int => {
             let i = as_i64(v).clamp(i64::from(i32::MIN), i64::from(i32::MAX));
-            write_long(i, out);
+            put_long(out, i);
         }
-        NumericKind::Long => write_long(as_i64(v), out),
+        NumericKind::Long => put_long(out, as_i64(v)),
         NumericKind::Float => out.extend_from_slice(&(as_f64(v) as f32).to_le_bytes()),
         NumericKind::Double => out.extend_from_slice(&as_f64(v).to_le_bytes()),
     }
-}
-
-/// Zigzag varint.
-fn write_long(v: i64, out: &mut Vec<u8>) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    let mut buf = [0u8; 10];
-    let mut n = 0;
-    while z >= 0x80 {
-        buf[n] = (z as u8) | 0x80;
-        z >>= 7;
-        n += 1;
-    }
-    buf[n] = z as u8;
-    out.extend_from_slice(&buf[..=n]);
 }

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod avro;
 pub mod channel;
 pub mod client;
 pub mod config;

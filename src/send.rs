@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use apache_avro::Schema;
 use apache_avro::schema::{InnerDecimalSchema, NamesRef, NamespaceRef, ResolvedSchema, UuidSchema};
 
-use crate::archive::put_long;
+use crate::avro::put_long;
 use crate::config::Destination;
 use crate::udp;
 

@@ -78,6 +78,8 @@ use apache_avro::schema::{
     InnerDecimalSchema, Name, NamesRef, NamespaceRef, ResolvedSchema, UuidSchema,
 };
 
+use crate::avro::varint::{self, VarintError};
+
 /// Deepest nesting of arrays, maps, non-null union branches and recursive
 /// references a datum may have.
 pub const MAX_DEPTH: usize = 64;
@@ -674,61 +676,31 @@ fn capture(out: &mut [Captured], slot: u32, start: usize, end: usize, value: Num
     }
 }
 
-/// Reads a zigzag varint of at most `MAX_BYTES` bytes as the raw (still
-/// zigzagged) u64. The 10th byte of a long may only carry the 64th bit.
-#[inline(always)]
-fn read_varint<const MAX_BYTES: u32>(d: &[u8], pos: &mut usize) -> Result<u64, InvalidDatum> {
-    let start = *pos;
-    // One-byte fast path: most lengths, counts, indexes and small ints.
-    match d.get(start) {
-        Some(&b) if b < 0x80 => {
-            *pos = start + 1;
-            return Ok(u64::from(b));
-        }
-        Some(_) => {}
-        None => return Err(InvalidDatum::at(InvalidKind::Truncated, start)),
-    }
-    let mut value = 0u64;
-    let mut i = 0u32;
-    loop {
-        let Some(&b) = d.get(start + i as usize) else {
-            return Err(InvalidDatum::at(InvalidKind::Truncated, start));
-        };
-        if i == 9 && b > 1 {
-            return Err(InvalidDatum::at(InvalidKind::BadVarint, start));
-        }
-        value |= u64::from(b & 0x7f) << (7 * i);
-        i += 1;
-        if b < 0x80 {
-            *pos = start + i as usize;
-            return Ok(value);
-        }
-        if i == MAX_BYTES {
-            return Err(InvalidDatum::at(InvalidKind::BadVarint, start));
-        }
-    }
-}
-
-#[inline(always)]
-fn unzigzag(z: u64) -> i64 {
-    ((z >> 1) as i64) ^ -((z & 1) as i64)
-}
-
+/// An Avro `long`; a bad one is an error at its first byte.
 #[inline(always)]
 fn read_long(d: &[u8], pos: &mut usize) -> Result<i64, InvalidDatum> {
-    read_varint::<10>(d, pos).map(unzigzag)
+    let start = *pos;
+    varint::read_long(d, pos).map_err(|e| InvalidDatum::at(e.into(), start))
 }
 
-/// An int: at most 5 bytes, and the zigzagged value within 32 bits (which is
-/// exactly "the value fits in an i32").
+/// An Avro `int` (at most 5 bytes, within 32 bits), widened.
 #[inline(always)]
 fn read_int(d: &[u8], pos: &mut usize) -> Result<i64, InvalidDatum> {
     let start = *pos;
-    let z = read_varint::<5>(d, pos)?;
-    if z > u64::from(u32::MAX) {
-        return Err(InvalidDatum::at(InvalidKind::BadVarint, start));
+    match varint::read_int(d, pos) {
+        Ok(v) => Ok(i64::from(v)),
+        Err(e) => Err(InvalidDatum::at(e.into(), start)),
     }
-    Ok(unzigzag(z))
+}
+
+impl From<VarintError> for InvalidKind {
+    #[inline(always)]
+    fn from(e: VarintError) -> Self {
+        match e {
+            VarintError::Truncated => InvalidKind::Truncated,
+            VarintError::Overlong => InvalidKind::BadVarint,
+        }
+    }
 }
 
 /// The next `n` bytes.

@@ -20,6 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::avro::varint;
 use crate::validator::Validator;
 
 /// First four bytes of every Avro Object Container File.
@@ -249,21 +250,22 @@ impl<R: Read> Input<R> {
     }
 
     /// An Avro `long`; `Some(Err(()))` for a varint longer than 64 bits.
+    /// The bytes are gathered here, one read at a time so that nothing
+    /// past the varint is consumed, and decoded by [`varint::read_long`].
     fn long(&mut self) -> Partial<Result<i64, ()>> {
-        let mut z: u64 = 0;
-        for i in 0..10 {
+        let mut bytes = [0u8; 10];
+        let mut n = 0;
+        loop {
             let Some(b) = self.byte()? else {
                 return Ok(None);
             };
-            if i == 9 && b > 1 {
-                return Ok(Some(Err(())));
-            }
-            z |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(Some(Ok((z >> 1) as i64 ^ -((z & 1) as i64))));
+            bytes[n] = b;
+            n += 1;
+            if b < 0x80 || n == bytes.len() {
+                break;
             }
         }
-        Ok(Some(Err(())))
+        Ok(Some(varint::read_long(&bytes[..n], &mut 0).map_err(drop)))
     }
 
     /// Exactly `n` bytes into `buf`, or `None` if fewer are left.
