@@ -24,7 +24,8 @@ use apache_avro::types::{Record, Value};
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::{Schema, Writer};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use speedrelay::archive::{ArchiveWriter, avro_codec};
+use speedrelay::archive::ArchiveWriter;
+use speedrelay::avro::codec::avro_codec;
 use speedrelay::config::{ArchiveSettings, Codec, Rotation, RotationMode};
 
 const SCHEMA: &str = include_str!("../config/agents/example.avsc");

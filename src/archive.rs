@@ -2,9 +2,10 @@
 //! one directory per channel, rotated and pruned by the channel's settings.
 //!
 //! This module owns everything between "here is a block of encoded records"
-//! and the disk: file naming, the container format (header, blocks, sync
-//! markers, block compression), rotation, retention, durability on close,
-//! and the per-channel tokio task that keeps disk I/O off the receive loop.
+//! and the disk: file naming, rotation, retention, durability on close, and
+//! the per-channel tokio task that keeps disk I/O off the receive loop. The
+//! bytes of the container (header, blocks, sync markers, block compression)
+//! are [`crate::avro`]'s.
 //!
 //! Two layers:
 //! - [`ArchiveWriter`] is synchronous and touches the disk. Its unit of write
@@ -19,14 +20,12 @@
 //! The writer trusts its input: records are the channel's binary encodings,
 //! already validated upstream, and the schema JSON is written as given.
 
-use std::collections::hash_map::RandomState;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::hash::BuildHasher;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::{self, error::SendError};
@@ -34,12 +33,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, warn};
 
-use crate::avro::put_long;
+use crate::avro::codec;
+use crate::avro::container::{self, SYNC_LEN};
 use crate::config::{ArchiveSettings, Codec, Retention, RetentionMode, Rotation, RotationMode};
 use crate::counters::ChannelCounters;
 
-/// First four bytes of every Avro Object Container File.
-const MAGIC: &[u8; 4] = b"Obj\x01";
 /// Length of `YYYYMMDDTHHMMSS.ffffffZ`.
 const STAMP_LEN: usize = 23;
 /// How many `-N` suffixes to try before giving up on a file name.
@@ -111,7 +109,7 @@ struct OpenFile {
     opened: Instant,
     /// Header plus complete blocks: where a failed write is cut back to.
     size: u64,
-    sync: [u8; 16],
+    sync: [u8; SYNC_LEN],
     /// The codec in this file's header; a reconfigured one waits for the
     /// next file.
     codec: Codec,
@@ -281,8 +279,8 @@ impl ArchiveWriter {
         let (mut file, path) = create_unique(&self.channel_dir, &self.channel, &stamp)?;
 
         let codec = self.settings.codec;
-        let sync = sync_marker();
-        let header = header(&self.schema_json, codec, &sync);
+        let sync = container::sync_marker();
+        let header = container::header(&self.schema_json, codec.as_str(), &sync);
         if let Err(source) = file.write_all(&header) {
             // A file without a whole header is unreadable: leave nothing.
             if let Err(e) = fs::remove_file(&path) {
@@ -394,30 +392,13 @@ fn append_block(
     records: &[u8],
     count: i64,
 ) -> Result<u64, ArchiveError> {
-    let compressed;
-    let data: &[u8] = if open.codec == Codec::Null {
-        records
-    } else {
-        // `Codec::compress` replaces the Vec it is given, so there is no
-        // buffer worth reusing here.
-        let mut v = records.to_vec();
-        avro_codec(open.codec)
-            .compress(&mut v)
-            .map_err(|source| ArchiveError::Compress {
-                path: open.path.clone(),
-                codec: open.codec.as_str(),
-                source,
-            })?;
-        compressed = v;
-        &compressed
-    };
-
+    let data = codec::compress(open.codec, records).map_err(|source| ArchiveError::Compress {
+        path: open.path.clone(),
+        codec: open.codec.as_str(),
+        source,
+    })?;
     buf.clear();
-    put_long(buf, count);
-    // A Vec never holds more than isize::MAX bytes, so this cannot wrap.
-    put_long(buf, data.len() as i64);
-    buf.extend_from_slice(data);
-    buf.extend_from_slice(&open.sync);
+    container::put_block(buf, count, &data, &open.sync);
 
     if let Err(source) = open.file.write_all(buf) {
         // A short write may have left part of the block: cut it off so the
@@ -437,58 +418,6 @@ fn append_block(
         *buf = Vec::new();
     }
     Ok(buf.len() as u64)
-}
-
-/// apache-avro's codec for our setting (it does the compression).
-pub fn avro_codec(codec: Codec) -> apache_avro::Codec {
-    match codec {
-        Codec::Null => apache_avro::Codec::Null,
-        Codec::Deflate => apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default()),
-        Codec::Zstandard => {
-            apache_avro::Codec::Zstandard(apache_avro::ZstandardSettings::default())
-        }
-        Codec::Snappy => apache_avro::Codec::Snappy,
-    }
-}
-
-/// The container header: magic, metadata map (`avro.schema`, `avro.codec`),
-/// sync marker.
-fn header(schema_json: &str, codec: Codec, sync: &[u8; 16]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(schema_json.len() + 64);
-    h.extend_from_slice(MAGIC);
-    // The metadata map as one block of two entries, then the empty block.
-    put_long(&mut h, 2);
-    put_bytes(&mut h, b"avro.schema");
-    put_bytes(&mut h, schema_json.as_bytes());
-    put_bytes(&mut h, b"avro.codec");
-    put_bytes(&mut h, codec.as_str().as_bytes());
-    put_long(&mut h, 0);
-    h.extend_from_slice(sync);
-    h
-}
-
-/// Avro `bytes`/`string`: length, then the bytes.
-fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
-    put_long(buf, b.len() as i64);
-    buf.extend_from_slice(b);
-}
-
-/// 16 bytes no other file will have. Hashes rather than a random-number
-/// crate: `RandomState` is seeded randomly per thread, and time, pid and a
-/// counter make every call different.
-fn sync_marker() -> [u8; 16] {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let call = CALLS.fetch_add(1, Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let pid = std::process::id();
-    let mut marker = [0u8; 16];
-    for (half, chunk) in marker.chunks_exact_mut(8).enumerate() {
-        let h = RandomState::new().hash_one((nanos, pid, call, half));
-        chunk.copy_from_slice(&h.to_le_bytes());
-    }
-    marker
 }
 
 /// `YYYYMMDDTHHMMSS.ffffffZ` in UTC. Times before 1970 (a badly set clock)
@@ -950,14 +879,6 @@ mod tests {
         let mode = std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&p0)?.permissions());
         assert_eq!(mode & 0o7777 & !0o640, 0);
         Ok(())
-    }
-
-    #[test]
-    fn sync_markers_differ() {
-        let a = sync_marker();
-        let b = sync_marker();
-        assert_ne!(a, b);
-        assert_ne!(a, [0; 16]);
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! complete Avro Object Container File, what does it hold, and where does
 //! its readable part end.
 //!
-//! This module owns the reader side of the container format the
-//! [archive](crate::archive) writer produces: header, blocks, sync markers,
-//! codecs. A [`Report`] says how many blocks and records are complete and
-//! whether anything follows the last complete block (a torn tail, left by a
-//! crash or a full disk). [`repair`] keeps exactly the complete part.
+//! This module owns the verdict on a file the [archive](crate::archive)
+//! writer produced; the container's framing and codecs it reads through
+//! [`crate::avro`]. A [`Report`] says how many blocks and records are
+//! complete and whether anything follows the last complete block (a torn
+//! tail, left by a crash or a full disk). [`repair`] keeps exactly the
+//! complete part.
 //!
 //! It trusts nothing in the file: every length is checked against what is
 //! left before anything is allocated, each block is decompressed and its
@@ -20,19 +21,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::avro::varint;
+use crate::avro::codec;
+use crate::avro::container::{BlockError, HeaderError, Reader, SYNC_LEN};
 use crate::validator::Validator;
 
-/// First four bytes of every Avro Object Container File.
-const MAGIC: &[u8; 4] = b"Obj\x01";
-/// Length of a sync marker.
-const SYNC_LEN: usize = 16;
-/// Largest decompressed block accepted. The writer's blocks are bounded by
-/// the channel's block settings, far below this; the bound keeps a hostile
-/// file from claiming gigabytes.
-pub const MAX_BLOCK_BYTES: usize = 256 << 20;
-/// Largest header (schema and metadata) accepted.
-const MAX_HEADER_BYTES: u64 = 16 << 20;
+pub use crate::avro::container::MAX_BLOCK_BYTES;
 
 /// Why a file cannot be read as an archive at all.
 #[derive(Debug, thiserror::Error)]
@@ -223,80 +216,8 @@ impl From<io::Error> for ScanError {
     }
 }
 
-/// A reader that knows how many bytes are left, so that no length read
-/// from the file is trusted beyond it.
-struct Input<R> {
-    inner: R,
-    pos: u64,
-    len: u64,
-}
-
-/// `Ok(None)`: the input ended before the value did.
-type Partial<T> = Result<Option<T>, ScanError>;
-
-impl<R: Read> Input<R> {
-    fn remaining(&self) -> u64 {
-        self.len.saturating_sub(self.pos)
-    }
-
-    fn byte(&mut self) -> Partial<u8> {
-        if self.remaining() == 0 {
-            return Ok(None);
-        }
-        let mut b = [0u8; 1];
-        self.inner.read_exact(&mut b)?;
-        self.pos += 1;
-        Ok(Some(b[0]))
-    }
-
-    /// An Avro `long`; `Some(Err(()))` for a varint longer than 64 bits.
-    /// The bytes are gathered here, one read at a time so that nothing
-    /// past the varint is consumed, and decoded by [`varint::read_long`].
-    fn long(&mut self) -> Partial<Result<i64, ()>> {
-        let mut bytes = [0u8; 10];
-        let mut n = 0;
-        loop {
-            let Some(b) = self.byte()? else {
-                return Ok(None);
-            };
-            bytes[n] = b;
-            n += 1;
-            if b < 0x80 || n == bytes.len() {
-                break;
-            }
-        }
-        Ok(Some(varint::read_long(&bytes[..n], &mut 0).map_err(drop)))
-    }
-
-    /// Exactly `n` bytes into `buf`, or `None` if fewer are left.
-    fn bytes_into(&mut self, n: u64, buf: &mut Vec<u8>) -> Partial<()> {
-        if n > self.remaining() {
-            return Ok(None);
-        }
-        buf.clear();
-        // `n <= remaining`, which the caller bounded; read through `take` so a
-        // file that shrinks under us gives an error, not a hang.
-        let got = (&mut self.inner).take(n).read_to_end(buf)?;
-        if got as u64 != n {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank").into());
-        }
-        self.pos += n;
-        Ok(Some(()))
-    }
-}
-
-struct Header {
-    schema: String,
-    codec: String,
-    sync: [u8; SYNC_LEN],
-}
-
-fn not_avro(reason: &str) -> ScanError {
-    ScanError::Verify(VerifyError::NotAvro(reason.to_string()))
-}
-
 fn scan_reader<R: Read>(inner: R, len: u64) -> Result<Report, ScanError> {
-    let mut input = Input { inner, pos: 0, len };
+    let mut input = Reader::new(inner, len);
     let mut report = Report {
         schema: String::new(),
         codec: String::new(),
@@ -307,61 +228,48 @@ fn scan_reader<R: Read>(inner: R, len: u64) -> Result<Report, ScanError> {
         file_len: len,
         tail: None,
     };
-    let torn_header = |mut report: Report| {
-        report.tail = Some(Tail {
-            offset: 0,
-            problem: TailProblem::Header,
-        });
-        Ok(report)
-    };
 
-    // The magic: a shorter prefix of it is a header cut short, anything
-    // else is not ours.
-    let mut magic = Vec::with_capacity(4);
-    let have = input.remaining().min(4);
-    input.bytes_into(have, &mut magic)?;
-    if magic[..] != MAGIC[..have as usize] {
-        return Err(not_avro("the file does not start with Obj\\x01"));
-    }
-    if have < 4 {
-        return torn_header(report);
-    }
-    let Some(header) = read_header(&mut input)? else {
-        return torn_header(report);
+    let header = match input.read_header() {
+        Ok(Some(header)) => header,
+        Ok(None) => {
+            report.tail = Some(Tail {
+                offset: 0,
+                problem: TailProblem::Header,
+            });
+            return Ok(report);
+        }
+        Err(HeaderError::Io(e)) => return Err(ScanError::Io(e)),
+        Err(HeaderError::NotAvro(reason)) => {
+            return Err(ScanError::Verify(VerifyError::NotAvro(reason.to_string())));
+        }
     };
     let validator = Validator::from_json(&header.schema)
         .map_err(|e| ScanError::Verify(VerifyError::Schema(e.to_string())))?;
-    let codec = match header.codec.as_str() {
-        "null" => apache_avro::Codec::Null,
-        "deflate" => apache_avro::Codec::Deflate(apache_avro::DeflateSettings::default()),
-        "snappy" => apache_avro::Codec::Snappy,
-        "zstandard" => apache_avro::Codec::Zstandard(apache_avro::ZstandardSettings::default()),
-        other => return Err(ScanError::Verify(VerifyError::Codec(other.to_string()))),
+    let Some(codec) = codec::from_name(&header.codec) else {
+        return Err(ScanError::Verify(VerifyError::Codec(header.codec)));
     };
-    report.header_len = input.pos;
-    report.complete_len = input.pos;
+    report.header_len = input.pos();
+    report.complete_len = input.pos();
     report.schema = header.schema;
     report.codec = header.codec;
 
     let mut data = Vec::new();
     let mut sync = Vec::with_capacity(SYNC_LEN);
     while input.remaining() > 0 {
-        let offset = input.pos;
-        let problem = match read_block(
-            &mut input,
-            codec,
-            &validator,
-            &header.sync,
-            &mut data,
-            &mut sync,
-        )? {
-            Ok(count) => {
-                report.blocks += 1;
-                report.records += count;
-                report.complete_len = input.pos;
-                continue;
-            }
-            Err(problem) => problem,
+        let offset = input.pos();
+        let problem = match input.read_block(&header.sync, &mut data, &mut sync)? {
+            Ok(count) => match check_block(codec, &validator, count, &mut data) {
+                Ok(()) => {
+                    report.blocks += 1;
+                    report.records += count;
+                    report.complete_len = input.pos();
+                    continue;
+                }
+                Err(problem) => problem,
+            },
+            Err(BlockError::Truncated) => TailProblem::Truncated,
+            Err(BlockError::Framing) => TailProblem::Framing,
+            Err(BlockError::Sync) => TailProblem::Sync,
         };
         report.tail = Some(Tail { offset, problem });
         break;
@@ -369,109 +277,14 @@ fn scan_reader<R: Read>(inner: R, len: u64) -> Result<Report, ScanError> {
     Ok(report)
 }
 
-/// The metadata map and sync marker after the magic; `None` when the file
-/// ends inside them.
-fn read_header<R: Read>(input: &mut Input<R>) -> Result<Option<Header>, ScanError> {
-    let mut schema = None;
-    let mut codec = None;
-    let mut key = Vec::new();
-    let mut value = Vec::new();
-    loop {
-        let Some(count) = input.long()? else {
-            return Ok(None);
-        };
-        let count = count.map_err(|()| not_avro("invalid metadata count"))?;
-        if count == 0 {
-            break;
-        }
-        if count < 0 {
-            // A negative count is followed by the block's byte size.
-            let Some(size) = input.long()? else {
-                return Ok(None);
-            };
-            size.map_err(|()| not_avro("invalid metadata block size"))?;
-        }
-        for _ in 0..count.unsigned_abs() {
-            for buf in [&mut key, &mut value] {
-                let Some(n) = input.long()? else {
-                    return Ok(None);
-                };
-                let n = n.map_err(|()| not_avro("invalid metadata length"))?;
-                let n = u64::try_from(n).map_err(|_| not_avro("negative metadata length"))?;
-                if input.pos + n > MAX_HEADER_BYTES {
-                    return Err(not_avro("header larger than 16 MiB"));
-                }
-                if input.bytes_into(n, buf)?.is_none() {
-                    return Ok(None);
-                }
-            }
-            // Metadata keys are Avro strings: Avro readers (apache-avro)
-            // refuse a file whose key is not UTF-8, so it is not healthy.
-            if std::str::from_utf8(&key).is_err() {
-                return Err(not_avro("metadata key is not UTF-8"));
-            }
-            let text = || {
-                String::from_utf8(value.clone())
-                    .map_err(|_| not_avro("metadata value is not UTF-8"))
-            };
-            match key.as_slice() {
-                b"avro.schema" => schema = Some(text()?),
-                b"avro.codec" => codec = Some(text()?),
-                _ => {}
-            }
-        }
-    }
-    let mut sync = Vec::with_capacity(SYNC_LEN);
-    if input.bytes_into(SYNC_LEN as u64, &mut sync)?.is_none() {
-        return Ok(None);
-    }
-    let schema = schema.ok_or_else(|| not_avro("the header has no avro.schema"))?;
-    let mut marker = [0u8; SYNC_LEN];
-    marker.copy_from_slice(&sync);
-    Ok(Some(Header {
-        schema,
-        codec: codec.unwrap_or_else(|| "null".to_string()),
-        sync: marker,
-    }))
-}
-
-/// One block: count, size, data, sync. `Ok(Ok(records))` when complete and
-/// every record checks out.
-fn read_block<R: Read>(
-    input: &mut Input<R>,
+/// Decompresses a framed block's `data` and walks its `count` records.
+fn check_block(
     codec: apache_avro::Codec,
     validator: &Validator,
-    expected_sync: &[u8; SYNC_LEN],
+    count: u64,
     data: &mut Vec<u8>,
-    sync: &mut Vec<u8>,
-) -> Result<Result<u64, TailProblem>, ScanError> {
-    let Some(count) = input.long()? else {
-        return Ok(Err(TailProblem::Truncated));
-    };
-    let Some(size) = input.long()? else {
-        return Ok(Err(TailProblem::Truncated));
-    };
-    let (Ok(count), Ok(size)) = (count, size) else {
-        return Ok(Err(TailProblem::Framing));
-    };
-    let (Ok(count), Ok(size)) = (u64::try_from(count), u64::try_from(size)) else {
-        return Ok(Err(TailProblem::Framing));
-    };
-    if size > MAX_BLOCK_BYTES as u64 {
-        return Ok(Err(TailProblem::Framing));
-    }
-    if input.bytes_into(size, data)?.is_none() {
-        return Ok(Err(TailProblem::Truncated));
-    }
-    if input.bytes_into(SYNC_LEN as u64, sync)?.is_none() {
-        return Ok(Err(TailProblem::Truncated));
-    }
-    if sync[..] != expected_sync[..] {
-        return Ok(Err(TailProblem::Sync));
-    }
-    if let Err(reason) = decompress(codec, data) {
-        return Ok(Err(TailProblem::Decompress(reason)));
-    }
+) -> Result<(), TailProblem> {
+    codec::decompress(codec, data).map_err(TailProblem::Decompress)?;
     // The validator is deterministic: a record that takes zero bytes at
     // `pos` means every later one does too, so a huge count of empty
     // records ends the walk instead of looping.
@@ -480,45 +293,14 @@ fn read_block<R: Read>(
         match validator.validate_prefix(&data[pos..]) {
             Ok(0) => break,
             Ok(n) => pos += n,
-            Err(e) => {
-                return Ok(Err(TailProblem::Records(format!("record {i}: {e}"))));
-            }
+            Err(e) => return Err(TailProblem::Records(format!("record {i}: {e}"))),
         }
     }
     if pos != data.len() {
-        return Ok(Err(TailProblem::Records(format!(
+        return Err(TailProblem::Records(format!(
             "{} bytes follow the block's {count} records",
             data.len() - pos
-        ))));
+        )));
     }
-    Ok(Ok(count))
-}
-
-/// Decompresses in place, refusing output over [`MAX_BLOCK_BYTES`] where the
-/// codec states its size up front (snappy).
-fn decompress(codec: apache_avro::Codec, data: &mut Vec<u8>) -> Result<(), String> {
-    match codec {
-        apache_avro::Codec::Null => Ok(()),
-        apache_avro::Codec::Snappy => {
-            // Snappy's raw format starts with the decompressed length.
-            let mut claimed: u64 = 0;
-            for (i, b) in data.iter().take(5).enumerate() {
-                claimed |= u64::from(b & 0x7f) << (7 * i);
-                if b & 0x80 == 0 {
-                    break;
-                }
-            }
-            if claimed > MAX_BLOCK_BYTES as u64 {
-                return Err(format!("claims {claimed} bytes decompressed"));
-            }
-            codec.decompress(data).map_err(|e| e.to_string())
-        }
-        _ => {
-            codec.decompress(data).map_err(|e| e.to_string())?;
-            if data.len() > MAX_BLOCK_BYTES {
-                return Err(format!("decompresses to {} bytes", data.len()));
-            }
-            Ok(())
-        }
-    }
+    Ok(())
 }

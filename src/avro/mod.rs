@@ -1,7 +1,11 @@
 //! The Avro wire format, in one room: the binary encoding's primitives
-//! ([`varint`]) that the validator, the decimator, the archive writer, the
-//! archive reader and the demo sender all speak.
+//! ([`varint`]), the Object Container File's framing ([`container`]: magic,
+//! header, sync marker, blocks) and the block codecs ([`codec`]). The
+//! validator, the decimator, the archive writer, the archive reader
+//! (`verify`) and the demo sender all speak Avro through here.
 
+pub mod codec;
+pub mod container;
 pub mod varint;
 
 pub use varint::put_long;
