@@ -7,6 +7,10 @@
 //! full-rate destinations, feeds the [`decimator`], and hands blocks of
 //! records to the [`archive`] writer. [`counters`] tell what happened;
 //! [`config`] says how.
+//!
+//! The Avro wire format they share — varints, the container file's header
+//! and blocks, the block codecs — has one home, [`avro`]; [`verify`] reads
+//! archive files back through it, and [`send`] encodes demo records with it.
 
 pub mod api;
 pub mod archive;

@@ -27,7 +27,7 @@
 //!   accepted datagram decodes with apache-avro as well.
 //!
 //! How the work stays bounded whatever the bytes say: records are inlined
-//! into a linear sequence of [`Op`]s; arrays, maps, union branches and
+//! into a linear sequence of `Op`s; arrays, maps, union branches and
 //! recursive named types are subroutines run on a fixed-size explicit stack
 //! of [`MAX_DEPTH`] frames (deeper data is [`InvalidKind::TooDeep`]), never on
 //! the Rust stack. Every op but a call or a return reads at least one byte,
