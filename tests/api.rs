@@ -229,15 +229,45 @@ async fn register_relays_at_once_then_list_get_schema_delete() {
     s.stop().await;
 }
 
+/// A schema given by path is read from the config directory and stored:
+/// the channel validates with that file's schema, and keeps it after the
+/// file is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_by_path_inside_the_config_dir() {
     let s = server(None).await;
-    let body = json!({"name": "bypath", "port": free_port(), "schema": "example.avsc"});
+    let file = s.config_dir.join("numeric.avsc");
+    std::fs::write(&file, NUMERIC_SCHEMA).unwrap();
+    let port = free_port();
+    let body = json!({"name": "bypath", "port": port, "schema": "numeric.avsc"});
     let (status, reply) = s.send("POST", "/channels", &body).await;
     assert_eq!(status, 201, "{reply}");
+    std::fs::remove_file(&file).unwrap();
     let (_, ch) = s.get("/channels/bypath").await;
-    assert_eq!(ch["schema_path"], "example.avsc");
-    assert!(s.config_dir.join("example.avsc").exists());
+    assert_eq!(ch["schema_path"], "numeric.avsc");
+    let (status, served) = s.get("/channels/bypath/schema").await;
+    assert_eq!(status, 200);
+    assert_eq!(served, serde_json::from_str::<Value>(NUMERIC_SCHEMA).unwrap());
+    // A record of the file's schema is valid, one of example.avsc is not.
+    let numeric = encode(
+        &schema(NUMERIC_SCHEMA),
+        apache_avro::types::Value::Record(vec![
+            ("label".into(), apache_avro::types::Value::String("n".into())),
+            ("i".into(), apache_avro::types::Value::Int(1)),
+            ("l".into(), apache_avro::types::Value::Long(2)),
+            ("f".into(), apache_avro::types::Value::Float(3.0)),
+            ("d".into(), apache_avro::types::Value::Double(4.0)),
+        ]),
+    );
+    let tx = sender();
+    tx.send_to(&numeric, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    tx.send_to(&example_records(1)[0], (Ipv4Addr::LOCALHOST, port))
+        .unwrap();
+    wait_until("both datagrams counted", std::time::Duration::from_secs(20), || {
+        s.engine.get("bypath").is_some_and(|c| c.stats.packets == 2)
+    })
+    .await;
+    let stats = s.engine.get("bypath").unwrap().stats;
+    assert_eq!(stats.invalid, 1, "{stats:?}");
     s.stop().await;
 }
 

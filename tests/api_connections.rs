@@ -11,7 +11,25 @@ use speedrelay::api::{ApiOptions, serve};
 use speedrelay::engine::{Engine, EngineOptions};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The inode of the server's socket for the connection from local port
+/// `client` to `server`, from /proc/net/tcp: 0 while it waits in the
+/// listen backlog, the socket's inode once the server has accepted it.
+fn server_side_inode(server: u16, client: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.split(':').nth(1)?, 16).ok();
+        (port(f[1]) == Some(server) && port(f[2]) == Some(client))
+            .then(|| f[9].parse().ok())
+            .flatten()
+    })
+}
+
+/// The server runs on this test's one runtime thread, so once it has
+/// accepted the waiting client (seen in /proc/net/tcp) it has also found
+/// no idle connection to close, before the busy connection's request can
+/// finish: the slot is then freed only by the retry.
+#[tokio::test(flavor = "current_thread")]
 async fn a_waiting_client_gets_the_slot_of_a_connection_that_turned_idle() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(
@@ -47,15 +65,19 @@ async fn a_waiting_client_gets_the_slot_of_a_connection_that_turned_idle() {
         let mut continue_line = [0u8; 25];
         busy.read_exact(&mut continue_line).unwrap();
         assert_eq!(&continue_line, b"HTTP/1.1 100 Continue\r\n\r\n");
-        // A second client has to wait for a slot. Nothing tells the client
-        // when the server has accepted it and found no idle connection to
-        // close; a pause makes that the likely order (if it is not, the
-        // test passes without testing the retry, never fails spuriously).
+        // A second client has to wait for a slot: wait until the server
+        // has accepted it (and so looked for an idle connection, found
+        // none, and gone into its retry).
         let mut waiting = TcpStream::connect(addr).unwrap();
         waiting
             .write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
+        let client = waiting.local_addr().unwrap().port();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server_side_inode(addr.port(), client).unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "never accepted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         // The first request completes; its connection stays open, idle.
         busy.write_all(b"{}").unwrap();
         let mut answer = [0u8; 12];

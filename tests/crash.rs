@@ -6,13 +6,17 @@
 //!   request cut off by the kill may have gone either way);
 //! - every archive file passes `speedrelay verify`, or is repaired by
 //!   `verify --repair`;
-//! - the files of a run hold a prefix of what was sent to it, missing at
-//!   most the records of the last flush interval before the kill;
+//! - every byte the relay reported written (`archive_bytes`) just before
+//!   the kill is in the run's files afterwards;
+//! - the files of a run hold a prefix of what was sent to it, in order,
+//!   nothing repeated;
 //! - each run starts new files, and a file from an earlier run (even one
 //!   with a torn tail) is never written to again.
 //!
-//! Records carry their sequence number (the `counter` field); each round's
-//! losses are printed (`cargo test --test crash -- --nocapture`).
+//! How many records a kill loses, and how old the oldest of them is, are
+//! figures, measured by `benches/run.sh crash` (benches/crash.rs).
+//! Records carry their sequence number (the `counter` field); each round
+//! is printed (`cargo test --test crash -- --nocapture`).
 
 mod common;
 
@@ -35,10 +39,6 @@ const ROUNDS: usize = 20;
 const STREAMS: usize = 3;
 /// The archive block flush interval of the relay under test.
 const FLUSH_MS: u64 = 50;
-/// Records missing beyond one flush interval must have been sent this
-/// close to the kill: a block is shipped when the interval ends, then
-/// written by the archive task; on a loaded 2-core machine that can lag.
-const SLACK: Duration = Duration::from_millis(250);
 /// Gap between two records of one paced sender.
 const PACE: Duration = Duration::from_millis(1);
 
@@ -198,8 +198,8 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
     let mut known: BTreeMap<PathBuf, Vec<u8>> = BTreeMap::new();
     // A file torn on purpose, to be checked untouched after the next run.
     let mut torn_on_purpose: Option<(PathBuf, Vec<u8>)> = None;
-    let mut report = Vec::new();
-    let started = Instant::now();
+    // Records archived per stream over every round.
+    let mut archived = vec![0usize; STREAMS];
 
     for round in 0..ROUNDS {
         let relay = spawn_relay(&config, &data, &[]);
@@ -221,6 +221,16 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
         let registrar = churn_registrations(api, round, committed.clone(), stop.clone());
 
         std::thread::sleep(Duration::from_millis(rng.between(150, 700)));
+        // What the relay says it has written to its files so far: a kill
+        // must not take any of it back.
+        let written: Vec<u64> = streams
+            .iter()
+            .map(|(name, _)| {
+                get_channel(api, name)["stats"]["archive_bytes"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
         let kill_at = Instant::now();
         relay.kill9();
         stop.store(true, Ordering::Relaxed);
@@ -286,6 +296,16 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
                 .into_iter()
                 .filter(|p| !known.contains_key(p))
                 .collect();
+            let on_disk: u64 = new_files
+                .iter()
+                .map(|p| std::fs::metadata(p).unwrap().len())
+                .sum();
+            assert!(
+                on_disk >= written[i],
+                "round {round} {name}: {on_disk} bytes in this run's files, \
+                 {} reported written before the kill",
+                written[i]
+            );
             let mut torn = 0;
             let mut seqs = Vec::new();
             for path in &new_files {
@@ -303,6 +323,9 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
                 known.insert(path.clone(), std::fs::read(path).unwrap());
             }
             // A prefix of what this run was sent, in order, nothing repeated.
+            // With the check above that no earlier file changed, this is
+            // "each run starts new files": this run's records are only in
+            // files it created.
             let s = &sent[i];
             let prefix: Vec<u64> = (s.start..s.start + seqs.len() as u64).collect();
             assert_eq!(seqs, prefix, "round {round} {name}: not a prefix");
@@ -311,25 +334,14 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
                 seqs.len() <= s.at.len(),
                 "round {round} {name}: more archived than sent"
             );
-            let lost = before_kill.saturating_sub(seqs.len());
-            let oldest_lost = s.at.get(seqs.len()).filter(|t| **t < kill_at);
-            let age = oldest_lost.map_or(Duration::ZERO, |t| kill_at - *t);
-            assert!(
-                age <= Duration::from_millis(FLUSH_MS) + SLACK,
-                "round {round} {name}: lost {lost} records, the oldest sent {age:?} before the kill"
-            );
-            if !seqs.is_empty() {
-                assert!(!new_files.is_empty(), "a new file per run");
-            }
+            archived[i] += seqs.len();
             line.push_str(&format!(
-                " {name} sent {before_kill} archived {} lost {lost} ({} ms) files {} torn {torn};",
+                " {name} sent {before_kill} archived {} files {} torn {torn};",
                 seqs.len(),
-                age.as_millis(),
                 new_files.len()
             ));
             // The next run continues the numbering after everything sent.
             next_seq[i] = s.start + s.at.len() as u64;
-            report.push((round, name.clone(), lost, age));
         }
         eprintln!("{line}");
 
@@ -361,12 +373,8 @@ fn sigkill_at_random_points_loses_at_most_one_flush_interval() {
     assert_eq!(names, *committed.lock().unwrap());
     assert!(relay.terminate().success());
 
-    let total_lost: usize = report.iter().map(|r| r.2).sum();
-    let worst = report.iter().map(|r| r.3).max().unwrap_or_default();
-    eprintln!(
-        "{ROUNDS} rounds x {STREAMS} streams in {:?}: {total_lost} records lost in all, \
-         oldest lost record sent {} ms before its kill (flush interval {FLUSH_MS} ms)",
-        started.elapsed(),
-        worst.as_millis()
-    );
+    // Blocks reached the files at all: every stream has records archived.
+    for (i, (name, _)) in streams.iter().enumerate() {
+        assert!(archived[i] > 0, "{name}: nothing archived in {ROUNDS} rounds");
+    }
 }

@@ -228,8 +228,17 @@ async fn channels_come_back_after_a_restart_and_deleted_baseline_ones_stay_delet
         );
         e.register(r).await.unwrap();
         e.deregister("base").await.unwrap();
+        assert_relays(api_port, dest.try_clone().unwrap(), example_records(50)).await;
         e.shutdown().await;
     }
+    // The first run's file, closed with its records.
+    let first = archive_files(dir.path(), "api");
+    assert_eq!(first.len(), 1);
+    let first_bytes = std::fs::read(&first[0]).unwrap();
+    assert_eq!(
+        archived_datums(dir.path(), "api", EXAMPLE_SCHEMA),
+        example_records(50)
+    );
     let e = engine(dir.path(), &baseline).await;
     let names: Vec<String> = e.list().into_iter().map(|c| c.name).collect();
     assert_eq!(names, vec!["api", "kept"]);
@@ -239,10 +248,22 @@ async fn channels_come_back_after_a_restart_and_deleted_baseline_ones_stay_delet
         api.config.decimation.factor, 7,
         "config survives the restart"
     );
-    assert_relays(api_port, dest, example_records(100)).await;
-    // A new archive file was started, the old one left as it was.
-    assert!(archive_files(dir.path(), "api").len() <= 2);
+    let later: Vec<Vec<u8>> = example_records(150).split_off(50);
+    assert_relays(api_port, dest, later.clone()).await;
     e.shutdown().await;
+    // A new archive file was started for the second run; the first one
+    // was left byte for byte as it was.
+    let files = archive_files(dir.path(), "api");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0], first[0]);
+    assert!(std::fs::read(&files[0]).unwrap() == first_bytes);
+    let file = std::fs::File::open(&files[1]).unwrap();
+    let s = schema(EXAMPLE_SCHEMA);
+    let second: Vec<Vec<u8>> = apache_avro::Reader::new(std::io::BufReader::new(file))
+        .unwrap()
+        .map(|v| encode(&s, v.unwrap()))
+        .collect();
+    assert!(second == later, "the second file holds the second run's records");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
