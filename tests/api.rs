@@ -246,12 +246,18 @@ async fn register_by_path_inside_the_config_dir() {
     assert_eq!(ch["schema_path"], "numeric.avsc");
     let (status, served) = s.get("/channels/bypath/schema").await;
     assert_eq!(status, 200);
-    assert_eq!(served, serde_json::from_str::<Value>(NUMERIC_SCHEMA).unwrap());
+    assert_eq!(
+        served,
+        serde_json::from_str::<Value>(NUMERIC_SCHEMA).unwrap()
+    );
     // A record of the file's schema is valid, one of example.avsc is not.
     let numeric = encode(
         &schema(NUMERIC_SCHEMA),
         apache_avro::types::Value::Record(vec![
-            ("label".into(), apache_avro::types::Value::String("n".into())),
+            (
+                "label".into(),
+                apache_avro::types::Value::String("n".into()),
+            ),
             ("i".into(), apache_avro::types::Value::Int(1)),
             ("l".into(), apache_avro::types::Value::Long(2)),
             ("f".into(), apache_avro::types::Value::Float(3.0)),
@@ -262,9 +268,11 @@ async fn register_by_path_inside_the_config_dir() {
     tx.send_to(&numeric, (Ipv4Addr::LOCALHOST, port)).unwrap();
     tx.send_to(&example_records(1)[0], (Ipv4Addr::LOCALHOST, port))
         .unwrap();
-    wait_until("both datagrams counted", std::time::Duration::from_secs(20), || {
-        s.engine.get("bypath").is_some_and(|c| c.stats.packets == 2)
-    })
+    wait_until(
+        "both datagrams counted",
+        std::time::Duration::from_secs(20),
+        || s.engine.get("bypath").is_some_and(|c| c.stats.packets == 2),
+    )
     .await;
     let stats = s.engine.get("bypath").unwrap().stats;
     assert_eq!(stats.invalid, 1, "{stats:?}");

@@ -263,7 +263,10 @@ async fn channels_come_back_after_a_restart_and_deleted_baseline_ones_stay_delet
         .unwrap()
         .map(|v| encode(&s, v.unwrap()))
         .collect();
-    assert!(second == later, "the second file holds the second run's records");
+    assert!(
+        second == later,
+        "the second file holds the second run's records"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

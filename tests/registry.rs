@@ -88,7 +88,10 @@ fn one_registry_is_shared_by_threads_writing_at_once() {
     for t in 0..8u16 {
         for i in 0..10u16 {
             let name = format!("t{t}c{i}");
-            assert_eq!(reg.get(&name).unwrap(), Some(rec(&name, 27000 + t * 10 + i)));
+            assert_eq!(
+                reg.get(&name).unwrap(),
+                Some(rec(&name, 27000 + t * 10 + i))
+            );
         }
     }
 }
@@ -402,7 +405,12 @@ fn locked_from_another_process() {
     let _held = Registry::open(&path).unwrap();
     // Re-run this test binary, selecting only the child half below.
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_open_of_a_held_registry", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "child_open_of_a_held_registry",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, &path)
         .output()
         .unwrap();
