@@ -1055,9 +1055,10 @@ mod tests {
         };
         let report = sender.run(limits, &stop).unwrap();
         assert_eq!(report.records, 300);
-        // 300 records at 2000/s: 150 ms, give or take the scheduler.
+        // Paced: 300 records at 2000/s cannot take much under 150 ms (how
+        // close to the rate it gets is measured by `benches/run.sh load send`).
         let secs = report.elapsed.as_secs_f64();
-        assert!((0.12..1.0).contains(&secs), "took {secs} s");
+        assert!(secs >= 0.12, "took {secs} s: faster than 2000/s");
         sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 2048];
         for i in 0..300 {
@@ -1082,7 +1083,7 @@ mod tests {
         };
         let report = sender.run(limits, &AtomicBool::new(false)).unwrap();
         assert!(report.records > 0);
-        assert!(report.elapsed < Duration::from_secs(2));
+        assert!(report.elapsed >= Duration::from_millis(100), "ended early");
         let stopped = AtomicBool::new(true);
         let limits = Limits {
             duration: None,

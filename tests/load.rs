@@ -1,19 +1,16 @@
 //! Load on the real binary: while channels are flooded as fast as this
-//! machine can send, the API still answers and a paced channel next to
-//! them loses nothing; and registering and removing channels over and over
-//! leaks no descriptor, socket, task or memory.
+//! machine can send, every API request is answered correctly and a paced
+//! channel next to them loses nothing; and registering and removing
+//! channels over and over leaks no descriptor, socket, task or memory.
 //!
-//! The assertions are about correctness with generous bounds, never about
-//! speed. The figures (p50/p99 of GET /health and POST /channels under load,
-//! fd and RSS before and after churn) are printed with --nocapture;
-//! `benches/load.sh` and `benches/churn.sh` run them on a release build
-//! with more cycles (env `SPEEDRELAY_TEST_BIN`, `SPEEDRELAY_FLOOD_SECS`,
-//! `SPEEDRELAY_CHURN_CYCLES`).
+//! Only correctness is asserted here. How fast the API answers under the
+//! flood (p50/p99/max) and what a register/remove cycle costs are figures:
+//! `benches/run.sh load api` and `benches/run.sh load churn`
+//! (benches/load.rs) measure them on a release build.
 
 mod common;
 
 use std::net::{Ipv4Addr, UdpSocket};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,71 +18,32 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+/// How long the flood lasts.
+const FLOOD: Duration = Duration::from_secs(3);
+/// Register/remove cycles measured by the leak test (after 100 of warm-up).
+const CYCLES: u64 = 600;
 
-/// The binary under test: this build's, or the one `SPEEDRELAY_TEST_BIN` names.
-fn binary() -> PathBuf {
-    std::env::var_os("SPEEDRELAY_TEST_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_speedrelay")))
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn summary(what: &str, mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p99 = percentile(&samples, 0.99);
-    eprintln!(
-        "{what}: n={} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        samples.len(),
-        ms(percentile(&samples, 0.5)),
-        ms(p99),
-        ms(samples.last().copied().unwrap_or_default())
-    );
-    p99
-}
-
-/// Sends one record as fast as the kernel takes it, from one thread, for
-/// `secs`; returns how many were sent. Bounded in time and count.
-fn flood(port: u16, secs: f64, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+/// Sends one record as fast as the kernel takes it, from one thread, until
+/// `stop` or FLOOD has passed.
+fn flood(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let datum = example_records(1).remove(0);
         let tx = sender();
-        let deadline = Instant::now() + Duration::from_secs_f64(secs);
-        let mut sent = 0u64;
-        while sent < 50_000_000 && !stop.load(Ordering::Relaxed) {
+        let deadline = Instant::now() + FLOOD;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             for _ in 0..256 {
-                if tx.send_to(&datum, (Ipv4Addr::LOCALHOST, port)).is_ok() {
-                    sent += 1;
-                }
-            }
-            if Instant::now() >= deadline {
-                break;
+                let _ = tx.send_to(&datum, (Ipv4Addr::LOCALHOST, port));
             }
         }
-        sent
     })
 }
 
 #[test]
 fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
-    let flood_secs: f64 = env_or("SPEEDRELAY_FLOOD_SECS", 3.0);
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config(dir.path(), 100);
     let data = dir.path().join("data");
-    let relay = spawn_relay_bin(&binary(), &config, &data, &[]);
+    let relay = spawn_relay(&config, &data, &[]);
     let api = relay.api;
 
     // Two flooded channels, each forwarding to a socket nobody reads.
@@ -105,14 +63,13 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     let paced_port = free_port();
     let to_dest = json!({"outputs": {"full_rate": {"address": "127.0.0.1", "port": d.port}}});
     assert_eq!(register_example(api, "paced", paced_port, to_dest).0, 201);
-    let paced_n = (flood_secs * 2000.0) as u64;
+    let paced_n = (FLOOD.as_secs_f64() * 2000.0) as u64;
     let records = example_records(paced_n);
 
-    let tcp_before = tcp_counters();
     let stop = Arc::new(AtomicBool::new(false));
     let floods: Vec<_> = flooded
         .iter()
-        .map(|(_, port)| flood(*port, flood_secs, stop.clone()))
+        .map(|(_, port)| flood(*port, stop.clone()))
         .collect();
     let receiving = {
         let n = records.len();
@@ -139,76 +96,48 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     };
 
     // The control plane under that load: a health prober and a client
-    // registering and removing channels, side by side.
-    let until = Instant::now() + Duration::from_secs_f64(flood_secs);
+    // registering and removing channels, side by side; every answer right.
+    let until = Instant::now() + FLOOD;
     let prober = std::thread::spawn(move || {
-        let mut health = Vec::new();
+        let mut answered = 0;
         while Instant::now() < until {
-            let t = Instant::now();
-            let (status, _) = http(api, "GET", "/api/v1/health", &[], None);
-            health.push(t.elapsed());
+            let (status, body) = http(api, "GET", "/api/v1/health", &[], None);
             assert_eq!(status, 200);
+            assert_eq!(body["status"], "ok");
+            answered += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
-        health
+        answered
     });
     let schema: Value = serde_json::from_str(EXAMPLE_SCHEMA).unwrap();
-    let (mut post, mut delete) = (Vec::new(), Vec::new());
-    let mut i = 0;
+    let mut cycles = 0;
     while Instant::now() < until {
-        let body = json!({"name": format!("load{i}"), "port": free_port(), "schema": schema});
-        let t = Instant::now();
+        let name = format!("load{cycles}");
+        let body = json!({"name": name, "port": free_port(), "schema": schema});
         let (status, answer) = post_json(api, "/api/v1/channels", body.to_string().as_bytes());
-        post.push(t.elapsed());
         assert_eq!(status, 201, "{answer}");
-        let t = Instant::now();
-        let (status, _) = http(
-            api,
-            "DELETE",
-            &format!("/api/v1/channels/load{i}"),
-            &[],
-            None,
-        );
-        delete.push(t.elapsed());
+        assert_eq!(get_channel(api, &name)["status"], "active");
+        let path = format!("/api/v1/channels/{name}");
+        let (status, _) = http(api, "DELETE", &path, &[], None);
         assert_eq!(status, 200);
-        i += 1;
+        assert_eq!(http(api, "GET", &path, &[], None).0, 404);
+        cycles += 1;
     }
-    let health = prober.join().unwrap();
+    let answered = prober.join().unwrap();
+    assert!(
+        answered > 0 && cycles > 0,
+        "the API answered under the flood"
+    );
     pacing.join().unwrap();
     let got = receiving.join().unwrap();
     stop.store(true, Ordering::Relaxed);
-    let sent: Vec<u64> = floods.into_iter().map(|t| t.join().unwrap()).collect();
-
-    let tcp_after = tcp_counters();
-    let tcp: Vec<String> = tcp_after
-        .iter()
-        .filter_map(|(k, v)| {
-            let d = v - tcp_before.get(k).copied().unwrap_or(0);
-            (d != 0).then(|| format!("{k} +{d}"))
-        })
-        .collect();
-    eprintln!(
-        "kernel TCP/UDP counters during the flood: {}",
-        tcp.join(", ")
-    );
-    let health_p99 = summary("GET /health under load", health);
-    let post_p99 = summary("POST /channels under load", post);
-    summary("DELETE /channels/{name} under load", delete);
-    for ((name, _), sent) in flooded.iter().zip(&sent) {
-        let stats = &get_channel(api, name)["stats"];
-        eprintln!(
-            "{name}: sent {sent} in {flood_secs} s ({:.0}/s), received {} ({:.0}/s), kernel drops {}",
-            *sent as f64 / flood_secs,
-            stats["packets"],
-            stats["packets"].as_f64().unwrap_or(0.0) / flood_secs,
-            stats["kernel_drops"]
-        );
+    for f in floods {
+        f.join().unwrap();
     }
-    // Responsive: generous bounds (debug build, shared 2-core machine:
-    // p99 about 0.14 s), not a performance target. Before channels yielded
-    // when still flooded, a flooded worker kept the API waiting 1-3 s.
-    assert!(health_p99 < Duration::from_secs(1), "{health_p99:?}");
-    assert!(post_p99 < Duration::from_secs(3), "{post_p99:?}");
+    for (name, _) in &flooded {
+        let stats = &get_channel(api, name)["stats"];
+        assert!(stats["packets"].as_u64() > Some(0), "{name}: {stats}");
+    }
 
     // The paced channel lost nothing: forwarded in order, all archived.
     assert!(
@@ -225,55 +154,12 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     );
 }
 
-/// TCP drop and retransmission counters of this network namespace
-/// (/proc/net/netstat and /proc/net/snmp), to explain latency outliers.
-fn tcp_counters() -> std::collections::BTreeMap<String, i64> {
-    let mut out = std::collections::BTreeMap::new();
-    for file in ["/proc/net/netstat", "/proc/net/snmp"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        for pair in lines.chunks(2) {
-            let [names, values] = pair else { continue };
-            let section = names.split(':').next().unwrap_or("");
-            for (k, v) in names
-                .split_whitespace()
-                .zip(values.split_whitespace())
-                .skip(1)
-            {
-                let wanted = [
-                    "ListenDrops",
-                    "ListenOverflows",
-                    "TCPReqQFullDrop",
-                    "TCPBacklogDrop",
-                    "RetransSegs",
-                    "TCPSynRetrans",
-                    "TCPTimeouts",
-                    "InErrors",
-                    "RcvbufErrors",
-                ];
-                if wanted.contains(&k) {
-                    out.insert(format!("{section}.{k}"), v.parse().unwrap_or(0));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Threads of the relay process.
-fn threads(relay: &RelayProcess) -> usize {
-    std::fs::read_dir(format!("/proc/{}/task", relay.pid()))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 #[test]
 fn registration_churn_leaks_no_descriptor_socket_task_or_memory() {
-    let cycles: u64 = env_or("SPEEDRELAY_CHURN_CYCLES", 600);
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config(dir.path(), 20);
     let data = dir.path().join("data");
-    let relay = spawn_relay_bin(&binary(), &config, &data, &[]);
+    let relay = spawn_relay(&config, &data, &[]);
     let api = relay.api;
     let (dest, d) = receiver();
     let to_dest = json!({"outputs": {"full_rate": {"address": "127.0.0.1", "port": d.port}}});
@@ -298,25 +184,14 @@ fn registration_churn_leaks_no_descriptor_socket_task_or_memory() {
     for i in 0..100 {
         cycle(i);
     }
-    let (fds0, rss0, threads0) = (relay.fd_count(), relay.rss_kib(), threads(&relay));
-    let start = Instant::now();
-    for i in 0..cycles {
+    let (fds0, rss0, threads0) = (relay.fd_count(), relay.rss_kib(), relay.thread_count());
+    assert!(fds0 > 0 && rss0 > 0 && threads0 > 0);
+    for i in 0..CYCLES {
         cycle(i);
     }
-    let took = start.elapsed();
     // The blocking pool's idle threads time out after 10 s; compare fds
     // and memory now, threads with a bound.
-    let (fds1, rss1, threads1) = (relay.fd_count(), relay.rss_kib(), threads(&relay));
-    let registry = std::fs::metadata(speedrelay::engine::registry_path(&data).unwrap())
-        .map(|m| m.len())
-        .unwrap_or(0);
-    eprintln!(
-        "{cycles} register/remove cycles in {:.1} s ({:.2} ms each): fds {fds0} -> {fds1}, \
-         RSS {rss0} -> {rss1} KiB, threads {threads0} -> {threads1}, registry file {} KiB",
-        took.as_secs_f64(),
-        took.as_secs_f64() * 1000.0 / cycles as f64,
-        registry / 1024
-    );
+    let (fds1, rss1, threads1) = (relay.fd_count(), relay.rss_kib(), relay.thread_count());
     // +2: the API connection of the last request may still be closing.
     assert!(fds1 <= fds0 + 2, "descriptors leaked: {fds0} -> {fds1}");
     assert!(
@@ -328,6 +203,21 @@ fn registration_churn_leaks_no_descriptor_socket_task_or_memory() {
         "RSS grew by {} KiB",
         rss1.saturating_sub(rss0)
     );
+    // Every closed archive file is whole: the removals closed them.
+    let files = archive_files(&data, "churn");
+    assert_eq!(
+        files.len() as u64,
+        (100 + CYCLES).div_ceil(10),
+        "one per record"
+    );
+    for f in &files {
+        let report = speedrelay::verify::scan(f).unwrap();
+        assert!(
+            report.is_healthy() && report.records == 1,
+            "{}",
+            f.display()
+        );
+    }
     let (_, list) = http(api, "GET", "/api/v1/channels", &[], None);
     assert_eq!(list["channels"], json!([]));
     // The port is free for anyone once the relay stops.

@@ -356,23 +356,33 @@ impl RelayProcess {
         self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Open file descriptors of the relay process.
+    /// Open file descriptors of the relay process; panics when /proc
+    /// cannot tell (a leak check must not pass on a count of 0).
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        let dir = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read {dir}: {e}"))
+            .count()
     }
 
-    /// Resident set size in KiB.
+    /// Resident set size in KiB; panics when /proc cannot tell.
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+    }
+
+    /// Threads of the relay process; panics when /proc cannot tell.
+    pub fn thread_count(&self) -> usize {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("cannot read {dir}: {e}"))
+            .count()
     }
 }
 
