@@ -174,7 +174,7 @@ fn a_full_disk_is_reported_and_archiving_resumes_when_space_is_freed() {
     } else {
         assert!(
             !under_test_script(),
-            "tests/run.sh runs as root: mount must work"
+            "tests/run.sh gives a mount namespace: mount must work"
         );
         // Tmpfs::mount made the directory before mount(2) refused.
         std::fs::remove_dir(&channel_dir).unwrap();
@@ -367,7 +367,7 @@ fn a_read_only_registry_refuses_start_and_a_full_disk_is_survived_at_run_time() 
     let Some(fs) = Tmpfs::mount(&data, "16m") else {
         assert!(
             !under_test_script(),
-            "tests/run.sh runs as root: mount must work"
+            "tests/run.sh gives a mount namespace: mount must work"
         );
         eprintln!("skipped: mount not permitted");
         return;

@@ -7,6 +7,11 @@
 # namespace: crates are fetched and the tests built, and Python's fastavro
 # (an independent Avro reader for the interoperability tests) is installed
 # into .venv. Inside the namespace cargo runs --offline.
+#
+# As root the namespace is an `ip netns`; otherwise `unshare` makes a user
+# namespace (root inside it) with its own network and mount namespaces, so
+# the fault tests can mount their small tmpfs file systems either way.
+# Without root, chromium must already be installed (or sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -54,5 +59,5 @@ if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
   trap 'ip netns del "$ns" 2>/dev/null || true' EXIT
   ip netns exec "$ns" bash -c "$inner" bash "$@"
 else
-  unshare --user --map-root-user --net bash -c "$inner" bash "$@"
+  unshare --user --map-root-user --net --mount bash -c "$inner" bash "$@"
 fi
