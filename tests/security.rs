@@ -161,6 +161,22 @@ fn nothing_created_is_open_to_other_users_even_with_umask_0() {
     for f in archive_files(&data, "perm") {
         assert_eq!(mode(&f), 0o640, "{}", f.display());
     }
+
+    // A registry file that exists keeps the mode its owner gave it, through
+    // a restart and a registry write.
+    let registry = speedrelay::engine::registry_path(&data).unwrap();
+    std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let relay = spawn_relay(&config, &data, &[]);
+    assert_eq!(
+        register_example(relay.api, "later", free_port(), json!({})).0,
+        201
+    );
+    assert!(relay.terminate().success());
+    assert_eq!(
+        mode(&registry),
+        0o600,
+        "an existing registry keeps its mode"
+    );
 }
 
 #[test]

@@ -253,14 +253,17 @@ fn fifty_clients_register_at_once_and_fifty_race_for_one_port() {
     relay.stop();
 }
 
-/// Start-up code is given back once the relay runs: the executable's
-/// resident pages drop, as the relay reports and as /proc shows from
-/// outside, and the relay still registers and relays afterwards.
+/// Start-up code is given back once the relay runs, also while another
+/// relay of the same binary runs (its code pages are then shared): the
+/// executable's resident pages drop, as the relay reports and as /proc
+/// shows from outside, and both relays still register and relay
+/// afterwards.
 #[test]
 fn start_up_code_pages_are_released_once_running() {
     let dir = tempfile::tempdir().unwrap();
     let config = loopback_config(dir.path(), 50);
     let data = dir.path().join("data");
+    let other = spawn_relay(&config, &dir.path().join("other"), &[]);
     let relay = spawn_relay(&config, &data, &[("RUST_LOG", "info,speedrelay=debug")]);
     let log = relay.log_text();
     let line = log
@@ -321,4 +324,18 @@ fn start_up_code_pages_are_released_once_running() {
     }
     assert_eq!(recv_n(&dest, records.len()), records);
     assert!(relay.terminate().success());
+    // The other relay's code was shared, never taken from it.
+    let port = free_port();
+    let (status, body) = register_example(
+        other.api,
+        "other",
+        port,
+        serde_json::json!({"outputs": {"full_rate": [{"address": "127.0.0.1", "port": d.port}]}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+    }
+    assert_eq!(recv_n(&dest, records.len()), records);
+    assert!(other.terminate().success());
 }
