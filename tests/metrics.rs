@@ -283,3 +283,115 @@ fn metrics_need_the_token_and_label_routes_by_template() {
     }
     relay.stop();
 }
+
+/// The series the first test cannot move: decimated records, archive
+/// errors and dropped records, build_info, and a failed channel's
+/// channel_up = 0 with its count among the failed.
+#[test]
+fn decimation_archive_faults_build_info_and_a_failed_channel_show() {
+    let dir = tempfile::tempdir().unwrap();
+    // "held" is in relay.yaml on a port another program holds: failed.
+    let holder = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    let held = holder.local_addr().unwrap().port();
+    let (_full, f) = receiver();
+    let config = config(dir.path(), free_port(), f.port);
+    let yaml = std::fs::read_to_string(config.join("relay.yaml"))
+        .unwrap()
+        .replace(
+            "channels:\n",
+            &format!("channels:\n  - {{name: held, port: {held}, schema: example.avsc}}\n"),
+        );
+    std::fs::write(config.join("relay.yaml"), yaml).unwrap();
+    let data = dir.path().join("data");
+    // A file where "blocked"'s archive directory would go.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("blocked"), b"in the way").unwrap();
+    let relay = spawn_relay(&config, &data, &[("SPEEDRELAY_API_TOKEN", TOKEN)]);
+    let api = relay.api;
+    let register = |name: &str, port: u16, config: Value| {
+        let body = serde_json::json!({"name": name, "port": port,
+            "schema": serde_json::from_str::<Value>(EXAMPLE_SCHEMA).unwrap(), "config": config});
+        let mut headers = auth();
+        headers.push(("Content-Type".into(), "application/json".into()));
+        let (status, answer) = http(
+            api,
+            "POST",
+            "/api/v1/channels",
+            &headers,
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(status, 201, "{answer}");
+    };
+    let (dec, d) = receiver();
+    let dec_port = free_port();
+    register(
+        "dec",
+        dec_port,
+        serde_json::json!({"decimation": {"enabled": true, "factor": 5},
+            "outputs": {"decimated": {"address": "127.0.0.1", "port": d.port}}}),
+    );
+    let blocked_port = free_port();
+    register("blocked", blocked_port, serde_json::json!({}));
+    let tx = sender();
+    let records = example_records(50);
+    for r in &records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, dec_port)).unwrap();
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, blocked_port)).unwrap();
+    }
+    let every_fifth: Vec<Vec<u8>> = records.iter().skip(4).step_by(5).cloned().collect();
+    assert_eq!(recv_n(&dec, 10), every_fifth);
+    let stat = |name: &str, counter: &str| {
+        let (_, c) = http(
+            api,
+            "GET",
+            &format!("/api/v1/channels/{name}"),
+            &auth(),
+            None,
+        );
+        c["stats"][counter].as_u64().unwrap_or(0)
+    };
+    wait_for(
+        "the decimated records counted",
+        Duration::from_secs(10),
+        || stat("dec", "decimated_sent") == 10,
+    );
+    wait_for(
+        "every blocked record dropped",
+        Duration::from_secs(10),
+        || stat("blocked", "archive_dropped") == 50,
+    );
+    let errors = stat("blocked", "archive_errors");
+    assert!(errors > 0);
+
+    let text = scrape(api, "/metrics");
+    let series = |s: &str| raw_sample(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
+    assert_eq!(
+        series("speedrelay_channel_decimated_records_total{channel=\"dec\"}"),
+        10.0
+    );
+    assert_eq!(
+        series("speedrelay_channel_archive_errors_total{channel=\"blocked\"}"),
+        errors as f64
+    );
+    assert_eq!(
+        series("speedrelay_channel_archive_dropped_records_total{channel=\"blocked\"}"),
+        50.0
+    );
+    assert_eq!(
+        series("speedrelay_channel_archive_dropped_records_total{channel=\"dec\"}"),
+        0.0
+    );
+    assert_eq!(
+        series(&format!(
+            "speedrelay_build_info{{version=\"{}\"}}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        1.0
+    );
+    assert_eq!(series("speedrelay_channel_up{channel=\"held\"}"), 0.0);
+    assert_eq!(series("speedrelay_channel_up{channel=\"dec\"}"), 1.0);
+    assert_eq!(series("speedrelay_channels{status=\"failed\"}"), 1.0);
+    assert_eq!(series("speedrelay_channels{status=\"active\"}"), 3.0);
+    drop(holder);
+    relay.stop();
+}
