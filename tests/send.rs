@@ -238,3 +238,54 @@ fn sending_to_a_port_nobody_listens_on_exits_1() {
         );
     }
 }
+
+/// `--host` names the destination: records reach a socket on [::1] only
+/// when sent there; a name that does not resolve is one error line.
+#[test]
+fn host_picks_the_destination() {
+    let sink = std::net::UdpSocket::bind((std::net::Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]");
+    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let port = sink.local_addr().unwrap().port().to_string();
+    let schema = repo_file("config/agents/temperature.avsc");
+    let schema = schema.to_str().unwrap();
+    let out = send(&[
+        "--host", "::1", "--port", &port, "--schema", schema, "--count", "3",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("to [::1]:{port}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let got = recv_n(&sink, 3);
+    let s = schema_of(schema);
+    for d in &got {
+        decode(&s, d);
+    }
+    // Without --host, 127.0.0.1: nothing reaches [::1].
+    let out = send(&["--port", &port, "--schema", schema, "--count", "3"]);
+    assert_eq!(out.status.code(), Some(1), "refused at 127.0.0.1");
+    assert_silent(&sink);
+    let out = send(&[
+        "--host",
+        "no-such-host.invalid",
+        "--port",
+        &port,
+        "--schema",
+        schema,
+        "--count",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-host.invalid"), "{err}");
+}
+
+fn schema_of(path: &str) -> apache_avro::Schema {
+    schema(&std::fs::read_to_string(path).unwrap())
+}

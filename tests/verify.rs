@@ -120,6 +120,14 @@ fn a_healthy_file_is_reported_with_its_counts_for_every_codec() -> TestResult {
             )),
             "{line}"
         );
+        // --schema adds the header's schema, as JSON, after the line.
+        let out = cli(&["--schema", p]);
+        assert_eq!(out.status.code(), Some(0));
+        let text = stdout(&out);
+        let (first, schema_text) = text.split_once('\n').ok_or("two parts")?;
+        assert!(first.starts_with(&format!("{p}: healthy")), "{text}");
+        let printed: serde_json::Value = serde_json::from_str(schema_text.trim())?;
+        assert_eq!(printed, serde_json::from_str::<serde_json::Value>(SCHEMA)?);
         // --repair on a healthy file writes nothing.
         let before = fs::read(&path)?;
         let out = cli(&["--repair", p]);

@@ -71,6 +71,22 @@ fn the_page_is_public_with_strict_headers_and_the_api_still_needs_the_token() {
         );
         assert!(head.contains("x-content-type-options: nosniff"), "{head}");
         assert!(body.contains(marker), "{path}");
+        // HEAD: the same head, the length of the body, and no body.
+        let request =
+            format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let (status, answer) = raw_request(api, request.as_bytes(), Duration::from_secs(10));
+        assert_eq!(status, Some(200), "HEAD {path}: {answer}");
+        let (head_of_head, rest) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(rest.is_empty(), "HEAD {path} sent a body");
+        let head_of_head = head_of_head.to_ascii_lowercase();
+        assert!(
+            head_of_head.contains(&format!("content-type: {kind}")),
+            "{head_of_head}"
+        );
+        assert!(
+            head_of_head.contains(&format!("content-length: {}", body.len())),
+            "HEAD {path}: {head_of_head}"
+        );
         // Offline: nothing is loaded from another origin.
         for external in [
             "src=\"http",
