@@ -606,3 +606,53 @@ async fn kernel_receive_buffer_drops_are_counted() {
         "every datagram is either received or counted as dropped: {stats:?}"
     );
 }
+
+/// When the disk falls behind, whole blocks are dropped and counted rather
+/// than slowing reception: the archive task's one blocking thread is held,
+/// so its first block waits, 64 more fill the queue and the rest are
+/// dropped; once the disk is back, the queued ones are written.
+#[test]
+fn blocks_beyond_a_full_archive_queue_are_dropped_and_counted() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = quiet_settings();
+        // One record per block.
+        settings.archive.flush_records = 1;
+        let (channel, addr) = start("behind", EXAMPLE_SCHEMA, settings, dir.path());
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::task::spawn_blocking(move || held.recv());
+        let records = example_records(100);
+        let tx = sender();
+        let c = channel.counters().clone();
+        for r in &records {
+            tx.send_to(r, addr).unwrap();
+        }
+        wait_until("every record received", T, || {
+            c.packets.load(Relaxed) == 100
+        })
+        .await;
+        // At most 65 blocks are in the archive's hands: the one it took
+        // and the 64 queued; when it took the first depends on scheduling.
+        let dropped = c.archive_dropped.load(Relaxed);
+        assert!(dropped >= 100 - 65, "{dropped} dropped");
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        channel.stop().await.unwrap();
+        assert_eq!(c.kernel_drops.load(Relaxed), 0);
+        assert_eq!(c.archive_dropped.load(Relaxed), dropped, "none after");
+        // Every record is either archived, in order, or counted dropped.
+        let archived = archived_datums(dir.path(), "behind", EXAMPLE_SCHEMA);
+        assert_eq!(archived.len() as u64 + dropped, 100);
+        assert_eq!(archived[..64], records[..64]);
+        let mut rest = records.iter();
+        assert!(
+            archived.iter().all(|a| rest.any(|r| r == a)),
+            "archived in the order received"
+        );
+    });
+}

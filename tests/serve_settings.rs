@@ -228,3 +228,67 @@ fn the_ports_range_of_relay_yaml_bounds_registrations() {
     assert_eq!(list["channels"].as_array().unwrap().len(), 1);
     relay.stop();
 }
+
+/// rotation and retention set in a channel's `config` in relay.yaml: a
+/// threshold of 0 keeps one file; size rotation with a quota keeps the
+/// channel's files under the quota, the newest kept.
+#[test]
+fn rotation_and_retention_from_a_channels_config_take_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), 20);
+    let (one, many) = (free_port(), free_port());
+    let yaml = std::fs::read_to_string(config.join("relay.yaml"))
+        .unwrap()
+        .replace(
+            "channels: []\n",
+            &format!(
+                "channels:\n\
+                 - {{name: one, port: {one}, schema: example.avsc, \
+                     config: {{rotation: {{mode: size, threshold: 0}}}}}}\n\
+                 - {{name: many, port: {many}, schema: example.avsc, \
+                     config: {{rotation: {{mode: size, threshold: 1}}, \
+                               retention: {{mode: quota, value: 3000}}}}}}\n"
+            ),
+        );
+    std::fs::write(config.join("relay.yaml"), yaml).unwrap();
+    let data = dir.path().join("data");
+    let relay = spawn_relay(&config, &data, &[]);
+    let tx = sender();
+    let bytes = |name: &str| {
+        get_channel(relay.api, name)["stats"]["archive_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    for (i, r) in example_records(8).iter().enumerate() {
+        for (name, port) in [("one", one), ("many", many)] {
+            let before = bytes(name);
+            tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
+            wait_for(
+                &format!("block {i} of {name}"),
+                std::time::Duration::from_secs(20),
+                || bytes(name) > before,
+            );
+        }
+    }
+    let one_files = archive_files(&data, "one");
+    assert_eq!(one_files.len(), 1, "threshold 0: no rotation");
+    assert_eq!(speedrelay::verify::scan(&one_files[0]).unwrap().blocks, 8);
+    assert_eq!(
+        get_channel(relay.api, "many")["stats"]["archive_files"],
+        8,
+        "a file per block"
+    );
+    let kept = archive_files(&data, "many");
+    let total: u64 = kept
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    assert!(
+        kept.len() < 8 && total <= 3000,
+        "{} files, {total} bytes",
+        kept.len()
+    );
+    relay.stop();
+    let last = archived_datums(&data, "many", EXAMPLE_SCHEMA);
+    assert_eq!(last.last(), example_records(8).last(), "the newest is kept");
+}
