@@ -15,6 +15,8 @@ if [ "${SPEEDRELAY_IN_NETNS:-}" != 1 ]; then
   exec unshare --user --map-root-user --net env SPEEDRELAY_IN_NETNS=1 "$0" "$@"
 fi
 ip link set lo up
+ip link set lo multicast on
+ip route add 239.0.0.0/8 dev lo
 rounds=${ROUNDS:-3}
 count=300000
 rate=50000
