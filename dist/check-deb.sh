@@ -41,7 +41,7 @@ export SPEEDRELAY_URL=http://127.0.0.1:8080
 echo "== $bin serve --config $ROOT/etc/speedrelay --data-dir $data"
 "$bin" serve --config "$ROOT/etc/speedrelay" --data-dir "$data" --threads 1 > /dev/null 2> "$data.log" &
 pid=$!
-for _ in $(seq 1 200); do grep -q "speedrelay running" "$data.log" && break; sleep 0.05; done
+for _ in $(seq 1 200); do grep -qs "speedrelay running" "$data.log" && break; sleep 0.05; done
 grep -q "speedrelay running" "$data.log" || { cat "$data.log"; exit 1; }
 "$bin" channels add registered --port 26500 --schema "$ROOT/etc/speedrelay/agents/temperature.avsc"
 "$bin" send --port 26000 --schema "$ROOT/etc/speedrelay/agents/example.avsc" --rate 5000 --count 1000

@@ -7,7 +7,9 @@
 # sender (the first binary) loads every relay. Bounded: ROUNDS rounds
 # (default 3) of 300,000 records per binary, the binaries alternating.
 # Runs itself inside a fresh private network namespace (lo only).
-# Usage: [ROUNDS=N] dist/measure.sh BINARY...
+# INSTRUCTIONS=1 instead counts user-space instructions per record with
+# valgrind's callgrind (see below).
+# Usage: [ROUNDS=N] [INSTRUCTIONS=1] dist/measure.sh BINARY...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
@@ -48,14 +50,40 @@ sender=$1
 
 start() { # binary log: sets pid; waits for "speedrelay running"
   rm -rf "$work/data" "$2"
-  RUST_LOG=warn,speedrelay=info "$1" serve --config "$work/config" --data-dir "$work/data" \
+  RUST_LOG=warn,speedrelay=info ${wrap:-} "$1" serve --config "$work/config" --data-dir "$work/data" \
     --api 127.0.0.1:18080 --threads 1 > /dev/null 2> "$2" &
   pid=$!
-  for _ in $(seq 1 1000); do grep -q "speedrelay running" "$2" && break; sleep 0.01; done
+  for _ in $(seq 1 12000); do grep -q "speedrelay running" "$2" && break; sleep 0.01; done
   grep -q "speedrelay running" "$2" || { cat "$2" >&2; return 1; }
 }
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 packets() { curl -sf 127.0.0.1:18080/api/v1/channels/bench | grep -o '"packets":[0-9]*' | cut -d: -f2; }
+
+if [ -n "${INSTRUCTIONS:-}" ]; then
+  # User-space instructions per record, counted by callgrind (so the
+  # machine's other load changes nothing): a run relaying 20,000 records at
+  # 2,000/s minus an idle run of the same length, over 20,000.
+  n=20000
+  for bin in "$@"; do
+    for load in 0 $n; do
+      wrap="valgrind --tool=callgrind --callgrind-out-file=$work/cg.$load"
+      start "$bin" "$work/cg.log"
+      if [ $load -gt 0 ]; then
+        "$sender" send --port 26100 --schema "$work/config/agents/example.avsc" \
+          --rate 2000 --count $load > "$work/send.log" 2>&1
+      else
+        sleep $((n / 2000))
+      fi
+      sleep 2
+      [ $load = 0 ] || got=$(packets)
+      kill -TERM $pid; wait $pid
+    done
+    ir() { grep -m1 '^totals:\|^summary:' "$1" | awk '{print $2}'; }
+    echo "$bin: $(( ($(ir $work/cg.$n) - $(ir $work/cg.0)) / got )) instructions per record" \
+      "(user space, callgrind; $got of $n records taken in)"
+  done
+  exit
+fi
 
 for bin in "$@"; do
   start "$bin" "$work/idle.log"

@@ -72,8 +72,15 @@ export SPEEDRELAY_URL=http://127.0.0.1:18080
 # qemu-user crashes on the start-up page release (madvise on the code).
 [ ${#runner[@]} -eq 0 ] || export SPEEDRELAY_NO_PAGE_RELEASE=1
 
+serve_runner=("${runner[@]}")
+# qemu logs where it put the guest's address space, for the RSS below.
+# A 64-bit guest gets a reserved address space only when asked (-R).
+case ${runner[0]:-} in
+  qemu-aarch64) serve_runner=("${runner[0]}" -R 0x100000000 -d page -D "$work/qemu.log" "${runner[@]:1}") ;;
+  qemu-*) serve_runner=("${runner[0]}" -d page -D "$work/qemu.log" "${runner[@]:1}") ;;
+esac
 echo "== serve ($bin${runner:+ under ${runner[*]}})"
-"${runner[@]}" "$bin" serve --config "$work/config" --data-dir "$work/data" --api 127.0.0.1:18080 \
+"${serve_runner[@]}" "$bin" serve --config "$work/config" --data-dir "$work/data" --api 127.0.0.1:18080 \
   --threads 1 > /dev/null 2> "$work/serve.log" &
 pid=$!
 for _ in $(seq 1 600); do
@@ -85,6 +92,31 @@ grep -q "speedrelay running" "$work/serve.log" || { cat "$work/serve.log"; exit 
 
 echo "== channels add smoke"
 relay channels add smoke --port 26999 --schema config/agents/example.avsc
+# RSS with this one idle channel: the process's own pages. Under qemu, the
+# pages inside the guest's address space (qemu's own heap and translated
+# code excluded).
+sleep 2
+if [ ${#runner[@]} -eq 0 ]; then
+  rss=$(awk '/^Rss:/ {k += $2} END {print k}' /proc/$pid/smaps)
+else
+  read -r base size < <(sed -n 's/^pgb_reserved_va: base @ \(0x[0-9a-f]*\) for \([0-9]*\) bytes$/\1 \2/p' "$work/qemu.log" | tail -1)
+  rss=$(python3 - "$pid" "$base" "$size" <<'PY'
+import sys
+pid, base, size = sys.argv[1], int(sys.argv[2], 16), int(sys.argv[3])
+kib, inside = 0, False
+for line in open(f"/proc/{pid}/smaps"):
+    head = line.split()[0]
+    if "-" in head and not head.endswith(":"):
+        start, end = (int(x, 16) for x in head.split("-"))
+        inside = base <= start and end <= base + size
+    elif head == "Rss:" and inside:
+        kib += int(line.split()[1])
+print(kib)
+PY
+)
+fi
+echo "== RSS with 1 idle channel, --threads 1: $rss KiB"
+
 echo "== send --count 1000"
 timeout 30 "${runner[@]}" "$bin" send --port 26999 --schema config/agents/example.avsc \
   --rate 2000 --count 1000
