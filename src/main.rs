@@ -414,7 +414,9 @@ async fn run(
         data_dir = %data_dir.display(),
         "speedrelay running; SIGINT or SIGTERM stops it"
     );
+    notify_service_manager("READY=1");
     signals.recv().await;
+    notify_service_manager("STOPPING=1");
     tracing::info!("stopping: flushing every archive");
     stop_api.cancel();
     let _ = api_task.await;
@@ -445,5 +447,26 @@ impl ShutdownSignals {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
+    }
+}
+
+/// Tells systemd (`Type=notify`) how the service is doing: one datagram to
+/// the unix socket named by `$NOTIFY_SOCKET` (a leading '@' names an
+/// abstract socket). Without the variable, nothing happens; a failure is
+/// logged and never stops the relay.
+fn notify_service_manager(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name),
+        None => SocketAddr::from_pathname(&path),
+    }
+    .and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(e) = sent {
+        tracing::warn!(socket = ?path, error = %e, "cannot notify the service manager ({state})");
     }
 }

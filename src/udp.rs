@@ -257,7 +257,8 @@ impl RecvBatch {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 self.limit as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                // The flags are a c_int in glibc's prototype, c_uint in musl's.
+                libc::MSG_DONTWAIT as _,
                 std::ptr::null_mut(),
             )
         };
@@ -447,7 +448,7 @@ impl Loaded<'_> {
                     fd,
                     pending.as_mut_ptr(),
                     pending.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT,
+                    libc::MSG_DONTWAIT as _, // c_int in glibc, c_uint in musl
                 )
             };
             let r = if r < 0 {
