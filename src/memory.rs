@@ -19,7 +19,15 @@ use std::path::Path;
 /// own content: code needed again faults back in from the page cache. A
 /// mapping with private pages (RELRO, relocated at load) is left alone, as
 /// dropping those would bring back the file's unrelocated bytes.
+///
+/// `SPEEDRELAY_NO_PAGE_RELEASE=1` (any value but empty or `0`) skips it:
+/// qemu-user emulates these `madvise` calls on the emulator's own view of
+/// the guest's code and the process crashes, so an emulated run needs it.
 pub fn release_startup_code() {
+    if page_release_disabled(std::env::var_os(NO_PAGE_RELEASE).as_deref()) {
+        tracing::debug!("{NO_PAGE_RELEASE} is set: start-up code pages kept");
+        return;
+    }
     let before = executable_mappings();
     for m in before.iter().filter(|m| m.file_pages_only()) {
         // SAFETY: `m` is a read-only private mapping of the executable with
@@ -36,6 +44,13 @@ pub fn release_startup_code() {
         after_kib = resident(&executable_mappings()),
         "start-up code pages released"
     );
+}
+
+/// The switch that keeps the start-up pages (for running under emulation).
+pub const NO_PAGE_RELEASE: &str = "SPEEDRELAY_NO_PAGE_RELEASE";
+
+fn page_release_disabled(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// One mapping of the executable file, as /proc/self/smaps shows it.
@@ -115,20 +130,20 @@ mod tests {
     use super::*;
 
     const SMAPS: &str = "\
-5603ecf0c000-5603ed0d6000 r--p 00000000 fe:00 5458383                    /opt/speedrelay
+a5c0c000-a5dd6000 r--p 00000000 fe:00 5458383                    /opt/speedrelay
 Size:               1832 kB
 Rss:                 320 kB
 Anonymous:             0 kB
-5603ed5c1000-5603ed601000 r--p 006b3000 fe:00 5458383                    /opt/speedrelay
+a62c1000-a6301000 r--p 006b3000 fe:00 5458383                    /opt/speedrelay
 Rss:                 256 kB
 Anonymous:           256 kB
-5603ed601000-5603ed604000 rw-p 006f2000 fe:00 5458383                    /opt/speedrelay
+a6301000-a6304000 rw-p 006f2000 fe:00 5458383                    /opt/speedrelay
 Rss:                  12 kB
 Anonymous:            12 kB
-7f0000000000-7f0000001000 r-xp 00000000 fe:00 1234                       /usr/lib/libc.so.6
+b6f00000-b6f01000 r-xp 00000000 fe:00 1234                       /usr/lib/libc.so.6
 Rss:                   4 kB
 Anonymous:             0 kB
-7f0000002000-7f0000003000 rw-p 00000000 00:00 0
+b6f02000-b6f03000 rw-p 00000000 00:00 0
 Rss:                   4 kB
 VmFlags: rd wr mr mw me ac
 ";
@@ -140,7 +155,7 @@ VmFlags: rd wr mr mw me ac
         assert_eq!(
             maps[0],
             Mapping {
-                start: 0x5603ecf0c000,
+                start: 0xa5c0c000,
                 len: 0x1ca000,
                 writable: false,
                 rss_kib: 320,
@@ -150,5 +165,23 @@ VmFlags: rd wr mr mw me ac
         let released: Vec<bool> = maps.iter().map(Mapping::file_pages_only).collect();
         // RELRO (relocated, read-only now) and .data keep their pages.
         assert_eq!(released, [true, false, false]);
+    }
+
+    /// A 64-bit kernel prints 12-digit addresses; a 32-bit one 8 (the
+    /// fixture above, so the test builds and runs on armv7 too).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn sixty_four_bit_addresses_are_read() {
+        let smaps = "5603ecf0c000-5603ed0d6000 r--p 00000000 fe:00 1 /opt/speedrelay\nRss: 8 kB\n";
+        let maps = parse_smaps(smaps, Path::new("/opt/speedrelay"));
+        assert_eq!((maps[0].start, maps[0].len), (0x5603ecf0c000, 0x1ca000));
+    }
+
+    #[test]
+    fn the_switch_keeps_the_pages_unless_empty_or_zero() {
+        let off = |v: &str| page_release_disabled(Some(std::ffi::OsStr::new(v)));
+        assert!(!page_release_disabled(None));
+        assert!(!off("") && !off("0"));
+        assert!(off("1") && off("yes"));
     }
 }
