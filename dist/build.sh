@@ -11,7 +11,8 @@
 # glibc and not static musl: docs/install.md, "How the binaries are built".
 #
 # Installs what it lacks, saying so: the Rust targets (rustup), zig
-# (into target/dist-tools/), cargo-zigbuild and cargo-deb (crates.io).
+# (into target/dist-tools/), cargo-zigbuild and cargo-deb (crates.io),
+# binutils (Debian). No cross compiler is needed: zig is one.
 # Idempotent: a second run rebuilds nothing that is up to date.
 #
 # Usage: dist/build.sh [TARGET...]   (default: the three above)
@@ -69,6 +70,10 @@ cargo_tool() { # crate version: installs crate@version unless that version is th
     nice -n 15 cargo install --locked --quiet "$1" --version "$2"
   fi
 }
+if ! command -v objdump >/dev/null; then
+  say "installing binutils (Debian), for objdump"
+  apt-get install -y -qq binutils >/dev/null
+fi
 cargo_tool cargo-zigbuild "$CARGO_ZIGBUILD_VERSION"
 cargo_tool cargo-deb "$CARGO_DEB_VERSION"
 

@@ -30,6 +30,12 @@ if [ ${#runner[@]} -gt 0 ] && ! command -v "${runner[0]}" >/dev/null; then
   echo "== installing qemu-user (Debian)"
   apt-get install -y -qq qemu-user >/dev/null
 fi
+# A glibc binary needs the target's C library (Debian's libc6-<arch>-cross).
+if [ ${#runner[@]} -gt 2 ] && [ ! -d "${runner[2]}/lib" ]; then
+  case $target in aarch64-*) pkg=libc6-arm64-cross ;; *) pkg=libc6-armhf-cross ;; esac
+  echo "== installing $pkg (Debian)"
+  apt-get install -y -qq "$pkg" >/dev/null
+fi
 
 if [ "${SPEEDRELAY_IN_NETNS:-}" != 1 ]; then
   if [ "$unit" = --unit ]; then
