@@ -20,16 +20,6 @@ use speedrelay::verify;
 
 const T: Duration = Duration::from_secs(20);
 
-fn patch(api: SocketAddr, name: &str, body: Value) -> (u16, Value) {
-    http(
-        api,
-        "PATCH",
-        &format!("/api/v1/channels/{name}"),
-        &[("Content-Type".into(), "application/json".into())],
-        Some(body.to_string().as_bytes()),
-    )
-}
-
 /// PATCH that must succeed; returns the channel.
 fn patch_ok(api: SocketAddr, name: &str, body: Value) -> Value {
     let (status, answer) = patch(api, name, body.clone());

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -27,16 +27,6 @@ fn relay_command(config: &Path, data: &Path) -> Command {
         .env("RUST_LOG", "info")
         .env_remove("SPEEDRELAY_API_TOKEN");
     cmd
-}
-
-fn patch(api: SocketAddr, name: &str, body: Value) -> (u16, Value) {
-    http(
-        api,
-        "PATCH",
-        &format!("/api/v1/channels/{name}"),
-        &[("Content-Type".into(), "application/json".into())],
-        Some(body.to_string().as_bytes()),
-    )
 }
 
 fn channel_names(api: SocketAddr) -> Vec<String> {

@@ -523,6 +523,17 @@ pub fn post_json(api: SocketAddr, path: &str, body: &[u8]) -> (u16, Json) {
     )
 }
 
+/// PATCH /api/v1/channels/NAME with `body`: the status and the answer.
+pub fn patch(api: SocketAddr, name: &str, body: Json) -> (u16, Json) {
+    http(
+        api,
+        "PATCH",
+        &format!("/api/v1/channels/{name}"),
+        &[("Content-Type".into(), "application/json".into())],
+        Some(body.to_string().as_bytes()),
+    )
+}
+
 /// GET /api/v1/channels/NAME, asserting a 200: the channel as JSON.
 pub fn get_channel(api: SocketAddr, name: &str) -> Json {
     let (status, body) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
