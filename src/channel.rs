@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
-use crate::config::{ChannelSettings, Destination, Layout};
+use crate::config::{ChannelSettings, Destination};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
 use crate::udp::{self, BATCH, RecvBatch, SendBatch, SendReport};
@@ -171,7 +171,7 @@ impl BoundChannel {
         let archive = settings
             .archive
             .enabled
-            .then(|| start_archive(&self.data_dir, &self.spec, settings, &self.counters));
+            .then(|| start_archive(&self.data_dir, &self.spec, &self.counters));
         let cancel = CancellationToken::new();
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let slots = self.validator.numeric_slots().len();
@@ -197,10 +197,7 @@ impl BoundChannel {
             decimated: self.decimated,
             archive,
             data_dir: self.data_dir,
-            schema_json: self.spec.schema_json.clone(),
-            layout: settings.archive.layout,
-            max_datagram: settings.socket.max_datagram,
-            recv_buffer: settings.socket.recv_buffer,
+            spec: self.spec.clone(),
             batch_limit: self.batch_limit,
             block: Vec::new(),
             block_count: 0,
@@ -225,13 +222,13 @@ impl BoundChannel {
     }
 }
 
-/// The channel's archive writer task, with the channel's current settings.
+/// The channel's archive writer task, with the spec's settings.
 fn start_archive(
     data_dir: &Path,
     spec: &ChannelSpec,
-    settings: &ChannelSettings,
     counters: &Arc<ChannelCounters>,
 ) -> ArchiveHandle {
+    let settings = &spec.settings;
     let writer = ArchiveWriter::new(
         settings.archive.layout.dir(data_dir, &spec.name),
         &spec.name,
@@ -371,13 +368,11 @@ struct ChannelTask {
     decimated: Vec<StdUdpSocket>,
 
     archive: Option<ArchiveHandle>,
-    /// What a (re)started archive needs: the data directory and the schema.
+    /// What a (re)started archive needs: the data directory, and the spec
+    /// with the settings in effect (also what a reconfiguration is
+    /// compared with).
     data_dir: PathBuf,
-    schema_json: String,
-    /// The socket settings in effect, to see what a reconfiguration changes.
-    layout: Layout,
-    max_datagram: u32,
-    recv_buffer: u32,
+    spec: ChannelSpec,
     batch_limit: usize,
     /// Encoded records of the block being filled.
     block: Vec<u8>,
@@ -606,13 +601,14 @@ impl ChannelTask {
                 self.flush_bytes = a.flush_bytes.max(1) as usize;
                 self.flush_after = Duration::from_millis(u64::from(a.flush_ms));
                 let mut archive = self.archive.take();
-                if archive.is_some() && a.layout != self.layout {
-                    // Another directory: close this file, start anew there.
-                    if let Some(old) = archive.take() {
-                        old.close().await;
-                    }
+                // Another directory: close this file, start anew there.
+                if let Some(old) =
+                    archive.take_if(|_| a.layout != self.spec.settings.archive.layout)
+                {
+                    old.close().await;
                 }
-                self.layout = a.layout;
+                let socket_before = self.spec.settings.socket;
+                self.spec.settings = (*settings).clone();
                 match (archive, a.enabled) {
                     (Some(archive), true) => {
                         archive.reconfigure(*a, settings.rotation, settings.retention);
@@ -622,35 +618,23 @@ impl ChannelTask {
                     // synced): datagrams meanwhile wait in the kernel queue.
                     (Some(archive), false) => archive.close().await,
                     (None, true) => {
-                        let spec = ChannelSpec {
-                            name: self.name.clone(),
-                            port: self.port,
-                            schema_json: self.schema_json.clone(),
-                            settings: (*settings).clone(),
-                        };
-                        self.archive = Some(start_archive(
-                            &self.data_dir,
-                            &spec,
-                            &settings,
-                            &self.counters,
-                        ));
+                        self.archive =
+                            Some(start_archive(&self.data_dir, &self.spec, &self.counters));
                     }
                     (None, false) => {}
                 }
                 let sock = &settings.socket;
-                if sock.max_datagram != self.max_datagram {
+                if sock.max_datagram != socket_before.max_datagram {
                     // Every datagram already received was processed: the
                     // batch is empty between two batches.
                     self.batch = RecvBatch::new(sock.max_datagram as usize);
                     self.batch.set_limit(self.batch_limit);
-                    self.max_datagram = sock.max_datagram;
                 }
-                if sock.recv_buffer != self.recv_buffer {
+                if sock.recv_buffer != socket_before.recv_buffer {
                     let sock_ref = socket2::SockRef::from(&self.socket);
                     if let Err(e) = sock_ref.set_recv_buffer_size(sock.recv_buffer as usize) {
                         tracing::warn!(channel = %self.name, error = %e, "cannot resize the receive buffer");
                     }
-                    self.recv_buffer = sock.recv_buffer;
                 }
                 tracing::info!(channel = %self.name, "channel reconfigured");
             }

@@ -18,31 +18,24 @@ pub const SPARE: u64 = 32;
 /// for more, and `select`-era code is not in this process). Returns the
 /// soft limit in force afterwards.
 pub fn raise_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for getrlimit to fill.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut lim = get_limit()?;
     let wanted = lim.rlim_max.min(1 << 20);
     if wanted > lim.rlim_cur {
-        let raised = libc::rlimit {
-            rlim_cur: wanted,
-            rlim_max: lim.rlim_max,
-        };
+        lim.rlim_cur = wanted;
         // SAFETY: a valid rlimit, soft not above hard.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        lim.rlim_cur = wanted;
     }
     Ok(rlim_to_u64(lim.rlim_cur))
 }
 
 /// The soft `RLIMIT_NOFILE` in force.
 pub fn limit() -> io::Result<u64> {
+    get_limit().map(|lim| rlim_to_u64(lim.rlim_cur))
+}
+
+fn get_limit() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -51,7 +44,7 @@ pub fn limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(rlim_to_u64(lim.rlim_cur))
+    Ok(lim)
 }
 
 /// `rlim_t` is 64-bit here but 32-bit on armv7's glibc.

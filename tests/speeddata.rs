@@ -27,16 +27,6 @@ fn post(api: SocketAddr, body: &Value) -> (u16, Value) {
     post_json(api, "/api/v1/channels", body.to_string().as_bytes())
 }
 
-fn patch(api: SocketAddr, name: &str, body: &Value) -> (u16, Value) {
-    http(
-        api,
-        "PATCH",
-        &format!("/api/v1/channels/{name}"),
-        &[("Content-Type".into(), "application/json".into())],
-        Some(body.to_string().as_bytes()),
-    )
-}
-
 /// The names `GET /api/v1/channels` lists, sorted.
 fn names(api: SocketAddr) -> Vec<String> {
     names_of(api, "/api/v1/channels")
@@ -303,7 +293,7 @@ fn rotation_and_decimation_take_speeddata_numbers() {
     );
     assert_eq!(channel["config"]["decimation"]["factor"], 5);
 
-    let (status, answer) = patch(api, "numbers", &json!({"rotation": 60}));
+    let (status, answer) = patch(api, "numbers", json!({"rotation": 60}));
     assert_eq!(status, 200, "{answer}");
     let config_after = get_channel(api, "numbers")["config"].clone();
     assert_eq!(
@@ -316,7 +306,7 @@ fn rotation_and_decimation_take_speeddata_numbers() {
     );
 
     for bad in [json!(-1), json!("hourly"), json!(1.5)] {
-        let (status, answer) = patch(api, "numbers", &json!({"rotation": bad}));
+        let (status, answer) = patch(api, "numbers", json!({"rotation": bad}));
         assert_eq!(status, 400, "PATCH rotation {bad}: {answer}");
         assert_eq!(
             get_channel(api, "numbers")["config"],
