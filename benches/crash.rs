@@ -10,7 +10,7 @@
 //! `benches/run.sh crash [ROUNDS]`, inside a private network namespace (the
 //! bench refuses to run outside one). `CRASH_SEED` replays the kill delays.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeSet;

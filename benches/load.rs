@@ -17,7 +17,7 @@
 //! `benches/run.sh load MODE [ARG]`: inside a private network namespace
 //! (the bench refuses to run outside one). Bounded in time and count.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::net::{Ipv4Addr, UdpSocket};

@@ -2,7 +2,7 @@
 //! comes from (flag > environment variable > config file > default),
 //! `--threads`, SIGINT, and the `ports:` range of relay.yaml at the API.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

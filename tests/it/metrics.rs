@@ -2,7 +2,7 @@
 //! Python's prometheus_client parses, counters that move when records flow,
 //! the token enforced, and request routes labelled by template only.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The engine (SPEC §5, §6): registration is atomic and durable, channels
 //! come back after a restart, failures are contained and retried.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::Path;

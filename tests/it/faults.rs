@@ -8,7 +8,7 @@
 //! unwritable directory counted, a refused destination counted) is not
 //! repeated; these go through the real binary and check the recovery.
 
-mod common;
+use crate::common;
 
 use std::ffi::CString;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};

@@ -2,7 +2,7 @@
 //! engine: every route, the schema checks, the port queries, and the bad
 //! input that must be a 4xx and change nothing.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;

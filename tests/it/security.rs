@@ -3,7 +3,7 @@
 //! users, and no request reaching outside the config and data directories.
 //! (The token check itself, on every route, is in tests/api.rs.)
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;

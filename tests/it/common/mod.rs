@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 use speedrelay::channel::{BoundChannel, ChannelHandle, ChannelSpec};
 use speedrelay::config::{ChannelSettings, Destination};
 
-pub const EXAMPLE_SCHEMA: &str = include_str!("../../config/agents/example.avsc");
+pub const EXAMPLE_SCHEMA: &str = include_str!("../../../config/agents/example.avsc");
 
 /// A record schema with one field of each numeric type and a string.
 pub const NUMERIC_SCHEMA: &str = r#"{"type":"record","name":"sample","fields":[

@@ -4,7 +4,7 @@
 //! verify`, apache-avro, Python's fastavro); the others are counted in
 //! `archive_rejected`.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -21,7 +21,7 @@ use speedrelay::counters::ChannelCounters;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const SCHEMA: &str = include_str!("../config/agents/example.avsc");
+const SCHEMA: &str = include_str!("../../config/agents/example.avsc");
 const CODECS: [Codec; 4] = [Codec::Null, Codec::Deflate, Codec::Zstandard, Codec::Snappy];
 
 fn schema() -> Schema {

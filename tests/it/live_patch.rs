@@ -6,7 +6,7 @@
 //! `archive.enabled`, `socket.max_datagram` and `socket.bind` are covered
 //! in tests/reliability.rs; everything else is here.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! starts on it, and takes the shipped agent schemas, without a warning
 //! about them.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -2,7 +2,7 @@
 //! manager it is ready once its channels are bound and its API listens, and
 //! that it is stopping when a signal arrives.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixDatagram;

@@ -4,7 +4,7 @@
 //! turn the callsite off when another test's thread (with no subscriber)
 //! hits it first.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! DNS rebinding, one settings validation for every door, and channel names
 //! that meet the relay's own files.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;

@@ -4,7 +4,7 @@
 //! same archived records and the same counters, including batches that mix
 //! valid and invalid datagrams.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! `speedrelay channels` (the real binary) against a running relay (the
 //! real binary): output, exit status, and server errors as one line.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};

@@ -6,7 +6,7 @@
 //! another origin (in a real browser too), archives laid out flat where its
 //! readers look, and a relay with no config directory at all.
 
-mod common;
+use crate::common;
 use common::*;
 
 use std::io::{BufRead, Write};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-const TEMPERATURE_SCHEMA: &str = include_str!("../config/agents/temperature.avsc");
+const TEMPERATURE_SCHEMA: &str = include_str!("../../config/agents/temperature.avsc");
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_speedrelay"))

@@ -3,7 +3,7 @@
 //! (inputs that once crashed, one per finding) goes through the same target
 //! body libFuzzer runs (`fuzz/targets.rs`), so a regression panics here.
 
-#[path = "../fuzz/targets.rs"]
+#[path = "../../fuzz/targets.rs"]
 mod targets;
 
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! The real binary: `speedrelay serve` on a config directory relays, and
 //! SIGTERM leaves every received record in a closed, complete archive.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 use std::process::Command;

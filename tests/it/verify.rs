@@ -17,7 +17,7 @@ use speedrelay::verify::{self, Repaired, TailProblem};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const SCHEMA: &str = include_str!("../config/agents/example.avsc");
+const SCHEMA: &str = include_str!("../../config/agents/example.avsc");
 const CODECS: [Codec; 4] = [Codec::Null, Codec::Deflate, Codec::Zstandard, Codec::Snappy];
 
 /// `n` example.avsc records numbered from `start`, and their encodings.

@@ -407,7 +407,7 @@ fn locked_from_another_process() {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "child_open_of_a_held_registry",
+            "registry::child_open_of_a_held_registry",
             "--ignored",
             "--nocapture",
         ])

@@ -7,7 +7,7 @@
 //! Outputs fields send records where they say and refuse bad destinations
 //! next to the field.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

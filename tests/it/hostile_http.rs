@@ -3,7 +3,7 @@
 //! answered with a 4xx or dropped, never a crash or a 5xx, while a normal
 //! client alongside keeps getting answers.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

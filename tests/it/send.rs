@@ -2,7 +2,7 @@
 //! sends is valid for the channel's schema and lands in the archive, for
 //! the shipped agent schemas and for a schema using every Avro type.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

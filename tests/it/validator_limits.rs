@@ -3,7 +3,7 @@
 //! are forwarded, and a datagram longer than `socket.max_datagram` is
 //! counted invalid with a reason that names its length.
 
-mod common;
+use crate::common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

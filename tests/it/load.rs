@@ -8,7 +8,7 @@
 //! `benches/run.sh load api` and `benches/run.sh load churn`
 //! (benches/load.rs) measure them on a release build.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The channel data path end to end (SPEC §4): a real channel task on real
 //! loopback sockets, checked at its destinations and in its archive files.
 
-mod common;
+use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;

@@ -18,7 +18,7 @@
 //! Records carry their sequence number (the `counter` field); each round
 //! is printed (`cargo test --test crash -- --nocapture`).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
