@@ -4,7 +4,7 @@
 //! round and stream it prints the records sent before the kill, archived
 //! and lost, and how long before the kill the oldest lost record was sent;
 //! then the worst case against the flush interval (`archive.flush_ms`, 50
-//! here). tests/crash.rs asserts what must hold after every kill; this
+//! here). tests/it/crash.rs asserts what must hold after every kill; this
 //! measures how much of the last flush interval is lost.
 //!
 //! `benches/run.sh crash [ROUNDS]`, inside a private network namespace (the

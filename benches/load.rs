@@ -1,5 +1,5 @@
 //! The relay (release build, the real binary) under load: the figures
-//! tests/load.rs and tests/send.rs leave out because they are speed, not
+//! tests/it/load.rs and tests/it/send.rs leave out because they are speed, not
 //! correctness.
 //!
 //! - `api [SECS]` (default 10): two channels flooded from two sender

@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, shared by `fuzz/fuzz_targets/*.rs`
 //! (libFuzzer, nightly) and by the stable regression test
-//! `tests/fuzz_corpus.rs`, which replays every committed corpus and
+//! `tests/it/fuzz_corpus.rs`, which replays every committed corpus and
 //! regression input through the same functions. Each function takes one
 //! input, must never panic on it, and asserts the properties the module
 //! under test promises.

@@ -16,7 +16,7 @@
 //! How many records a kill loses, and how old the oldest of them is, are
 //! figures, measured by `benches/run.sh crash` (benches/crash.rs).
 //! Records carry their sequence number (the `counter` field); each round
-//! is printed (`cargo test --test crash -- --nocapture`).
+//! is printed (`cargo test --test it crash:: -- --nocapture`).
 
 use crate::common;
 

@@ -4,7 +4,7 @@
 //! /channels/{name}) or refused at start with a clear message, never a
 //! crash, and the relay recovers by itself once the fault clears.
 //!
-//! What tests/channel.rs already covers at the channel level (an
+//! What tests/it/channel.rs already covers at the channel level (an
 //! unwritable directory counted, a refused destination counted) is not
 //! repeated; these go through the real binary and check the recovery.
 

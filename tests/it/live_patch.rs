@@ -4,7 +4,7 @@
 //! cannot take is refused with the channel left as it was.
 //!
 //! `archive.enabled`, `socket.max_datagram` and `socket.bind` are covered
-//! in tests/reliability.rs; everything else is here.
+//! in tests/it/reliability.rs; everything else is here.
 
 use crate::common;
 

@@ -1,7 +1,7 @@
 //! Security defaults of the real binary: the API on loopback unless told
 //! otherwise, the token never in the log, nothing it creates open to other
 //! users, and no request reaching outside the config and data directories.
-//! (The token check itself, on every route, is in tests/api.rs.)
+//! (The token check itself, on every route, is in tests/it/api.rs.)
 
 use crate::common;
 

@@ -743,7 +743,7 @@ fn cors_any_origin_with_a_token_refuses_to_start() {
 }
 
 /// Python, chromium and chromedriver; `None` (skip) outside tests/run.sh
-/// when one is missing, a failure under it (as tests/web.rs).
+/// when one is missing, a failure under it (as tests/it/web.rs).
 fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
     let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
     let chromium = PathBuf::from("/usr/bin/chromium");
