@@ -231,11 +231,7 @@ impl Engine {
     /// Binds, commits and starts a new channel; on any failure nothing is
     /// left behind.
     pub async fn register(&self, r: Registration) -> Result<ChannelInfo, EngineError> {
-        check_name(&r.name)?;
-        if r.port == 0 {
-            return Err(invalid("port", "must be between 1 and 65535"));
-        }
-        Validator::from_json(&r.schema_json).map_err(|e| invalid("schema", e.to_string()))?;
+        check_identity(&r.name, r.port, &r.schema_json)?;
         let mut doc = self.options.defaults.clone();
         if let Some(overrides) = r.config.clone() {
             merge(&mut doc, expand_shorthand(overrides));
@@ -665,7 +661,26 @@ fn invalid(field: &str, message: impl Into<String>) -> EngineError {
     }
 }
 
-/// SPEC §5: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
+/// The checks a registration through the API gets, for a record that comes
+/// another way (`speedrelay registry import`): its name, port, schema and
+/// stored settings.
+pub fn check_record(record: &ChannelRecord) -> Result<(), EngineError> {
+    check_identity(&record.name, record.port, &record.schema_json)?;
+    settings_from(&record.config).map_err(invalid_config)?;
+    Ok(())
+}
+
+/// A channel's name, port and Avro schema, as every registration needs them.
+fn check_identity(name: &str, port: u16, schema_json: &str) -> Result<(), EngineError> {
+    check_name(name)?;
+    if port == 0 {
+        return Err(invalid("port", "must be between 1 and 65535"));
+    }
+    Validator::from_json(schema_json).map_err(|e| invalid("schema", e.to_string()))?;
+    Ok(())
+}
+
+/// Names follow `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
 pub fn check_name(name: &str) -> Result<(), EngineError> {
     let bytes = name.as_bytes();
     let ok = !bytes.is_empty()

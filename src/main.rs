@@ -4,10 +4,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use cli::registry::RegistryCommand;
 use speedrelay::api::ApiOptions;
 use speedrelay::config::files::{self, ConfigError, FileConfig};
 use speedrelay::engine::{Engine, EngineOptions, Status};
 use tokio_util::sync::CancellationToken;
+
+mod cli;
 
 #[derive(Parser)]
 #[command(name = "speedrelay", version, about = "UDP/Avro telemetry relay")]
@@ -54,18 +57,77 @@ enum Command {
         #[arg(long)]
         schema: bool,
     },
+    /// Back up, restore or move the registry of a stopped relay (every
+    /// registration with its settings, and the channels deleted through the
+    /// API), as one JSON document.
+    Registry {
+        #[command(subcommand)]
+        command: RegistryCommand,
+        #[command(flatten)]
+        location: DataLocation,
+    },
 }
 
-#[derive(Parser, Default)]
-struct ServeArgs {
+/// Where a relay keeps its data, found as `serve` finds it.
+#[derive(clap::Args, Default)]
+struct DataLocation {
     /// A config directory (relay.yaml, optional global.yaml) or one YAML
     /// file. Default: ./config, else /etc/speedrelay, when it holds a
     /// relay.yaml; else built-in defaults and no channels.
     #[arg(long, env = "SPEEDRELAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Where archives go. Default: storage.avro_path of global.yaml, else ./data.
+    /// Where archives and the registry go. Default: storage.avro_path of
+    /// global.yaml, else ./data.
     #[arg(long, env = "SPEEDRELAY_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+impl DataLocation {
+    /// The configuration in force (discovery: --config, SPEEDRELAY_CONFIG,
+    /// ./config, /etc/speedrelay), with where it came from logged.
+    fn load(&self) -> Result<FileConfig, String> {
+        let config = self.config.clone().or_else(|| {
+            ["config", "/etc/speedrelay"]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| p.join("relay.yaml").is_file())
+        });
+        match &config {
+            Some(path) if self.config.is_none() => {
+                tracing::info!(config = %path.display(), "configuration found");
+            }
+            Some(_) => {}
+            None => tracing::info!(
+                "no configuration found (no --config, SPEEDRELAY_CONFIG, ./config/relay.yaml or \
+                 /etc/speedrelay/relay.yaml): running on built-in defaults, no channels until \
+                 some are registered"
+            ),
+        }
+        match &config {
+            Some(path) => files::load(path).map_err(|e| match e {
+                ConfigError::Violations { .. } => format!(
+                    "invalid configuration {}; nothing was started:\n{e}",
+                    path.display()
+                ),
+                e => e.to_string(),
+            }),
+            None => Ok(FileConfig::default()),
+        }
+    }
+
+    /// --data-dir, SPEEDRELAY_DATA_DIR, storage.avro_path, ./data.
+    fn data_dir(&self, baseline: &FileConfig) -> PathBuf {
+        self.data_dir
+            .clone()
+            .or_else(|| baseline.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("data"))
+    }
+}
+
+#[derive(Parser, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    location: DataLocation,
     /// Address of the HTTP API. Default: api.listen of global.yaml, else
     /// 127.0.0.1:8080.
     #[arg(long, env = "SPEEDRELAY_API")]
@@ -113,6 +175,9 @@ fn main() -> ExitCode {
             repair,
             schema,
         } => return verify(&files, repair, schema),
+        Command::Registry { command, location } => location
+            .load()
+            .and_then(|baseline| cli::registry::run(command, &location.data_dir(&baseline))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,39 +189,8 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {
-    // Discovery: --config, SPEEDRELAY_CONFIG, ./config, /etc/speedrelay.
-    let config = args.config.clone().or_else(|| {
-        ["config", "/etc/speedrelay"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("relay.yaml").is_file())
-    });
-    match &config {
-        Some(path) if args.config.is_none() => {
-            tracing::info!(config = %path.display(), "configuration found");
-        }
-        Some(_) => {}
-        None => tracing::info!(
-            "no configuration found (no --config, SPEEDRELAY_CONFIG, ./config/relay.yaml or \
-             /etc/speedrelay/relay.yaml): running on built-in defaults, no channels until \
-             some are registered"
-        ),
-    }
-    let baseline = match &config {
-        Some(path) => files::load(path).map_err(|e| match e {
-            ConfigError::Violations { .. } => format!(
-                "invalid configuration {}; nothing was started:\n{e}",
-                path.display()
-            ),
-            e => e.to_string(),
-        })?,
-        None => FileConfig::default(),
-    };
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| baseline.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("data"));
+    let baseline = args.location.load()?;
+    let data_dir = args.location.data_dir(&baseline);
     let runtime = match args.threads {
         Some(1) => tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -22,6 +22,7 @@
 //! on an SSD, more on an SD card), and redb runs one write transaction at a
 //! time, so async callers should use `tokio::task::spawn_blocking`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -114,6 +115,33 @@ pub enum RegistryError {
     Storage { path: PathBuf, detail: String },
 }
 
+/// The `format` of every [`RegistryDump`]: tells a registry export from any
+/// other JSON file.
+pub const DUMP_FORMAT: &str = "speedrelay-registry";
+
+/// A whole registry as one JSON document: what `speedrelay registry export`
+/// writes and `registry import` reads back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryDump {
+    /// Always [`DUMP_FORMAT`].
+    pub format: String,
+    /// The registry schema version of the speedrelay that wrote it.
+    pub schema_version: u32,
+    /// Every registered channel, sorted by name.
+    pub channels: Vec<ChannelRecord>,
+    /// Channels deleted through the API (name → unix ms), so that a seed
+    /// does not bring them back after an import either.
+    pub deleted: BTreeMap<String, u64>,
+}
+
+/// What [`Registry::import`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub channels: usize,
+    pub tombstones: usize,
+}
+
 /// What [`Registry::seed`] did with each baseline channel, by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SeedReport {
@@ -157,15 +185,52 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// Opens or creates the file (parent dir created), then runs the
     /// migration steps forward to [`CURRENT_VERSION`] in one write transaction.
+    ///
+    /// Before a migration changes a file that held data, the file is copied
+    /// to [`Registry::backup_path`] (the database closed for the copy), so an
+    /// upgrade can be rolled back by putting the copy back.
     pub fn open(path: &Path) -> Result<Self, RegistryError> {
+        let existed = fs::metadata(path).is_ok_and(|m| m.len() > 0);
         let registry = Registry {
             db: RwLock::new(Some(open_database(path)?)),
             broken: AtomicBool::new(false),
             removed: AtomicBool::new(false),
             path: path.to_path_buf(),
         };
+        let found = registry.schema_version()?;
+        if existed && found < CURRENT_VERSION {
+            registry.keep_copy(found)?;
+        }
         registry.migrate()?;
         Ok(registry)
+    }
+
+    /// Where [`Registry::open`] keeps the file as it was before migrating it
+    /// from version `found`: `<file>.v<found>.bak` beside it.
+    pub fn backup_path(path: &Path, found: u32) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".v{found}.bak"));
+        PathBuf::from(name)
+    }
+
+    /// Copies the file to its backup path with the database closed (no
+    /// transaction can be half-written into the copy), then reopens it.
+    fn keep_copy(&self, found: u32) -> Result<(), RegistryError> {
+        let backup = Self::backup_path(&self.path, found);
+        let mut guard = self.db.write().unwrap_or_else(|p| p.into_inner());
+        guard.take();
+        let copied = fs::copy(&self.path, &backup);
+        *guard = Some(open_database(&self.path)?);
+        copied.map_err(|e| RegistryError::Storage {
+            path: self.path.clone(),
+            detail: format!(
+                "cannot keep a copy at {} before migrating it: {e}",
+                backup.display()
+            ),
+        })?;
+        tracing::info!(path = %self.path.display(), backup = %backup.display(), from = found,
+            "registry copied before its migration");
+        Ok(())
     }
 
     /// Runs `f` on the database, reopening it first if an I/O error broke it.
@@ -461,6 +526,60 @@ impl Registry {
                     .at(&self.path, "seed")?;
                 ports.insert(record.port, name).at(&self.path, "seed")?;
                 report.inserted.push(record.name.clone());
+            }
+            Ok(report)
+        })
+    }
+
+    /// Every registration and tombstone, in one read transaction.
+    pub fn export(&self) -> Result<RegistryDump, RegistryError> {
+        let op = "export";
+        let txn = self.with_db(op, |db| db.begin_read().map_err(Into::into))?;
+        let channels = txn.open_table(CHANNELS).at(&self.path, op)?;
+        let deleted = txn.open_table(DELETED).at(&self.path, op)?;
+        let mut dump = RegistryDump {
+            format: DUMP_FORMAT.to_owned(),
+            schema_version: CURRENT_VERSION,
+            channels: Vec::new(),
+            deleted: BTreeMap::new(),
+        };
+        for row in channels.iter().at(&self.path, op)? {
+            let (name, bytes) = row.at(&self.path, op)?;
+            dump.channels.push(self.decode(name.value(), bytes.value())?);
+        }
+        for row in deleted.iter().at(&self.path, op)? {
+            let (name, ms) = row.at(&self.path, op)?;
+            dump.deleted.insert(name.value().to_owned(), ms.value());
+        }
+        Ok(dump)
+    }
+
+    /// Adds every channel and tombstone of `dump` in ONE write transaction:
+    /// a name or port already taken (by the registry or earlier in the dump)
+    /// fails the whole import and nothing is written. A tombstone for a name
+    /// the import registers is dropped. The caller checks each record's
+    /// contents (name, schema, settings) first, as the API does.
+    pub fn import(&self, dump: &RegistryDump) -> Result<ImportReport, RegistryError> {
+        let op = "import";
+        self.write(op, |txn| {
+            let mut channels = txn.open_table(CHANNELS).at(&self.path, op)?;
+            let mut ports = txn.open_table(PORTS).at(&self.path, op)?;
+            let mut deleted = txn.open_table(DELETED).at(&self.path, op)?;
+            let mut report = ImportReport::default();
+            for record in &dump.channels {
+                self.check_free(&channels, &ports, record)?;
+                let bytes = self.encode(record)?;
+                let name = record.name.as_str();
+                channels.insert(name, bytes.as_slice()).at(&self.path, op)?;
+                ports.insert(record.port, name).at(&self.path, op)?;
+                deleted.remove(name).at(&self.path, op)?;
+                report.channels += 1;
+            }
+            for (name, ms) in &dump.deleted {
+                if channels.get(name.as_str()).at(&self.path, op)?.is_none() {
+                    deleted.insert(name.as_str(), *ms).at(&self.path, op)?;
+                    report.tombstones += 1;
+                }
             }
             Ok(report)
         })

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 use serde_json::json;
-use speedrelay::registry::{CURRENT_VERSION, ChannelRecord, Registry, RegistryError};
+use speedrelay::registry::{
+    CURRENT_VERSION, ChannelRecord, DUMP_FORMAT, ImportReport, Registry, RegistryDump,
+    RegistryError,
+};
 use tempfile::TempDir;
 
 const SCHEMA: &str = r#"{"type":"record","name":"T","fields":[{"name":"time","type":"long"}]}"#;
@@ -572,4 +575,128 @@ fn a_thousand_channels() {
     assert_eq!(reg.len().unwrap(), 1000);
     assert!(list.windows(2).all(|w| w[0].name < w[1].name));
     assert_eq!(list[999], rec("ch0999", 26999));
+}
+
+#[test]
+fn a_file_is_copied_before_its_migration_and_the_copy_is_the_old_file() {
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    // A version-0 file: a redb database some older build left, with a
+    // table of its own that the migration must not lose.
+    const OLD: TableDefinition<&str, u32> = TableDefinition::new("old");
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(OLD).unwrap().insert("kept", 7).unwrap();
+        txn.commit().unwrap();
+    }
+
+    let reg = Registry::open(&path).unwrap();
+    assert_eq!(reg.schema_version().unwrap(), CURRENT_VERSION);
+    reg.insert(&rec("a", 26000)).unwrap();
+    drop(reg);
+
+    let backup = Registry::backup_path(&path, 0);
+    assert_eq!(
+        backup,
+        dir.path().join("registry.redb.v0.bak"),
+        "beside the file, named by the version it had"
+    );
+    // The copy is the file as it was (redb rewrites header bytes on open,
+    // so compare contents): rolling back is putting the copy back.
+    let db = Database::open(&backup).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(txn.open_table(OLD).unwrap().get("kept").unwrap().unwrap().value(), 7);
+    assert!(txn.open_table(META).is_err(), "the copy was taken before the migration");
+}
+
+#[test]
+fn no_copy_of_a_new_or_current_file() {
+    let dir = TempDir::new().unwrap();
+    let path = db_path(&dir);
+    drop(Registry::open(&path).unwrap());
+    drop(Registry::open(&path).unwrap());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["registry.redb"]);
+}
+
+#[test]
+fn export_then_import_gives_the_same_registry_tombstones_included() {
+    let dir = TempDir::new().unwrap();
+    let reg = open(&dir);
+    reg.insert(&rec("a", 26000)).unwrap();
+    reg.insert(&rec("b", 26001)).unwrap();
+    reg.insert(&rec("gone", 26002)).unwrap();
+    reg.remove("gone").unwrap();
+    let dump = reg.export().unwrap();
+    assert_eq!(dump.format, DUMP_FORMAT);
+    assert_eq!(dump.schema_version, CURRENT_VERSION);
+    assert_eq!(names(&dump.channels), ["a", "b"]);
+    assert_eq!(dump.deleted.keys().collect::<Vec<_>>(), ["gone"]);
+    // Through JSON, as the CLI writes it.
+    let text = serde_json::to_string_pretty(&dump).unwrap();
+    let back: RegistryDump = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, dump);
+
+    let other = TempDir::new().unwrap();
+    let fresh = open(&other);
+    assert_eq!(
+        fresh.import(&back).unwrap(),
+        ImportReport {
+            channels: 2,
+            tombstones: 1
+        }
+    );
+    assert_eq!(fresh.export().unwrap(), dump);
+    assert_eq!(fresh.port_owner(26001).unwrap().as_deref(), Some("b"));
+    // The tombstone works: a seed does not bring the deleted channel back.
+    let seeded = fresh.seed(&[rec("gone", 26002)]).unwrap();
+    assert_eq!(seeded.deleted_by_api, ["gone"]);
+}
+
+#[test]
+fn an_import_that_clashes_writes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let reg = open(&dir);
+    reg.insert(&rec("held", 26005)).unwrap();
+    let before = snapshot(&reg, &[26000, 26001, 26005]);
+    let mut tombstones = std::collections::BTreeMap::new();
+    tombstones.insert("old".to_owned(), 1);
+    let dump = |channels: Vec<ChannelRecord>| RegistryDump {
+        format: DUMP_FORMAT.to_owned(),
+        schema_version: CURRENT_VERSION,
+        channels,
+        deleted: tombstones.clone(),
+    };
+    // The clash comes last, so the first channel was already written in the
+    // transaction that is thrown away.
+    for (channels, expected) in [
+        (
+            vec![rec("new", 26000), rec("held", 26001)],
+            RegistryError::NameTaken {
+                name: "held".into(),
+            },
+        ),
+        (
+            vec![rec("new", 26000), rec("other", 26005)],
+            RegistryError::PortTaken {
+                port: 26005,
+                used_by: "held".into(),
+            },
+        ),
+        (
+            vec![rec("new", 26000), rec("twice", 26000)],
+            RegistryError::PortTaken {
+                port: 26000,
+                used_by: "new".into(),
+            },
+        ),
+    ] {
+        assert_eq!(reg.import(&dump(channels)).unwrap_err(), expected);
+        assert_eq!(snapshot(&reg, &[26000, 26001, 26005]), before);
+        assert!(reg.export().unwrap().deleted.is_empty(), "no tombstone written");
+    }
 }
