@@ -74,11 +74,11 @@ struct DataLocation {
     /// A config directory (relay.yaml, optional global.yaml) or one YAML
     /// file. Default: ./config, else /etc/speedrelay, when it holds a
     /// relay.yaml; else built-in defaults and no channels.
-    #[arg(long, env = "SPEEDRELAY_CONFIG")]
+    #[arg(long, env = "SPEEDRELAY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Where archives and the registry go. Default: storage.avro_path of
     /// global.yaml, else ./data.
-    #[arg(long, env = "SPEEDRELAY_DATA_DIR")]
+    #[arg(long, env = "SPEEDRELAY_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
 }
 

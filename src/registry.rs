@@ -545,7 +545,8 @@ impl Registry {
         };
         for row in channels.iter().at(&self.path, op)? {
             let (name, bytes) = row.at(&self.path, op)?;
-            dump.channels.push(self.decode(name.value(), bytes.value())?);
+            dump.channels
+                .push(self.decode(name.value(), bytes.value())?);
         }
         for row in deleted.iter().at(&self.path, op)? {
             let (name, ms) = row.at(&self.path, op)?;

@@ -96,8 +96,8 @@ fn read_dump(file: &Path) -> Result<RegistryDump, String> {
         fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
     };
     let at = file.display();
-    let dump: RegistryDump = serde_json::from_str(&text)
-        .map_err(|e| format!("{at}: not a registry export: {e}"))?;
+    let dump: RegistryDump =
+        serde_json::from_str(&text).map_err(|e| format!("{at}: not a registry export: {e}"))?;
     if dump.format != DUMP_FORMAT {
         return Err(format!(
             "{at}: format is '{}', not '{DUMP_FORMAT}'",

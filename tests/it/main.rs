@@ -23,6 +23,7 @@ mod live_patch;
 mod load;
 mod metrics;
 mod registry;
+mod registry_cli;
 mod reliability;
 mod security;
 mod send;

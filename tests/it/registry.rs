@@ -606,8 +606,19 @@ fn a_file_is_copied_before_its_migration_and_the_copy_is_the_old_file() {
     // so compare contents): rolling back is putting the copy back.
     let db = Database::open(&backup).unwrap();
     let txn = db.begin_read().unwrap();
-    assert_eq!(txn.open_table(OLD).unwrap().get("kept").unwrap().unwrap().value(), 7);
-    assert!(txn.open_table(META).is_err(), "the copy was taken before the migration");
+    assert_eq!(
+        txn.open_table(OLD)
+            .unwrap()
+            .get("kept")
+            .unwrap()
+            .unwrap()
+            .value(),
+        7
+    );
+    assert!(
+        txn.open_table(META).is_err(),
+        "the copy was taken before the migration"
+    );
 }
 
 #[test]
@@ -697,6 +708,9 @@ fn an_import_that_clashes_writes_nothing() {
     ] {
         assert_eq!(reg.import(&dump(channels)).unwrap_err(), expected);
         assert_eq!(snapshot(&reg, &[26000, 26001, 26005]), before);
-        assert!(reg.export().unwrap().deleted.is_empty(), "no tombstone written");
+        assert!(
+            reg.export().unwrap().deleted.is_empty(),
+            "no tombstone written"
+        );
     }
 }
