@@ -1,0 +1,7 @@
+//! The command line's subcommands, one file each: flags (clap), printing
+//! and exit statuses. The library does the work; nothing here is on the
+//! relay's data path.
+
+pub mod check_config;
+pub mod serve;
+pub mod verify;
