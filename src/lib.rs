@@ -10,7 +10,7 @@
 //!
 //! The Avro wire format they share — varints, the container file's header
 //! and blocks, the block codecs — has one home, [`avro`]; [`verify`] reads
-//! archive files back through it, and [`send`] encodes demo records with it.
+//! archive files back through it, and [`loadgen`] encodes demo records with it.
 
 pub mod api;
 pub mod archive;
@@ -22,11 +22,11 @@ pub mod counters;
 pub mod decimator;
 pub mod descriptors;
 pub mod engine;
+pub mod loadgen;
 pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod schema_file;
-pub mod send;
 pub mod udp;
 pub mod validator;
 pub mod verify;
