@@ -38,7 +38,7 @@ enum Command {
     /// `time` gets the current time in nanoseconds. 1024 records are
     /// generated up front and cycled through, sent in batches (sendmmsg).
     /// Prints the achieved rate at the end.
-    Send(speedrelay::loadgen::SendArgs),
+    Send(cli::send::SendArgs),
     /// Check archive files: schema, codec, blocks, records, and whether the
     /// tail is torn (a crash or a full disk). One line per file. Exit status:
     /// 0 every file healthy (or repaired with --repair), 1 a torn tail found
@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { path } => return check_config(&path),
         Command::Channels(args) => speedrelay::client::run(args).map_err(|e| e.to_string()),
-        Command::Send(args) => speedrelay::loadgen::run(args).map_err(|e| e.to_string()),
+        Command::Send(args) => cli::send::run(args).map_err(|e| e.to_string()),
         Command::Verify {
             files,
             repair,

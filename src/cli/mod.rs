@@ -3,5 +3,6 @@
 //! relay's data path.
 
 pub mod check_config;
+pub mod send;
 pub mod serve;
 pub mod verify;
