@@ -16,7 +16,6 @@ pub mod api;
 pub mod archive;
 pub mod avro;
 pub mod channel;
-pub mod client;
 pub mod config;
 pub mod counters;
 pub mod decimator;

@@ -30,7 +30,7 @@ enum Command {
         path: PathBuf,
     },
     /// Manage the channels of a running relay through its HTTP API.
-    Channels(speedrelay::client::ChannelsArgs),
+    Channels(cli::channels::ChannelsArgs),
     /// Send valid random records of a schema to a port: the demo source and
     /// load generator.
     ///
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { path } => return check_config(&path),
-        Command::Channels(args) => speedrelay::client::run(args).map_err(|e| e.to_string()),
+        Command::Channels(args) => cli::channels::run(args).map_err(|e| e.to_string()),
         Command::Send(args) => cli::send::run(args).map_err(|e| e.to_string()),
         Command::Verify {
             files,

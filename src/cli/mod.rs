@@ -2,6 +2,7 @@
 //! and exit statuses. The library does the work; nothing here is on the
 //! relay's data path.
 
+pub mod channels;
 pub mod check_config;
 pub mod send;
 pub mod serve;

@@ -91,7 +91,7 @@ pub fn run(args: SendArgs) -> Result<(), SendError> {
     let summary = format!(
         "sent {} records ({}) to {addr} in {:.3} s: {:.0} records/s\n",
         report.records,
-        speedrelay::client::human_bytes(report.bytes),
+        super::channels::human_bytes(report.bytes),
         report.elapsed.as_secs_f64(),
         report.rate()
     );

@@ -21,8 +21,6 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpStream;
 
-use crate::config::schema::one_line;
-
 /// Where the API is when neither `--url` nor `SPEEDRELAY_URL` says.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 const PREFIX: &str = "/api/v1";
@@ -381,6 +379,11 @@ fn message_of(answer: &Value, fallback: &str) -> String {
         .map_or_else(|| fallback.to_string(), one_line)
 }
 
+/// Collapses a message's line breaks and runs of spaces into single spaces.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
 }
@@ -724,7 +727,7 @@ mod tests {
             })
         );
         // The settings deserialize as the relay's own type would.
-        let settings: crate::config::ChannelSettings =
+        let settings: speedrelay::config::ChannelSettings =
             serde_json::from_value(body["config"].clone()).unwrap();
         assert_eq!(settings.decimation.factor, 4);
         assert_eq!(settings.outputs.decimated.len(), 2);
