@@ -4,6 +4,7 @@
 
 pub mod channels;
 pub mod check_config;
+pub mod client;
 pub mod send;
 pub mod serve;
 pub mod verify;
