@@ -157,6 +157,7 @@ enum SupervisorCommand {
         reply: oneshot::Sender<Result<(), ChannelError>>,
     },
     /// Fault injection: make the running channel task panic.
+    #[cfg(feature = "testing")]
     InjectPanic,
 }
 
@@ -429,7 +430,7 @@ impl Engine {
 
     /// Fault injection for tests: makes the channel's task panic, as a bug
     /// would, to exercise its supervisor. False when there is no such channel.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn inject_panic(&self, name: &str) -> bool {
         self.lock_slots()
             .get(name)
@@ -581,6 +582,7 @@ impl Supervisor {
                             }
                             let _ = reply.send(result);
                         }
+                        #[cfg(feature = "testing")]
                         SupervisorCommand::InjectPanic => handle.inject_panic(),
                     },
                     ended = handle.finished() => {
@@ -616,6 +618,7 @@ impl Supervisor {
                         let _ = reply.send(Ok(()));
                     }
                     // Nothing runs to panic.
+                    #[cfg(feature = "testing")]
                     SupervisorCommand::InjectPanic => {}
                 },
             }
