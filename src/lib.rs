@@ -25,6 +25,7 @@ pub mod loadgen;
 pub mod memory;
 pub mod metrics;
 pub mod registry;
+mod routes;
 pub mod schema_file;
 pub mod udp;
 pub mod validator;
