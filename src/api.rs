@@ -44,12 +44,12 @@ use crate::routes::{PREFIX, Route};
 /// The API's connection cap unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Requests with a larger body get 413.
-pub const MAX_BODY: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The range `GET /ports/available` scans when none is given or configured:
 /// SpeedData's.
-pub const DEFAULT_PORTS: (u16, u16) = (26000, 27000);
+pub(crate) const DEFAULT_PORTS: (u16, u16) = (26000, 27000);
 /// The widest range `GET /ports/available` scans.
-pub const MAX_PORT_SPAN: u32 = 10_000;
+pub(crate) const MAX_PORT_SPAN: u32 = 10_000;
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request body must arrive within this time once its headers have.
@@ -937,7 +937,7 @@ pub fn compare_schemas(registered_text: &str, body: Value) -> Reply {
 /// Whether `host` (a `Host` header: name or IP, optional port) names this
 /// relay: an IP literal, `localhost` or `*.localhost`, or a name in
 /// `allowed` (lower case, without port).
-pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     // `[::1]:8080`, `[::1]`, `127.0.0.1:8080`, `name:8080`, `name`.
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {

@@ -669,7 +669,7 @@ fn invalid(field: &str, message: impl Into<String>) -> EngineError {
 }
 
 /// SPEC §5: `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
-pub fn check_name(name: &str) -> Result<(), EngineError> {
+pub(crate) fn check_name(name: &str) -> Result<(), EngineError> {
     let bytes = name.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 64

@@ -5,7 +5,7 @@
 //! (`verify`) and the demo sender all speak Avro through here.
 
 pub mod codec;
-pub mod container;
-pub mod varint;
+pub(crate) mod container;
+pub(crate) mod varint;
 
 pub use varint::put_long;

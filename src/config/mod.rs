@@ -6,7 +6,7 @@
 
 pub mod files;
 mod layers;
-pub mod schema;
+mod schema;
 mod settings;
 
 pub use layers::{SettingsError, expand_shorthand, merge, settings_from};
