@@ -16,7 +16,7 @@ use std::path::{Component, Path, PathBuf};
 
 /// Larger schema files are refused: a schema is stored in the registry and
 /// sent back by the API, whose request bodies are capped at 2 MiB too.
-pub(crate) const MAX_SCHEMA_FILE: u64 = 2 * 1024 * 1024;
+pub const MAX_SCHEMA_FILE: u64 = 2 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaFileError {

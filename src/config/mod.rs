@@ -1,7 +1,7 @@
 //! A channel's settings and where they come from: the typed settings
 //! ([`settings`]), how layers merge and the one validation every door goes
 //! through — files, `POST`, `PATCH`, the registry ([`layers`]), the shipped
-//! JSON Schemas behind it ([`schema`]), and the reader of `relay.yaml` and
+//! JSON Schemas behind it (`schema`), and the reader of `relay.yaml` and
 //! `global.yaml` ([`files`]).
 
 pub mod files;

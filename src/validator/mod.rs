@@ -101,7 +101,7 @@ const MAX_PROGRAM_OPS: usize = 1 << 18;
 pub const MAX_ITEMS: u32 = 1 << 20;
 
 /// Why a datagram is not one record of the schema. `Copy` and small so the
-/// hot path can keep the last one in an atomic (see [`InvalidDatum::pack`]).
+/// hot path can keep the last one in an atomic (see `InvalidDatum::pack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidDatum {
     pub kind: InvalidKind,
