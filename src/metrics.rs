@@ -15,7 +15,7 @@ use crate::engine::{ChannelInfo, Status};
 use crate::routes::Route;
 
 /// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PATCH", "DELETE", "other"];
 
@@ -25,7 +25,7 @@ const STATUSES: [u16; 11] = [200, 201, 400, 401, 404, 405, 408, 409, 413, 415, 5
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 
 /// API requests answered, by route template, method and status.
-pub struct RequestCounts {
+pub(crate) struct RequestCounts {
     counts: Box<[AtomicU64]>,
 }
 
@@ -84,7 +84,7 @@ impl RequestCounts {
 }
 
 /// What one scrape shows.
-pub struct Exposition<'a> {
+pub(crate) struct Exposition<'a> {
     pub channels: &'a [ChannelInfo],
     /// Rows in the registry; `None` when it could not be read.
     pub registry_channels: Option<usize>,
@@ -161,7 +161,7 @@ const CHANNEL_COUNTERS: [(&str, &str, Field); 12] = [
 ];
 
 /// The whole exposition as text.
-pub fn render(x: &Exposition<'_>) -> String {
+pub(crate) fn render(x: &Exposition<'_>) -> String {
     let mut out = String::with_capacity(1024 + x.channels.len() * 1024);
     family(
         &mut out,
@@ -291,7 +291,7 @@ impl std::fmt::Display for Escaped<'_> {
 
 /// The process's resident set size: pages from /proc/self/statm times the
 /// page size.
-pub fn resident_memory_bytes() -> Option<u64> {
+pub(crate) fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.

@@ -8,4 +8,4 @@ pub mod codec;
 pub(crate) mod container;
 pub(crate) mod varint;
 
-pub use varint::put_long;
+pub(crate) use varint::put_long;

@@ -10,4 +10,5 @@ mod schema;
 mod settings;
 
 pub use layers::{SettingsError, expand_shorthand, merge, settings_from};
+pub use schema::Violation;
 pub use settings::*;
