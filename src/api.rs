@@ -38,17 +38,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::{Engine, EngineError, Registration, check_name};
-use crate::metrics::{self, RequestCounts, Route};
+use crate::metrics::{self, RequestCounts};
+use crate::routes::{PREFIX, Route};
 
 /// The API's connection cap unless configured otherwise.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Requests with a larger body get 413.
-pub const MAX_BODY: usize = 2 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The range `GET /ports/available` scans when none is given or configured:
 /// SpeedData's.
-pub const DEFAULT_PORTS: (u16, u16) = (26000, 27000);
+pub(crate) const DEFAULT_PORTS: (u16, u16) = (26000, 27000);
 /// The widest range `GET /ports/available` scans.
-pub const MAX_PORT_SPAN: u32 = 10_000;
+pub(crate) const MAX_PORT_SPAN: u32 = 10_000;
 /// A client must send its request headers within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request body must arrive within this time once its headers have.
@@ -61,7 +62,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a client waiting for a connection slot looks for an idle
 /// connection to close.
 const EVICT_RETRY: Duration = Duration::from_millis(100);
-const PREFIX: &str = "/api/v1";
 /// How long reading a registration's schema file may take before the
 /// request is answered 400 (a slow network filesystem, say).
 const SCHEMA_READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -376,7 +376,7 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 
 impl Api {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let route = Route::of(req.uri().path());
+        let route = Route::of(req.uri().path()).route;
         let method = req.method().clone();
         let origin = self.cors_origin(&req);
         let answer = match self.check_host(&req) {
@@ -473,56 +473,52 @@ impl Api {
         let path = req.uri().path().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let method = req.method().clone();
+        let found = Route::of(&path);
+        let (route, param) = (found.route, found.param.to_string());
         // The page's files hold no data and a browser navigation cannot send
         // a token, so they are public; the page asks for the token on a 401.
-        if let Some(asset) = crate::web::asset(&path) {
+        if let Route::Page | Route::Asset = route
+            && let Some(asset) = crate::web::asset(&path)
+        {
             return match method {
                 Method::GET | Method::HEAD => Ok(asset.response()),
-                _ => Err(ApiError::method("GET, HEAD")),
+                _ => Err(ApiError::method(route.allow())),
             };
         }
-        // `/metrics` is where Prometheus looks; it is `/api/v1/metrics` too.
-        let rest = if path == "/metrics" {
-            "/metrics"
-        } else {
-            match path.strip_prefix(PREFIX) {
-                Some(rest) => rest,
-                None => return Err(ApiError::not_found(format!("no route for {path}"))),
-            }
-        };
-        let segments: Vec<&str> = rest.split('/').skip(1).collect();
-        let public = segments == ["health"] && method == Method::GET;
+        // Outside the API's prefix, nothing needs a token to be told 404.
+        if route == Route::Other && !path.starts_with(PREFIX) {
+            return Err(ApiError::not_found(format!("no route for {path}")));
+        }
+        let public = route == Route::Health && method == Method::GET;
         if !public && !self.authorized(&req) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong token: send Authorization: Bearer <token>",
             ));
         }
-        match (segments.as_slice(), &method) {
-            (["health"], &Method::GET) => ok(json!({
+        let name = param.as_str();
+        match (route, &method) {
+            (Route::Health, &Method::GET) => ok(json!({
                 "status": "ok",
                 "service": "speedrelay",
                 "version": env!("CARGO_PKG_VERSION"),
             })),
-            (["health"], _) => Err(ApiError::method("GET")),
-            (["metrics"], &Method::GET) => self.metrics().await,
-            (["metrics"], _) => Err(ApiError::method("GET")),
-            (["channels"], &Method::GET) => self.list(&query),
-            (["channels"], &Method::POST) => {
+            // `/metrics` is where Prometheus looks; it is `/api/v1/metrics` too.
+            (Route::Metrics | Route::ApiMetrics, &Method::GET) => self.metrics().await,
+            (Route::Channels, &Method::GET) => self.list(&query),
+            (Route::Channels, &Method::POST) => {
                 let body = read_json(req).await?;
                 self.register(body).await
             }
-            (["channels"], _) => Err(ApiError::method("GET, POST")),
-            (["channels", name], &Method::GET) => match self.engine.get(name) {
+            (Route::Channel, &Method::GET) => match self.engine.get(name) {
                 Some(info) => ok(to_value(&info)),
                 None => Err(ApiError::no_channel(name)),
             },
-            (["channels", name], &Method::PATCH) => {
-                let name = name.to_string();
+            (Route::Channel, &Method::PATCH) => {
                 let body = read_json(req).await?;
-                self.patch(&name, body).await
+                self.patch(name, body).await
             }
-            (["channels", name], &Method::DELETE) => {
+            (Route::Channel, &Method::DELETE) => {
                 self.engine.deregister(name).await?;
                 ok(json!({
                     "status": "success",
@@ -530,23 +526,19 @@ impl Api {
                     "message": format!("channel {name} removed"),
                 }))
             }
-            (["channels", _], _) => Err(ApiError::method("GET, PATCH, DELETE")),
-            (["channels", name, "schema"], &Method::GET) => self.schema(name),
-            (["channels", _, "schema"], _) => Err(ApiError::method("GET")),
-            (["channels", name, "validate-schema"], &Method::POST) => {
-                let name = name.to_string();
-                if self.engine.get(&name).is_none() {
-                    return Err(ApiError::no_channel(&name));
+            (Route::ChannelSchema, &Method::GET) => self.schema(name),
+            (Route::ChannelValidateSchema, &Method::POST) => {
+                if self.engine.get(name).is_none() {
+                    return Err(ApiError::no_channel(name));
                 }
                 let body = read_json(req).await?;
-                self.validate_schema(&name, body)
+                self.validate_schema(name, body)
             }
-            (["channels", _, "validate-schema"], _) => Err(ApiError::method("POST")),
-            (["ports", "available"], &Method::GET) => self.ports_available(&query).await,
-            (["ports", "available"], _) => Err(ApiError::method("GET")),
-            (["ports", port, "status"], &Method::GET) => self.port_status(port).await,
-            (["ports", _, "status"], _) => Err(ApiError::method("GET")),
-            _ => Err(ApiError::not_found(format!("no route for {path}"))),
+            (Route::PortsAvailable, &Method::GET) => self.ports_available(&query).await,
+            (Route::PortStatus, &Method::GET) => self.port_status(name).await,
+            (Route::Other, _) => Err(ApiError::not_found(format!("no route for {path}"))),
+            // A known path, a method it does not answer.
+            (route, _) => Err(ApiError::method(route.allow())),
         }
     }
 
@@ -945,7 +937,7 @@ pub fn compare_schemas(registered_text: &str, body: Value) -> Reply {
 /// Whether `host` (a `Host` header: name or IP, optional port) names this
 /// relay: an IP literal, `localhost` or `*.localhost`, or a name in
 /// `allowed` (lower case, without port).
-pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+pub(crate) fn host_allowed(host: &str, allowed: &[String]) -> bool {
     // `[::1]:8080`, `[::1]`, `127.0.0.1:8080`, `name:8080`, `name`.
     let name = if let Some(rest) = host.strip_prefix('[') {
         match rest.split_once(']') {

@@ -148,7 +148,7 @@ impl BoundChannel {
     /// Receives at most `limit` datagrams per system call (1..=64; 64 by
     /// default). Not a user setting: the batching test runs the same input
     /// with 1 and with 64 to show the batched path changes no output.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn with_batch_limit(mut self, limit: usize) -> Self {
         self.batch_limit = limit;
         self
@@ -271,6 +271,7 @@ enum Command {
         decimated: Vec<StdUdpSocket>,
     },
     /// Fault injection: the task panics, as a bug in it would.
+    #[cfg(feature = "testing")]
     Panic,
 }
 
@@ -314,7 +315,7 @@ impl ChannelHandle {
 
     /// Fault injection for tests: makes the channel task panic between two
     /// batches, as a bug would, so its supervisor's restart can be tested.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn inject_panic(&self) {
         let _ = self.commands.send(Command::Panic);
     }
@@ -638,6 +639,7 @@ impl ChannelTask {
                 }
                 tracing::info!(channel = %self.name, "channel reconfigured");
             }
+            #[cfg(feature = "testing")]
             Command::Panic => panic!("injected fault: channel {} panics", self.name),
         }
     }

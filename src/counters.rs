@@ -51,15 +51,15 @@ pub struct ChannelCounters {
 }
 
 impl ChannelCounters {
-    pub fn record_invalid(&self, err: InvalidDatum) {
+    pub(crate) fn record_invalid(&self, err: InvalidDatum) {
         self.last_invalid.store(err.pack(), Relaxed);
     }
 
-    pub fn record_send_errno(&self, errno: i32) {
+    pub(crate) fn record_send_errno(&self, errno: i32) {
         self.last_send_errno.store(errno as u64, Relaxed);
     }
 
-    pub fn set_archive_error(&self, err: Option<String>) {
+    pub(crate) fn set_archive_error(&self, err: Option<String>) {
         let mut slot = self.archive_error.lock().unwrap_or_else(|p| p.into_inner());
         *slot = err;
     }

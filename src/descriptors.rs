@@ -55,7 +55,7 @@ fn rlim_to_u64(n: libc::rlim_t) -> u64 {
 
 /// Descriptors this process has open now (a directory read of
 /// `/proc/self/fd`: call it off the runtime's threads).
-pub fn open_count() -> io::Result<u64> {
+pub(crate) fn open_count() -> io::Result<u64> {
     // The directory stream's own descriptor is listed too; it is in use
     // while we count, so counting it is right.
     Ok(std::fs::read_dir("/proc/self/fd")?.count() as u64)
@@ -63,7 +63,7 @@ pub fn open_count() -> io::Result<u64> {
 
 /// Whether `needed` more descriptors fit while keeping `reserve` free.
 /// `Err` says how many are open, the limit and what to do.
-pub fn check_headroom(needed: u64, reserve: u64) -> Result<(), String> {
+pub(crate) fn check_headroom(needed: u64, reserve: u64) -> Result<(), String> {
     let (Ok(limit), Ok(open)) = (limit(), open_count()) else {
         // Cannot tell: let the system call that needs one answer instead.
         return Ok(());
@@ -80,7 +80,7 @@ pub fn check_headroom(needed: u64, reserve: u64) -> Result<(), String> {
 
 /// Whether an error is the process or the system running out of
 /// descriptors.
-pub fn is_exhaustion(e: &io::Error) -> bool {
+pub(crate) fn is_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 

@@ -157,6 +157,7 @@ enum SupervisorCommand {
         reply: oneshot::Sender<Result<(), ChannelError>>,
     },
     /// Fault injection: make the running channel task panic.
+    #[cfg(feature = "testing")]
     InjectPanic,
 }
 
@@ -425,7 +426,7 @@ impl Engine {
 
     /// Fault injection for tests: makes the channel's task panic, as a bug
     /// would, to exercise its supervisor. False when there is no such channel.
-    #[doc(hidden)]
+    #[cfg(feature = "testing")]
     pub fn inject_panic(&self, name: &str) -> bool {
         self.lock_slots()
             .get(name)
@@ -577,6 +578,7 @@ impl Supervisor {
                             }
                             let _ = reply.send(result);
                         }
+                        #[cfg(feature = "testing")]
                         SupervisorCommand::InjectPanic => handle.inject_panic(),
                     },
                     ended = handle.finished() => {
@@ -612,6 +614,7 @@ impl Supervisor {
                         let _ = reply.send(Ok(()));
                     }
                     // Nothing runs to panic.
+                    #[cfg(feature = "testing")]
                     SupervisorCommand::InjectPanic => {}
                 },
             }
@@ -681,7 +684,7 @@ fn check_identity(name: &str, port: u16, schema_json: &str) -> Result<(), Engine
 }
 
 /// Names follow `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`.
-pub fn check_name(name: &str) -> Result<(), EngineError> {
+pub(crate) fn check_name(name: &str) -> Result<(), EngineError> {
     let bytes = name.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 64

@@ -10,24 +10,31 @@
 //!
 //! The Avro wire format they share — varints, the container file's header
 //! and blocks, the block codecs — has one home, [`avro`]; [`verify`] reads
-//! archive files back through it, and [`send`] encodes demo records with it.
+//! archive files back through it, and [`loadgen`] encodes demo records with it.
+//!
+//! Around the channels: [`engine`] runs every channel of the process
+//! (registration, supervision, the [`registry`]), and [`api`] serves the
+//! HTTP API over it (its route table, the page and the Prometheus metrics
+//! are private modules). The command line is the binary's (`src/main.rs`,
+//! `src/cli/`), not this library's. Fault injection for tests exists only
+//! with the `testing` feature.
 
 pub mod api;
 pub mod archive;
 pub mod avro;
 pub mod channel;
-pub mod client;
 pub mod config;
 pub mod counters;
 pub mod decimator;
 pub mod descriptors;
 pub mod engine;
+pub mod loadgen;
 pub mod memory;
-pub mod metrics;
+mod metrics;
 pub mod registry;
+mod routes;
 pub mod schema_file;
-pub mod send;
 pub mod udp;
 pub mod validator;
 pub mod verify;
-pub mod web;
+mod web;

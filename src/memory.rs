@@ -47,7 +47,7 @@ pub fn release_startup_code() {
 }
 
 /// The switch that keeps the start-up pages (for running under emulation).
-pub const NO_PAGE_RELEASE: &str = "SPEEDRELAY_NO_PAGE_RELEASE";
+pub(crate) const NO_PAGE_RELEASE: &str = "SPEEDRELAY_NO_PAGE_RELEASE";
 
 fn page_release_disabled(value: Option<&std::ffi::OsStr>) -> bool {
     value.is_some_and(|v| !v.is_empty() && v != "0")

@@ -2,7 +2,7 @@
 //! per-channel counter, registry size, API request counts and process RSS.
 //!
 //! Request counting is a fixed table of relaxed atomics indexed by route
-//! template, method and status, so recording a request never allocates or
+//! ([`crate::routes`]), method and status, so recording a request never allocates or
 //! locks and the number of series stays bounded whatever paths clients send.
 
 use std::fmt::Write as _;
@@ -12,27 +12,10 @@ use hyper::Method;
 
 use crate::counters::ChannelStats;
 use crate::engine::{ChannelInfo, Status};
+use crate::routes::Route;
 
 /// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Route templates, the `route` label: never the raw path, so a client
-/// cannot create series by inventing paths.
-const ROUTES: [&str; 12] = [
-    "/",
-    "/{asset}",
-    "/metrics",
-    "/api/v1/health",
-    "/api/v1/metrics",
-    "/api/v1/channels",
-    "/api/v1/channels/{name}",
-    "/api/v1/channels/{name}/schema",
-    "/api/v1/channels/{name}/validate-schema",
-    "/api/v1/ports/available",
-    "/api/v1/ports/{port}/status",
-    "other",
-];
-const OTHER_ROUTE: usize = ROUTES.len() - 1;
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PATCH", "DELETE", "other"];
 
@@ -41,51 +24,14 @@ const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "PATCH", "DELETE", "other"];
 const STATUSES: [u16; 11] = [200, 201, 400, 401, 404, 405, 408, 409, 413, 415, 500];
 const STATUS_SLOTS: usize = STATUSES.len() + 1;
 
-/// A request's route template, found from its path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route(usize);
-
-impl Route {
-    /// The template `path` falls under: the same shapes `api` routes on.
-    pub fn of(path: &str) -> Route {
-        let index = match path {
-            "/" => 0,
-            "/metrics" => 2,
-            p if crate::web::asset(p).is_some() => 1,
-            p => match p.strip_prefix("/api/v1/") {
-                None => OTHER_ROUTE,
-                Some(rest) => {
-                    let mut parts = rest.split('/');
-                    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                        (Some("health"), None, _, _) => 3,
-                        (Some("metrics"), None, _, _) => 4,
-                        (Some("channels"), None, _, _) => 5,
-                        (Some("channels"), Some(_), None, _) => 6,
-                        (Some("channels"), Some(_), Some("schema"), None) => 7,
-                        (Some("channels"), Some(_), Some("validate-schema"), None) => 8,
-                        (Some("ports"), Some("available"), None, _) => 9,
-                        (Some("ports"), Some(_), Some("status"), None) => 10,
-                        _ => OTHER_ROUTE,
-                    }
-                }
-            },
-        };
-        Route(index)
-    }
-
-    pub fn template(self) -> &'static str {
-        ROUTES[self.0]
-    }
-}
-
 /// API requests answered, by route template, method and status.
-pub struct RequestCounts {
+pub(crate) struct RequestCounts {
     counts: Box<[AtomicU64]>,
 }
 
 impl Default for RequestCounts {
     fn default() -> Self {
-        let n = ROUTES.len() * METHODS.len() * STATUS_SLOTS;
+        let n = Route::ALL.len() * METHODS.len() * STATUS_SLOTS;
         RequestCounts {
             counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -100,7 +46,7 @@ impl std::fmt::Debug for RequestCounts {
 
 impl RequestCounts {
     /// Counts one answered request.
-    pub fn record(&self, route: Route, method: &Method, status: u16) {
+    pub(crate) fn record(&self, route: Route, method: &Method, status: u16) {
         let m = match *method {
             Method::GET => 0,
             Method::HEAD => 1,
@@ -113,7 +59,7 @@ impl RequestCounts {
             .iter()
             .position(|&x| x == status)
             .unwrap_or(STATUSES.len());
-        let i = (route.0 * METHODS.len() + m) * STATUS_SLOTS + s;
+        let i = (route.index() * METHODS.len() + m) * STATUS_SLOTS + s;
         if let Some(c) = self.counts.get(i) {
             c.fetch_add(1, Relaxed);
         }
@@ -132,13 +78,13 @@ impl RequestCounts {
             let status = STATUSES
                 .get(s)
                 .map_or_else(|| "other".to_string(), u16::to_string);
-            Some((ROUTES[r], METHODS[m], status, n))
+            Some((Route::ALL[r].template(), METHODS[m], status, n))
         })
     }
 }
 
 /// What one scrape shows.
-pub struct Exposition<'a> {
+pub(crate) struct Exposition<'a> {
     pub channels: &'a [ChannelInfo],
     /// Rows in the registry; `None` when it could not be read.
     pub registry_channels: Option<usize>,
@@ -215,7 +161,7 @@ const CHANNEL_COUNTERS: [(&str, &str, Field); 12] = [
 ];
 
 /// The whole exposition as text.
-pub fn render(x: &Exposition<'_>) -> String {
+pub(crate) fn render(x: &Exposition<'_>) -> String {
     let mut out = String::with_capacity(1024 + x.channels.len() * 1024);
     family(
         &mut out,
@@ -345,7 +291,7 @@ impl std::fmt::Display for Escaped<'_> {
 
 /// The process's resident set size: pages from /proc/self/statm times the
 /// page size.
-pub fn resident_memory_bytes() -> Option<u64> {
+pub(crate) fn resident_memory_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
@@ -359,7 +305,7 @@ mod tests {
 
     #[test]
     fn routes_are_templates_and_unknown_paths_are_other() {
-        let t = |p: &str| Route::of(p).template();
+        let t = |p: &str| Route::of(p).route.template();
         assert_eq!(t("/"), "/");
         assert_eq!(t("/metrics"), "/metrics");
         assert_eq!(t("/api/v1/metrics"), "/api/v1/metrics");
@@ -392,10 +338,10 @@ mod tests {
     #[test]
     fn every_slot_is_reachable_and_counted_once() {
         let c = RequestCounts::default();
-        c.record(Route::of("/api/v1/channels/a"), &Method::GET, 404);
-        c.record(Route::of("/api/v1/channels/b"), &Method::GET, 404);
-        c.record(Route::of("/x"), &Method::PUT, 418);
-        c.record(Route::of("/api/v1/channels"), &Method::POST, 408);
+        c.record(Route::of("/api/v1/channels/a").route, &Method::GET, 404);
+        c.record(Route::of("/api/v1/channels/b").route, &Method::GET, 404);
+        c.record(Route::of("/x").route, &Method::PUT, 418);
+        c.record(Route::of("/api/v1/channels").route, &Method::POST, 408);
         let got: Vec<_> = c.nonzero().collect();
         assert_eq!(
             got,

@@ -14,7 +14,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue};
 
 /// One embedded file.
 #[derive(Debug)]
-pub struct Asset {
+pub(crate) struct Asset {
     pub path: &'static str,
     pub content_type: &'static str,
     pub body: &'static str,
@@ -44,14 +44,14 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
 
 /// The embedded file served at `path`, if any.
-pub fn asset(path: &str) -> Option<&'static Asset> {
+pub(crate) fn asset(path: &str) -> Option<&'static Asset> {
     ASSETS.iter().find(|a| a.path == path)
 }
 
 impl Asset {
     /// The file as an HTTP answer, with headers that keep it from being
     /// framed, sniffed or cached stale after an upgrade.
-    pub fn response(&'static self) -> Response<Full<Bytes>> {
+    pub(crate) fn response(&'static self) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(Bytes::from_static(self.body.as_bytes())));
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));

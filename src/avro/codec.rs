@@ -23,7 +23,7 @@ pub fn avro_codec(codec: Codec) -> apache_avro::Codec {
 }
 
 /// The codec an `avro.codec` header value names, if speedrelay reads it.
-pub fn from_name(name: &str) -> Option<apache_avro::Codec> {
+pub(crate) fn from_name(name: &str) -> Option<apache_avro::Codec> {
     CODECS
         .into_iter()
         .find(|c| c.as_str() == name)
@@ -32,7 +32,7 @@ pub fn from_name(name: &str) -> Option<apache_avro::Codec> {
 
 /// A block's data for `records` under `codec`: the records themselves for
 /// `null`.
-pub fn compress(codec: Codec, records: &[u8]) -> Result<Cow<'_, [u8]>, apache_avro::Error> {
+pub(crate) fn compress(codec: Codec, records: &[u8]) -> Result<Cow<'_, [u8]>, apache_avro::Error> {
     if codec == Codec::Null {
         return Ok(Cow::Borrowed(records));
     }
@@ -45,7 +45,7 @@ pub fn compress(codec: Codec, records: &[u8]) -> Result<Cow<'_, [u8]>, apache_av
 
 /// Decompresses in place, refusing output over [`MAX_BLOCK_BYTES`] where the
 /// codec states its size up front (snappy).
-pub fn decompress(codec: apache_avro::Codec, data: &mut Vec<u8>) -> Result<(), String> {
+pub(crate) fn decompress(codec: apache_avro::Codec, data: &mut Vec<u8>) -> Result<(), String> {
     match codec {
         apache_avro::Codec::Null => Ok(()),
         apache_avro::Codec::Snappy => {

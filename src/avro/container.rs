@@ -18,19 +18,19 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::varint::{self, put_long};
 
 /// First four bytes of every Avro Object Container File.
-pub const MAGIC: &[u8; 4] = b"Obj\x01";
+pub(crate) const MAGIC: &[u8; 4] = b"Obj\x01";
 /// Length of a sync marker.
-pub const SYNC_LEN: usize = 16;
+pub(crate) const SYNC_LEN: usize = 16;
 /// Largest decompressed block accepted. The writer's blocks are bounded by
 /// the channel's block settings, far below this; the bound keeps a hostile
 /// file from claiming gigabytes.
 pub const MAX_BLOCK_BYTES: usize = 256 << 20;
 /// Largest header (schema and metadata) accepted.
-pub const MAX_HEADER_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_HEADER_BYTES: u64 = 16 << 20;
 
 /// The container header: magic, metadata map (`avro.schema`, `avro.codec`),
 /// sync marker.
-pub fn header(schema_json: &str, codec: &str, sync: &[u8; SYNC_LEN]) -> Vec<u8> {
+pub(crate) fn header(schema_json: &str, codec: &str, sync: &[u8; SYNC_LEN]) -> Vec<u8> {
     let mut h = Vec::with_capacity(schema_json.len() + 64);
     h.extend_from_slice(MAGIC);
     // The metadata map as one block of two entries, then the empty block.
@@ -52,7 +52,7 @@ fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
 
 /// Appends one block: `count` records in `data` (already compressed), then
 /// the file's sync marker.
-pub fn put_block(buf: &mut Vec<u8>, count: i64, data: &[u8], sync: &[u8; SYNC_LEN]) {
+pub(crate) fn put_block(buf: &mut Vec<u8>, count: i64, data: &[u8], sync: &[u8; SYNC_LEN]) {
     put_long(buf, count);
     // A slice never holds more than isize::MAX bytes, so this cannot wrap.
     put_long(buf, data.len() as i64);
@@ -63,7 +63,7 @@ pub fn put_block(buf: &mut Vec<u8>, count: i64, data: &[u8], sync: &[u8; SYNC_LE
 /// 16 bytes no other file will have. Hashes rather than a random-number
 /// crate: `RandomState` is seeded randomly per thread, and time, pid and a
 /// counter make every call different.
-pub fn sync_marker() -> [u8; SYNC_LEN] {
+pub(crate) fn sync_marker() -> [u8; SYNC_LEN] {
     static CALLS: AtomicU64 = AtomicU64::new(0);
     let call = CALLS.fetch_add(1, Relaxed);
     let nanos = SystemTime::now()
@@ -80,7 +80,7 @@ pub fn sync_marker() -> [u8; SYNC_LEN] {
 
 /// What a container header says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// `avro.schema`.
     pub schema: String,
     /// `avro.codec`, `null` when absent.
@@ -90,7 +90,7 @@ pub struct Header {
 
 /// Why a header cannot be read.
 #[derive(Debug, thiserror::Error)]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     #[error(transparent)]
     Io(#[from] io::Error),
     /// Not an Avro container file; the reason, for the operator.
@@ -100,7 +100,7 @@ pub enum HeaderError {
 
 /// Why the bytes after the last complete block are not a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockError {
+pub(crate) enum BlockError {
     /// The input ends inside the block.
     Truncated,
     /// A negative, overlong or too large record count or byte size.
@@ -113,29 +113,29 @@ pub enum BlockError {
 type Partial<T> = io::Result<Option<T>>;
 
 /// Reads a container from `inner`, which holds `len` bytes.
-pub struct Reader<R> {
+pub(crate) struct Reader<R> {
     inner: R,
     pos: u64,
     len: u64,
 }
 
 impl<R: Read> Reader<R> {
-    pub fn new(inner: R, len: u64) -> Self {
+    pub(crate) fn new(inner: R, len: u64) -> Self {
         Self { inner, pos: 0, len }
     }
 
     /// Bytes read so far: after a complete header or block, where it ends.
-    pub fn pos(&self) -> u64 {
+    pub(crate) fn pos(&self) -> u64 {
         self.pos
     }
 
-    pub fn remaining(&self) -> u64 {
+    pub(crate) fn remaining(&self) -> u64 {
         self.len.saturating_sub(self.pos)
     }
 
     /// The magic, metadata map and sync marker; `Ok(None)` when the input
     /// ends inside them (a prefix of a header).
-    pub fn read_header(&mut self) -> Result<Option<Header>, HeaderError> {
+    pub(crate) fn read_header(&mut self) -> Result<Option<Header>, HeaderError> {
         let not_avro = |reason| Err(HeaderError::NotAvro(reason));
         // The magic: a shorter prefix of it is a header cut short, anything
         // else is not ours.
@@ -225,7 +225,7 @@ impl<R: Read> Reader<R> {
     /// One block's framing: count, size, data, sync. `Ok(Ok(count))` when
     /// it is complete and ends with `expected_sync`; `data` then holds the
     /// block's (still compressed) data. `sync` is scratch space.
-    pub fn read_block(
+    pub(crate) fn read_block(
         &mut self,
         expected_sync: &[u8; SYNC_LEN],
         data: &mut Vec<u8>,

@@ -7,7 +7,7 @@
 
 /// Why a varint could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VarintError {
+pub(crate) enum VarintError {
     /// The input ends inside the varint.
     Truncated,
     /// Longer than its type allows, or an `int` beyond 32 bits.
@@ -17,7 +17,7 @@ pub enum VarintError {
 /// Appends `n` as an Avro `long`: zigzag, then base-128 varint (1 to 10
 /// bytes). Also the encoding of an `int`.
 #[inline]
-pub fn put_long(buf: &mut Vec<u8>, n: i64) {
+pub(crate) fn put_long(buf: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
     let mut bytes = [0u8; 10];
     let mut len = 0;
@@ -35,7 +35,10 @@ pub fn put_long(buf: &mut Vec<u8>, n: i64) {
 /// where the varint starts. The 10th byte of a long may only carry the 64th
 /// bit.
 #[inline(always)]
-pub fn read_varint<const MAX_BYTES: u32>(d: &[u8], pos: &mut usize) -> Result<u64, VarintError> {
+pub(crate) fn read_varint<const MAX_BYTES: u32>(
+    d: &[u8],
+    pos: &mut usize,
+) -> Result<u64, VarintError> {
     let start = *pos;
     // One-byte fast path: most lengths, counts, indexes and small ints.
     match d.get(start) {
@@ -68,20 +71,20 @@ pub fn read_varint<const MAX_BYTES: u32>(d: &[u8], pos: &mut usize) -> Result<u6
 }
 
 #[inline(always)]
-pub fn unzigzag(z: u64) -> i64 {
+pub(crate) fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
 /// An Avro `long`: at most 10 bytes, within 64 bits.
 #[inline(always)]
-pub fn read_long(d: &[u8], pos: &mut usize) -> Result<i64, VarintError> {
+pub(crate) fn read_long(d: &[u8], pos: &mut usize) -> Result<i64, VarintError> {
     read_varint::<10>(d, pos).map(unzigzag)
 }
 
 /// An Avro `int`: at most 5 bytes, and the zigzagged value within 32 bits
 /// (which is exactly "the value fits in an i32").
 #[inline(always)]
-pub fn read_int(d: &[u8], pos: &mut usize) -> Result<i32, VarintError> {
+pub(crate) fn read_int(d: &[u8], pos: &mut usize) -> Result<i32, VarintError> {
     let start = *pos;
     let z = read_varint::<5>(d, pos)?;
     match u32::try_from(z) {

@@ -13,9 +13,9 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 /// `config/relay.schema.json`, as built into this binary.
-pub const RELAY_SCHEMA: &str = include_str!("../../config/relay.schema.json");
+pub(crate) const RELAY_SCHEMA: &str = include_str!("../../config/relay.schema.json");
 /// `config/global.schema.json`, as built into this binary.
-pub const GLOBAL_SCHEMA: &str = include_str!("../../config/global.schema.json");
+pub(crate) const GLOBAL_SCHEMA: &str = include_str!("../../config/global.schema.json");
 
 pub(crate) const RELAY_FILE: &str = "relay.schema.json";
 pub(crate) const GLOBAL_FILE: &str = "global.schema.json";

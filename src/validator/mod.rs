@@ -101,7 +101,7 @@ const MAX_PROGRAM_OPS: usize = 1 << 18;
 pub const MAX_ITEMS: u32 = 1 << 20;
 
 /// Why a datagram is not one record of the schema. `Copy` and small so the
-/// hot path can keep the last one in an atomic (see [`InvalidDatum::pack`]).
+/// hot path can keep the last one in an atomic (see `InvalidDatum::pack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidDatum {
     pub kind: InvalidKind,
@@ -188,13 +188,13 @@ impl InvalidDatum {
     }
 
     /// Packs into a non-zero u64 (0 means "none").
-    pub fn pack(self) -> u64 {
+    pub(crate) fn pack(self) -> u64 {
         ((self.kind as u64) << 32) | self.offset as u64
     }
 
     /// The inverse of [`InvalidDatum::pack`]; `None` for 0 or a value that no
     /// `pack` produced.
-    pub fn unpack(v: u64) -> Option<Self> {
+    pub(crate) fn unpack(v: u64) -> Option<Self> {
         let kind = u8::try_from(v >> 32).ok().and_then(InvalidKind::from_u8)?;
         Some(Self {
             kind,
@@ -426,7 +426,7 @@ impl Validator {
     /// Checks that `data` starts with one datum of the schema and returns
     /// its length: how records packed back to back (an archive block) are
     /// walked. Off the hot path: reading archives back.
-    pub fn validate_prefix(&self, data: &[u8]) -> Result<usize, InvalidDatum> {
+    pub(crate) fn validate_prefix(&self, data: &[u8]) -> Result<usize, InvalidDatum> {
         if u32::try_from(data.len()).map_or(true, |n| n == u32::MAX) {
             return Err(InvalidDatum::at(InvalidKind::TooLarge, 0));
         }

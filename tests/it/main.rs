@@ -25,6 +25,7 @@ mod metrics;
 mod registry;
 mod registry_cli;
 mod reliability;
+mod routes;
 mod security;
 mod send;
 mod serve;
