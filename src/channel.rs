@@ -28,7 +28,7 @@ use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
 use crate::config::{ChannelSettings, Destination};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
-use crate::udp::{self, BATCH, RecvBatch, SendBatch, SendReport};
+use crate::udp::{self, BATCH, RecvBatch, SendReport};
 use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
 
 /// Batches taken in one wake-up before the task yields to its timers and
@@ -182,7 +182,6 @@ impl BoundChannel {
             port,
             socket,
             batch,
-            send: SendBatch::default(),
             decimator: Decimator::new(
                 self.validator.clone(),
                 settings.decimation.algorithm,
@@ -351,7 +350,6 @@ struct ChannelTask {
     /// Reused receive buffers: the only copy of a datagram's bytes until the
     /// archive block.
     batch: RecvBatch,
-    send: SendBatch,
 
     validator: Arc<Validator>,
     validate: bool,
@@ -363,7 +361,7 @@ struct ChannelTask {
     decimated_out: DecimatedBatch,
 
     /// Destination sockets: non-blocking, not registered with the runtime
-    /// (see [`udp::Loaded::send_to`]).
+    /// (see [`udp::send_all`]).
     full_rate: Vec<StdUdpSocket>,
     decimated: Vec<StdUdpSocket>,
 
@@ -543,16 +541,17 @@ impl ChannelTask {
             let datagrams = valid[..valid_count]
                 .iter()
                 .map(|&i| batch.get(usize::from(i)).0);
-            let mut loaded = self.send.load(datagrams);
             for dest in &self.full_rate {
-                add_report(&mut forwarded, loaded.send_to(dest).await);
+                add_report(&mut forwarded, udp::send_all(dest, datagrams.clone()).await);
             }
         }
         let mut decimated = SendReport::default();
         if !self.decimated_out.records.is_empty() && !self.decimated.is_empty() {
-            let mut loaded = self.send.load(self.decimated_out.iter());
             for dest in &self.decimated {
-                add_report(&mut decimated, loaded.send_to(dest).await);
+                add_report(
+                    &mut decimated,
+                    udp::send_all(dest, self.decimated_out.iter()).await,
+                );
             }
         }
         c.forwarded.fetch_add(forwarded.sent, Relaxed);
