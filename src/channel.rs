@@ -25,7 +25,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
-use crate::config::{ChannelSettings, Destination};
+use crate::config::{ChannelSettings, Destination, MAX_COALESCE_US};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
 use crate::udp::{self, BATCH, RecvBatch, SendReport};
@@ -295,8 +295,8 @@ impl ChannelHandle {
 
     /// Applies new settings to the running channel: destinations,
     /// decimation, validation, the archive (on, off, codec, rotation,
-    /// retention, block bounds) and the socket's receive buffer and largest
-    /// datagram. The bind address cannot change on a bound socket; the
+    /// retention, block bounds) and the socket's receive buffer, largest
+    /// datagram and coalescing wait. The bind address cannot change on a bound socket; the
     /// engine refuses that before it gets here. New destinations are opened here so an error reaches the caller and
     /// leaves the running channel as it was.
     pub fn reconfigure(&self, settings: ChannelSettings) -> Result<(), ChannelError> {
@@ -410,7 +410,10 @@ impl ChannelTask {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
                     let mut more = true;
                     for _ in 0..DRAIN_BATCHES {
-                        let n = self.receive()?;
+                        let mut n = self.receive()?;
+                        if n > 0 && !self.batch.is_full() && self.coalesce_after() > Duration::ZERO {
+                            n = self.coalesce().await?;
+                        }
                         if n > 0 {
                             self.process_batch().await;
                         }
@@ -441,6 +444,37 @@ impl ChannelTask {
                 Ok(_) => self.process_batch().await,
             }
         }
+    }
+
+    /// How long a partial batch may wait for more (`socket.coalesce_us`).
+    fn coalesce_after(&self) -> Duration {
+        let us = self.spec.settings.socket.coalesce_us.min(MAX_COALESCE_US);
+        Duration::from_micros(u64::from(us))
+    }
+
+    /// Fills the partial batch with datagrams that arrive within the
+    /// coalescing wait, counted from now (just after its first receive):
+    /// returns when the batch is full, the wait is over, or the channel is
+    /// stopping (what was received is then processed and the queue
+    /// drained as usual), with the batch's length. Commands and the flush
+    /// timer wait at most this long too.
+    async fn coalesce(&mut self) -> Result<usize, ChannelError> {
+        let deadline = Instant::now() + self.coalesce_after();
+        self.counters.coalesce_waits.fetch_add(1, Relaxed);
+        while !self.batch.is_full() {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                ready = tokio::time::timeout_at(deadline, self.socket.readable()) => {
+                    let Ok(ready) = ready else { break };
+                    ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                    self.batch
+                        .try_recv_more(&self.socket)
+                        .map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                }
+            }
+        }
+        Ok(self.batch.len())
     }
 
     fn receive(&mut self) -> Result<usize, ChannelError> {
@@ -522,6 +556,7 @@ impl ChannelTask {
         }
 
         let c = &self.counters;
+        c.batches.fetch_add(1, Relaxed);
         c.packets.fetch_add(n as u64, Relaxed);
         c.bytes.fetch_add(bytes, Relaxed);
         if let Some(e) = last_invalid {

@@ -280,9 +280,17 @@ impl RecvBatch {
         }
     }
 
-    /// One non-blocking `recvmmsg` of up to `limit` datagrams into this
-    /// batch; `WouldBlock` when nothing is queued.
-    fn recv_now(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+    /// Whether the batch holds as many datagrams as one receive asks for.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.limit
+    }
+
+    /// One non-blocking `recvmmsg` into slots `start..limit`, after the
+    /// `start` datagrams kept from before; how many came. `WouldBlock`
+    /// when nothing is queued. The batch then holds `start` plus those.
+    fn recv_now(&mut self, fd: BorrowedFd<'_>, start: usize) -> io::Result<usize> {
+        let start = start.min(self.limit);
+        self.len = start;
         if self.buf.is_none() {
             self.buf = Some(PageBuf::map(self.slot * BATCH)?);
             self.cmsg = vec![CmsgBuf::ZERO; BATCH].into_boxed_slice();
@@ -291,10 +299,15 @@ impl RecvBatch {
             return Ok(0);
         };
         let limit = self.limit;
+        let want = limit - start;
+        if want == 0 {
+            return Ok(0);
+        }
         let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; BATCH];
         let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
         let slots = buf.as_mut_slice().chunks_exact_mut(self.slot);
-        for (i, (slot, cmsg)) in slots.zip(self.cmsg.iter_mut()).take(limit).enumerate() {
+        let free = slots.zip(self.cmsg.iter_mut()).skip(start).take(want);
+        for (i, (slot, cmsg)) in free.enumerate() {
             let iov = iovs[i].write(libc::iovec {
                 iov_base: slot.as_mut_ptr().cast(),
                 iov_len: slot.len(),
@@ -310,37 +323,32 @@ impl RecvBatch {
             });
         }
         let n = retry_eintr(|| {
-            // SAFETY: the first `limit` headers are initialised above and
-            // point at disjoint slots of `buf` and at `cmsg` entries, all
-            // of the lengths given and alive until this call returns.
+            // SAFETY: the first `want` headers are initialised above and
+            // point at disjoint free slots of `buf` and at their `cmsg`
+            // entries, all of the lengths given and alive until this call
+            // returns.
             unsafe {
                 libc::recvmmsg(
                     fd.as_raw_fd(),
                     hdrs.as_mut_ptr().cast(),
-                    limit as libc::c_uint,
+                    want as libc::c_uint,
                     // The flags are a c_int in glibc's prototype, c_uint in musl's.
                     libc::MSG_DONTWAIT as _,
                     std::ptr::null_mut(),
                 ) as isize
             }
         });
-        let n = match n {
-            Ok(n) => n.min(limit),
-            Err(e) => {
-                self.len = 0;
-                return Err(e);
-            }
-        };
-        for (i, h) in hdrs[..n].iter().enumerate() {
-            // SAFETY: the first `limit` >= n headers were initialised above.
+        let n = n?.min(want);
+        for (j, h) in hdrs[..n].iter().enumerate() {
+            // SAFETY: the first `want` >= n headers were initialised above.
             let h = unsafe { h.assume_init_ref() };
-            self.lens[i] = h.msg_len.min(self.slot as u32);
-            self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            if i + 1 == n {
+            self.lens[start + j] = h.msg_len.min(self.slot as u32);
+            self.truncated[start + j] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            if j + 1 == n {
                 self.kernel_drops = read_drop_count(&h.msg_hdr).or(self.kernel_drops);
             }
         }
-        self.len = n;
+        self.len = start + n;
         Ok(n)
     }
 
@@ -348,7 +356,7 @@ impl RecvBatch {
     /// not yet seen the socket readable: for draining after a stop, which
     /// may come before the reactor reported datagrams already queued.
     pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        match self.recv_now(socket.as_fd()) {
+        match self.recv_now(socket.as_fd(), 0) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.len = 0;
                 Ok(0)
@@ -364,11 +372,22 @@ impl RecvBatch {
     /// data (whose arrival wakes epoll again) instead of costing one more
     /// `recvmmsg` that finds nothing.
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.try_recv_from(socket, 0)
+    }
+
+    /// Like [`RecvBatch::try_recv`], but keeps the datagrams already in
+    /// the batch and receives into the free slots after them; how many
+    /// came. For coalescing a partial batch.
+    pub fn try_recv_more(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.try_recv_from(socket, self.len)
+    }
+
+    fn try_recv_from(&mut self, socket: &UdpSocket, start: usize) -> io::Result<usize> {
         let fd = socket.as_fd();
         let mut got = 0;
         let r = socket.try_io(Interest::READABLE, || {
-            got = self.recv_now(fd)?;
-            if got < self.limit {
+            got = self.recv_now(fd, start)?;
+            if self.len < self.limit {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(got)
@@ -376,10 +395,7 @@ impl RecvBatch {
         });
         match r {
             Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.len = got;
-                Ok(got)
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(got),
             Err(e) => Err(e),
         }
     }
