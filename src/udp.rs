@@ -1,7 +1,13 @@
 //! Batched UDP I/O for the channel task: binding the receive socket,
 //! `recvmmsg` into one reused buffer, and `sendmmsg` of slices of it to
 //! destination sockets, so a datagram is never copied between receive and
-//! forward.
+//! forward. Its [`sendmmsg`] is also the load generator's (`send`).
+//!
+//! The unsafe code is held to quinn-udp's standard: message headers are
+//! built on the stack for each call (no struct keeps pointers into a
+//! buffer), control buffers are aligned for `cmsghdr` with their size
+//! checked at compile time, cmsgs are read through one iterator that
+//! checks lengths, and every unsafe operation has its own SAFETY comment.
 //!
 //! Linux only (recvmmsg, sendmmsg, SO_RXQ_OVFL), like the relay itself.
 
@@ -57,8 +63,9 @@ impl CmsgBuf {
 }
 
 /// Runs a system call again while a signal interrupts it (EINTR); a
-/// negative result becomes the errno as an error. Every socket call of the
-/// relay and of `send` goes through here.
+/// negative result becomes the errno as an error. Every raw libc socket
+/// call of this module and of `send` goes through here (std and socket2
+/// retry their own).
 pub(crate) fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
         let r = call();
@@ -645,6 +652,34 @@ mod tests {
         assert_eq!(got, payloads);
         // The kernel attaches the drop count only once it is non-zero.
         assert_eq!(batch.kernel_drops.unwrap_or(0), 0);
+    }
+
+    #[tokio::test]
+    async fn receiving_more_appends_after_what_the_batch_holds() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
+        let port = rx.socket.local_addr().unwrap().port();
+        let rx = UdpSocket::from_std(rx.socket).unwrap();
+        let tx = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut batch = RecvBatch::new(16);
+        batch.set_limit(3);
+        tx.send_to(b"one", (lo, port)).unwrap();
+        rx.readable().await.unwrap();
+        assert_eq!(batch.try_recv(&rx).unwrap(), 1);
+        assert!(!batch.is_full());
+        for d in [&b"two"[..], b"three", b"four"] {
+            tx.send_to(d, (lo, port)).unwrap();
+        }
+        while !batch.is_full() {
+            rx.readable().await.unwrap();
+            batch.try_recv_more(&rx).unwrap();
+        }
+        let got: Vec<&[u8]> = (0..batch.len()).map(|i| batch.get(i).0).collect();
+        assert_eq!(got, [&b"one"[..], b"two", b"three"], "kept, then appended");
+        // The next batch starts afresh with what was left queued.
+        rx.readable().await.unwrap();
+        assert_eq!(batch.try_recv(&rx).unwrap(), 1);
+        assert_eq!(batch.get(0).0, b"four");
     }
 
     #[tokio::test]
