@@ -12,7 +12,7 @@ use serde_json::json;
 use speedrelay::channel::{BoundChannel, ChannelSpec};
 use speedrelay::config::ChannelSettings;
 use speedrelay::engine::{Engine, EngineOptions, Registration};
-use speedrelay::udp::{RecvBatch, SendBatch};
+use speedrelay::udp::RecvBatch;
 use speedrelay::validator::Validator;
 
 const SCHEMA: &str = include_str!("../config/agents/example.avsc");
@@ -66,7 +66,6 @@ fn main() {
         let _r = part("RecvBatch (before its first receive)", |_| {
             RecvBatch::new(65_535)
         });
-        let _s = part("SendBatch", |_| SendBatch::default());
         let mut settings = ChannelSettings::default();
         settings.socket.bind = Ipv4Addr::LOCALHOST.into();
         let spec = |i: usize| ChannelSpec {
@@ -91,7 +90,7 @@ fn main() {
         for h in handles {
             h.stop().await.expect("stop");
         }
-        drop((_v, _r, _s));
+        drop((_v, _r));
 
         println!("== {N} idle channels registered through the engine");
         let (h0, r0) = (heap(), rss_kib());

@@ -238,12 +238,12 @@ fn record_of(size: usize) -> Vec<u8> {
 
 fn pin_to(cpu: usize) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu % cpus, &mut set);
-        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
-    }
+    // SAFETY: all-zero is an empty cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the index is below the number of CPUs, within the set.
+    unsafe { libc::CPU_SET(cpu % cpus, &mut set) };
+    // SAFETY: a valid cpu_set_t of the size given, for the calling thread.
+    unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
 }
 
 /// CPU time of every thread of `pid`, in seconds.
@@ -677,12 +677,19 @@ fn serve_ceiling(args: &[String]) {
 
     let mut buf = vec![0u8; SLOT * BATCH];
     let base = buf.as_mut_ptr();
-    // SAFETY: all-zero is a valid iovec and mmsghdr.
-    let mut iovs: Vec<libc::iovec> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-    let mut rhdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-    let mut shdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-    let mut dhdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
-    let mut out: Vec<libc::iovec> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    let zero_iov = || -> libc::iovec {
+        // SAFETY: all-zero is a valid iovec.
+        unsafe { std::mem::zeroed() }
+    };
+    let zero_hdr = || -> libc::mmsghdr {
+        // SAFETY: all-zero is a valid mmsghdr.
+        unsafe { std::mem::zeroed() }
+    };
+    let mut iovs: Vec<libc::iovec> = (0..BATCH).map(|_| zero_iov()).collect();
+    let mut rhdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| zero_hdr()).collect();
+    let mut shdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| zero_hdr()).collect();
+    let mut dhdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| zero_hdr()).collect();
+    let mut out: Vec<libc::iovec> = (0..BATCH).map(|_| zero_iov()).collect();
     let mut nth = 0usize;
     loop {
         for i in 0..BATCH {
@@ -724,13 +731,13 @@ fn serve_ceiling(args: &[String]) {
             nth += 1;
         }
         // SAFETY: headers point at the received datagrams in `buf`.
-        unsafe {
-            libc::sendmmsg(full.as_raw_fd(), shdrs.as_mut_ptr(), n as u32, 0);
-            if d > 0 {
-                libc::sendmmsg(dec.as_raw_fd(), dhdrs.as_mut_ptr(), d as u32, 0);
-            }
-            libc::writev(file.as_raw_fd(), out.as_ptr(), n as i32);
+        unsafe { libc::sendmmsg(full.as_raw_fd(), shdrs.as_mut_ptr(), n as u32, 0) };
+        if d > 0 {
+            // SAFETY: as above.
+            unsafe { libc::sendmmsg(dec.as_raw_fd(), dhdrs.as_mut_ptr(), d as u32, 0) };
         }
+        // SAFETY: `out` holds `n` iovecs over the datagrams in `buf`.
+        unsafe { libc::writev(file.as_raw_fd(), out.as_ptr(), n as i32) };
     }
 }
 

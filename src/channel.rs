@@ -25,10 +25,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
-use crate::config::{ChannelSettings, Destination};
+use crate::config::{ChannelSettings, Destination, MAX_COALESCE_US};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
-use crate::udp::{self, BATCH, RecvBatch, SendBatch, SendReport};
+use crate::udp::{self, BATCH, RecvBatch, SendReport};
 use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
 
 /// Batches taken in one wake-up before the task yields to its timers and
@@ -182,7 +182,6 @@ impl BoundChannel {
             port,
             socket,
             batch,
-            send: SendBatch::default(),
             decimator: Decimator::new(
                 self.validator.clone(),
                 settings.decimation.algorithm,
@@ -297,8 +296,8 @@ impl ChannelHandle {
 
     /// Applies new settings to the running channel: destinations,
     /// decimation, validation, the archive (on, off, codec, rotation,
-    /// retention, block bounds) and the socket's receive buffer and largest
-    /// datagram. The bind address cannot change on a bound socket; the
+    /// retention, block bounds) and the socket's receive buffer, largest
+    /// datagram and coalescing wait. The bind address cannot change on a bound socket; the
     /// engine refuses that before it gets here. New destinations are opened here so an error reaches the caller and
     /// leaves the running channel as it was.
     pub fn reconfigure(&self, settings: ChannelSettings) -> Result<(), ChannelError> {
@@ -352,7 +351,6 @@ struct ChannelTask {
     /// Reused receive buffers: the only copy of a datagram's bytes until the
     /// archive block.
     batch: RecvBatch,
-    send: SendBatch,
 
     validator: Arc<Validator>,
     validate: bool,
@@ -364,7 +362,7 @@ struct ChannelTask {
     decimated_out: DecimatedBatch,
 
     /// Destination sockets: non-blocking, not registered with the runtime
-    /// (see [`udp::Loaded::send_to`]).
+    /// (see [`udp::send_all`]).
     full_rate: Vec<StdUdpSocket>,
     decimated: Vec<StdUdpSocket>,
 
@@ -413,7 +411,10 @@ impl ChannelTask {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
                     let mut more = true;
                     for _ in 0..DRAIN_BATCHES {
-                        let n = self.receive()?;
+                        let mut n = self.receive()?;
+                        if n > 0 && !self.batch.is_full() && self.coalesce_after() > Duration::ZERO {
+                            n = self.coalesce().await?;
+                        }
                         if n > 0 {
                             self.process_batch().await;
                         }
@@ -444,6 +445,37 @@ impl ChannelTask {
                 Ok(_) => self.process_batch().await,
             }
         }
+    }
+
+    /// How long a partial batch may wait for more (`socket.coalesce_us`).
+    fn coalesce_after(&self) -> Duration {
+        let us = self.spec.settings.socket.coalesce_us.min(MAX_COALESCE_US);
+        Duration::from_micros(u64::from(us))
+    }
+
+    /// Fills the partial batch with datagrams that arrive within the
+    /// coalescing wait, counted from now (just after its first receive):
+    /// returns when the batch is full, the wait is over, or the channel is
+    /// stopping (what was received is then processed and the queue
+    /// drained as usual), with the batch's length. Commands and the flush
+    /// timer wait at most this long too.
+    async fn coalesce(&mut self) -> Result<usize, ChannelError> {
+        let deadline = Instant::now() + self.coalesce_after();
+        self.counters.coalesce_waits.fetch_add(1, Relaxed);
+        while !self.batch.is_full() {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                ready = tokio::time::timeout_at(deadline, self.socket.readable()) => {
+                    let Ok(ready) = ready else { break };
+                    ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                    self.batch
+                        .try_recv_more(&self.socket)
+                        .map_err(|source| ChannelError::Receive { port: self.port, source })?;
+                }
+            }
+        }
+        Ok(self.batch.len())
     }
 
     fn receive(&mut self) -> Result<usize, ChannelError> {
@@ -525,6 +557,7 @@ impl ChannelTask {
         }
 
         let c = &self.counters;
+        c.batches.fetch_add(1, Relaxed);
         c.packets.fetch_add(n as u64, Relaxed);
         c.bytes.fetch_add(bytes, Relaxed);
         if let Some(e) = last_invalid {
@@ -544,16 +577,17 @@ impl ChannelTask {
             let datagrams = valid[..valid_count]
                 .iter()
                 .map(|&i| batch.get(usize::from(i)).0);
-            let mut loaded = self.send.load(datagrams);
             for dest in &self.full_rate {
-                add_report(&mut forwarded, loaded.send_to(dest).await);
+                add_report(&mut forwarded, udp::send_all(dest, datagrams.clone()).await);
             }
         }
         let mut decimated = SendReport::default();
         if !self.decimated_out.records.is_empty() && !self.decimated.is_empty() {
-            let mut loaded = self.send.load(self.decimated_out.iter());
             for dest in &self.decimated {
-                add_report(&mut decimated, loaded.send_to(dest).await);
+                add_report(
+                    &mut decimated,
+                    udp::send_all(dest, self.decimated_out.iter()).await,
+                );
             }
         }
         c.forwarded.fetch_add(forwarded.sent, Relaxed);

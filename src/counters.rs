@@ -42,6 +42,11 @@ pub struct ChannelCounters {
     /// Datagrams the kernel dropped because the receive buffer was full
     /// (SO_RXQ_OVFL: a running total kept by the kernel).
     pub kernel_drops: AtomicU64,
+    /// Receive batches processed: each validated, forwarded with one
+    /// `sendmmsg` per destination (more only for a full send buffer).
+    pub batches: AtomicU64,
+    /// Times a partial batch waited for more datagrams (`socket.coalesce_us`).
+    pub coalesce_waits: AtomicU64,
     /// The last invalid datagram's error, packed by [`InvalidDatum::pack`]; 0 = none.
     last_invalid: AtomicU64,
     /// The last send error's errno; 0 = none.
@@ -87,6 +92,8 @@ impl ChannelCounters {
             archive_dropped: self.archive_dropped.load(Relaxed),
             archive_rejected: self.archive_rejected.load(Relaxed),
             kernel_drops: self.kernel_drops.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            coalesce_waits: self.coalesce_waits.load(Relaxed),
             last_invalid: last_invalid.map(|e| e.to_string()),
             last_send_error: (errno != 0)
                 .then(|| std::io::Error::from_raw_os_error(errno).to_string()),
@@ -110,6 +117,8 @@ pub struct ChannelStats {
     pub archive_dropped: u64,
     pub archive_rejected: u64,
     pub kernel_drops: u64,
+    pub batches: u64,
+    pub coalesce_waits: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_invalid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -68,7 +68,7 @@ impl DecimatedBatch {
         self.data.clear();
         self.records.clear();
     }
-    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + Clone {
         self.records
             .iter()
             .map(|&(s, e)| self.data.get(s..e).unwrap_or(&[]))

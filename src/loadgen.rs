@@ -150,8 +150,6 @@ pub struct Sender {
     socket: UdpSocket,
     addr: SocketAddr,
     pool: RecordPool,
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
 }
 
 impl Sender {
@@ -173,27 +171,20 @@ impl Sender {
             SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_RECVERR),
         };
         let on: libc::c_int = 1;
-        // SAFETY: a valid int option value of the right size.
-        let r = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(socket_error(io::Error::last_os_error()));
-        }
-        let (hdrs, iovs) = udp::empty_headers(BATCH);
-        Ok(Sender {
-            socket,
-            addr,
-            pool,
-            hdrs,
-            iovs,
+        udp::retry_eintr(|| {
+            // SAFETY: a valid fd and an int option value of the right size.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    level,
+                    name,
+                    (&raw const on).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                ) as isize
+            }
         })
+        .map_err(socket_error)?;
+        Ok(Sender { socket, addr, pool })
     }
 
     /// Sends until a limit is reached or `stop` is set.
@@ -246,7 +237,7 @@ impl Sender {
             }
             // A batch never wraps around the pool's end.
             let n = (want as usize).min(self.pool.len() - cursor);
-            let (sent, bytes) = self.send_batch(cursor, n, &mut report, stop)?;
+            let (sent, bytes) = self.send_batch(cursor, n, &mut report)?;
             report.records += sent as u64;
             report.bytes += bytes;
             tokens -= sent as f64;
@@ -299,28 +290,27 @@ impl Sender {
             msg.msg_iovlen = 1;
             msg.msg_control = control.0.as_mut_ptr().cast();
             msg.msg_controllen = size_of::<Control>() as _;
-            // SAFETY: msg points at live buffers of the sizes given.
-            let r = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
-            if r < 0 {
-                // EAGAIN: the queue is empty (EINTR: the next call takes the rest).
+            let r = udp::retry_eintr(|| {
+                // SAFETY: msg points at live buffers of the sizes given.
+                unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) }
+            });
+            if r.is_err() {
+                // EAGAIN: the queue is empty.
                 return refused;
             }
-            // SAFETY: the kernel wrote well-formed cmsgs up to msg_controllen.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(&msg);
-                while !c.is_null() {
-                    let (level, kind) = ((*c).cmsg_level, (*c).cmsg_type);
-                    if (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
-                        || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR)
-                    {
-                        let e = std::ptr::read_unaligned(
-                            libc::CMSG_DATA(c).cast::<libc::sock_extended_err>(),
-                        );
-                        if e.ee_errno == libc::ECONNREFUSED as u32 {
-                            refused += 1;
-                        }
+            // SAFETY: recvmsg filled `msg` in; its control buffer is
+            // `control`, aligned for cmsghdr and alive for this loop.
+            let cmsgs = unsafe { udp::Cmsgs::new(&msg) };
+            for c in cmsgs {
+                let (level, kind) = (c.header().cmsg_level, c.header().cmsg_type);
+                if (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+                    || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR)
+                {
+                    // SAFETY: sock_extended_err is plain integers.
+                    let e = unsafe { c.read::<libc::sock_extended_err>() };
+                    if e.is_some_and(|e| e.ee_errno == libc::ECONNREFUSED as u32) {
+                        refused += 1;
                     }
-                    c = libc::CMSG_NXTHDR(&msg, c);
                 }
             }
         }
@@ -339,64 +329,43 @@ impl Sender {
             events: 0,
             revents: 0,
         };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
-        ready > 0 && pfd.revents & libc::POLLERR != 0
+        let timeout = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+        let ready = udp::retry_eintr(|| {
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut pfd, 1, timeout) as isize }
+        });
+        matches!(ready, Ok(n) if n > 0) && pfd.revents & libc::POLLERR != 0
     }
 
     /// Stamps records `first..first + n` with the current time and sends
-    /// them; returns how many went out (fewer only when stopped) and their bytes.
+    /// them (a signal does not cut a batch short: the caller checks
+    /// [`STOP`] between batches); returns how many went out and their bytes.
     fn send_batch(
         &mut self,
         first: usize,
         n: usize,
         report: &mut Report,
-        stop: &AtomicBool,
     ) -> Result<(usize, u64), SendError> {
         let now = now_ns();
         for i in 0..n {
             // Distinct instants within the batch keep records ordered.
             self.pool.stamp(first + i, now.saturating_add(i as i64));
         }
-        for i in 0..n {
-            let record = self.pool.record(first + i);
-            self.iovs[i] = libc::iovec {
-                iov_base: record.as_ptr() as *mut libc::c_void,
-                iov_len: record.len(),
-            };
-        }
-        let fd = self.socket.as_raw_fd();
         let mut done = 0;
         while done < n {
-            for i in done..n {
-                let h = &mut self.hdrs[i];
-                // SAFETY: all-zero msghdr plus the iovec pointer is a valid message.
-                h.msg_hdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = &mut self.iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_len = 0;
-            }
-            // SAFETY: headers point at iovecs over records of `self.pool`,
-            // which is not touched until the call returns.
-            let r =
-                unsafe { libc::sendmmsg(fd, self.hdrs[done..n].as_mut_ptr(), (n - done) as _, 0) };
+            let records = (first + done..first + n).map(|i| self.pool.record(i));
+            let r = udp::sendmmsg(&self.socket, records);
             report.refused += self.take_refusals();
-            if r >= 0 {
-                done += r as usize;
-                continue;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) if stop.load(Ordering::Relaxed) => break,
-                Some(libc::EINTR) => {}
+            match r {
+                Ok(sent) => done += sent,
                 // An ICMP "port unreachable" for an earlier datagram, also
                 // queued (and counted) by take_refusals: keep sending.
-                Some(libc::ECONNREFUSED) => {}
-                _ => {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                Err(source) => {
                     return Err(SendError::Send {
                         addr: self.addr,
                         sent: report.records + done as u64,
-                        source: err,
+                        source,
                     });
                 }
             }

@@ -33,10 +33,9 @@ pub fn release_startup_code() {
         // SAFETY: `m` is a read-only private mapping of the executable with
         // no anonymous page (checked in `file_pages_only`), so paging it out
         // or dropping it changes no byte this process reads.
-        unsafe {
-            libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_PAGEOUT);
-            libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED);
-        }
+        unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_PAGEOUT) };
+        // SAFETY: as above.
+        unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) };
     }
     let resident = |ms: &[Mapping]| ms.iter().map(|m| m.rss_kib).sum::<u64>();
     tracing::debug!(

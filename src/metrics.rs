@@ -97,7 +97,7 @@ pub(crate) struct Exposition<'a> {
 
 /// Per-channel counter families: name, help, and which counter.
 type Field = fn(&ChannelStats) -> u64;
-const CHANNEL_COUNTERS: [(&str, &str, Field); 12] = [
+const CHANNEL_COUNTERS: [(&str, &str, Field); 14] = [
     (
         "speedrelay_channel_received_packets_total",
         "Datagrams received on the channel's port, valid or not.",
@@ -117,6 +117,16 @@ const CHANNEL_COUNTERS: [(&str, &str, Field); 12] = [
         "speedrelay_channel_kernel_drops_total",
         "Datagrams the kernel dropped because the receive buffer was full.",
         |s| s.kernel_drops,
+    ),
+    (
+        "speedrelay_channel_batches_total",
+        "Receive batches processed (one sendmmsg per destination each).",
+        |s| s.batches,
+    ),
+    (
+        "speedrelay_channel_coalesce_waits_total",
+        "Times a partial batch waited for more datagrams (socket.coalesce_us).",
+        |s| s.coalesce_waits,
     ),
     (
         "speedrelay_channel_forwarded_records_total",

@@ -1,14 +1,21 @@
 //! Batched UDP I/O for the channel task: binding the receive socket,
 //! `recvmmsg` into one reused buffer, and `sendmmsg` of slices of it to
 //! destination sockets, so a datagram is never copied between receive and
-//! forward.
+//! forward. Its [`sendmmsg`] is also the load generator's (`send`).
+//!
+//! The unsafe code is held to quinn-udp's standard: message headers are
+//! built on the stack for each call (no struct keeps pointers into a
+//! buffer), control buffers are aligned for `cmsghdr` with their size
+//! checked at compile time, cmsgs are read through one iterator that
+//! checks lengths, and every unsafe operation has its own SAFETY comment.
 //!
 //! Linux only (recvmmsg, sendmmsg, SO_RXQ_OVFL), like the relay itself.
 
 use std::io;
-use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::ptr::NonNull;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -27,8 +34,57 @@ pub const BATCH: usize = 64;
 /// destination can hold up the channel.
 const SEND_STALL: Duration = Duration::from_millis(5);
 
-/// Room for one `SO_RXQ_OVFL` control message (a u32) per datagram.
+/// Control-message room per datagram: a `cmsghdr` and the u32 of
+/// `SO_RXQ_OVFL`, with room to spare.
 const CMSG_ROOM: usize = 32;
+
+/// What the kernel writes for one `SO_RXQ_OVFL` message.
+const CMSG_NEEDED: usize = {
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    unsafe { libc::CMSG_SPACE(size_of::<u32>() as libc::c_uint) as usize }
+};
+const _: () = assert!(CMSG_ROOM >= CMSG_NEEDED);
+
+/// One datagram's control-message buffer, aligned as a `cmsghdr` so that
+/// the headers `CMSG_FIRSTHDR`/`CMSG_NXTHDR` find in it are aligned.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union CmsgBuf {
+    _align: libc::cmsghdr,
+    bytes: [u8; CMSG_ROOM],
+}
+
+const _: () = assert!(align_of::<CmsgBuf>() >= align_of::<libc::cmsghdr>());
+
+impl CmsgBuf {
+    const ZERO: Self = Self {
+        bytes: [0; CMSG_ROOM],
+    };
+}
+
+/// Runs a system call again while a signal interrupts it (EINTR); a
+/// negative result becomes the errno as an error. Every raw libc socket
+/// call of this module and of `send` goes through here (std and socket2
+/// retry their own).
+pub(crate) fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = call();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// An all-zero `msghdr`: no name, no iovec, no control buffer.
+fn empty_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain integers and raw pointers, for which all-zero
+    // (null pointers, zero lengths) is a valid value.
+    unsafe { std::mem::zeroed() }
+}
 
 /// The receive socket as bound, with the buffer size the kernel granted.
 pub struct BoundSocket {
@@ -64,16 +120,19 @@ pub fn bind_receiver(addr: IpAddr, port: u16, recv_buffer: usize) -> io::Result<
 /// Best effort: without it the drop counter stays 0.
 fn enable_drop_counter(socket: &Socket) {
     let one: libc::c_int = 1;
-    // SAFETY: valid fd, option value points at a c_int of the given length.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RXQ_OVFL,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = retry_eintr(|| {
+        // SAFETY: a valid fd, and an option value pointing at a c_int of
+        // the length given.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RXQ_OVFL,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            ) as isize
+        }
+    });
 }
 
 /// Opens a socket connected to `dest`, with its multicast options applied.
@@ -109,13 +168,21 @@ pub fn connect_destination(dest: &Destination) -> io::Result<StdUdpSocket> {
 /// allocator's recycling, and an idle channel maps nothing at all (the
 /// mapping is made at the first receive).
 struct PageBuf {
-    ptr: *mut u8,
+    ptr: NonNull<u8>,
     len: usize,
 }
 
+// SAFETY: a `PageBuf` owns its mapping alone, as a `Box<[u8]>` owns its
+// allocation: moving it to another thread moves that ownership, and shared
+// references only read through it.
+unsafe impl Send for PageBuf {}
+// SAFETY: as above; `&PageBuf` gives only `as_slice`, a read.
+unsafe impl Sync for PageBuf {}
+
 impl PageBuf {
     fn map(len: usize) -> io::Result<Self> {
-        // SAFETY: an anonymous private mapping with no address hint.
+        // SAFETY: an anonymous private mapping with no address hint touches
+        // no existing memory.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -129,35 +196,42 @@ impl PageBuf {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len,
-        })
+        let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Self { ptr, len })
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: the mapping is `len` readable bytes, zero-filled by the kernel.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+        // SAFETY: the mapping is `len` readable bytes (zero-filled by the
+        // kernel), alive as long as `self`, and written only through
+        // `&mut self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only
+        // reference into the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for PageBuf {
     fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        // SAFETY: unmaps exactly the mapping made in `map`; no slice of it
+        // outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
-/// One reused receive buffer of [`BATCH`] slots and the `mmsghdr`s that
-/// point into it. The headers are re-pointed before every call, so the
-/// struct holds no pointer across an `.await`.
+/// One reused receive buffer of [`BATCH`] slots with their control-message
+/// buffers. The `mmsghdr`s and iovecs that point into it are built on the
+/// stack for each `recvmmsg` and gone when it returns, so no pointer into
+/// the buffer outlives a call.
 pub struct RecvBatch {
     /// Mapped at the first receive.
     buf: Option<PageBuf>,
     slot: usize,
-    cmsg: Vec<u8>,
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
+    /// [`BATCH`] entries from the first receive on; empty before.
+    cmsg: Box<[CmsgBuf]>,
     lens: [u32; BATCH],
     truncated: [bool; BATCH],
     len: usize,
@@ -167,13 +241,6 @@ pub struct RecvBatch {
     pub kernel_drops: Option<u32>,
 }
 
-// SAFETY: the raw pointers in `hdrs`/`iovs` only ever point into `buf` and
-// `cmsg` of the same struct and are rewritten before each use.
-unsafe impl Send for RecvBatch {}
-// SAFETY: `&self` methods only read `buf` and the lengths; the pointers are
-// used by `recv_now`, which takes `&mut self`.
-unsafe impl Sync for RecvBatch {}
-
 impl RecvBatch {
     /// `max_datagram` bytes per slot. Nothing is allocated or mapped until
     /// the first receive, so an idle channel costs a few hundred bytes here.
@@ -182,9 +249,7 @@ impl RecvBatch {
         Self {
             buf: None,
             slot,
-            cmsg: Vec::new(),
-            hdrs: Vec::new(),
-            iovs: Vec::new(),
+            cmsg: Box::default(),
             lens: [0; BATCH],
             truncated: [false; BATCH],
             len: 0,
@@ -222,60 +287,75 @@ impl RecvBatch {
         }
     }
 
-    /// One non-blocking `recvmmsg`; `WouldBlock` when nothing is queued.
-    fn recv_now(&mut self, fd: i32) -> io::Result<usize> {
+    /// Whether the batch holds as many datagrams as one receive asks for.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.limit
+    }
+
+    /// One non-blocking `recvmmsg` into slots `start..limit`, after the
+    /// `start` datagrams kept from before; how many came. `WouldBlock`
+    /// when nothing is queued. The batch then holds `start` plus those.
+    fn recv_now(&mut self, fd: BorrowedFd<'_>, start: usize) -> io::Result<usize> {
+        let start = start.min(self.limit);
+        self.len = start;
         if self.buf.is_none() {
             self.buf = Some(PageBuf::map(self.slot * BATCH)?);
-            self.cmsg = vec![0; CMSG_ROOM * BATCH];
-            (self.hdrs, self.iovs) = empty_headers(BATCH);
+            self.cmsg = vec![CmsgBuf::ZERO; BATCH].into_boxed_slice();
         }
-        let base = match &self.buf {
-            Some(buf) => buf.ptr,
-            None => return Ok(0),
+        let Some(buf) = self.buf.as_mut() else {
+            return Ok(0);
         };
-        let cbase = self.cmsg.as_mut_ptr();
-        for i in 0..BATCH {
-            self.iovs[i] = libc::iovec {
-                // SAFETY: i * slot + slot <= buf.len().
-                iov_base: unsafe { base.add(i * self.slot) }.cast(),
-                iov_len: self.slot,
-            };
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = std::ptr::null_mut();
-            h.msg_namelen = 0;
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            // SAFETY: i * CMSG_ROOM + CMSG_ROOM <= cmsg.len().
-            h.msg_control = unsafe { cbase.add(i * CMSG_ROOM) }.cast();
-            h.msg_controllen = CMSG_ROOM as _;
-            h.msg_flags = 0;
-            self.hdrs[i].msg_len = 0;
+        let limit = self.limit;
+        let want = limit - start;
+        if want == 0 {
+            return Ok(0);
         }
-        // SAFETY: every header points at live, disjoint buffers owned by self.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                self.limit as libc::c_uint,
-                // The flags are a c_int in glibc's prototype, c_uint in musl's.
-                libc::MSG_DONTWAIT as _,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            self.len = 0;
-            return Err(io::Error::last_os_error());
+        let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; BATCH];
+        let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; BATCH];
+        let slots = buf.as_mut_slice().chunks_exact_mut(self.slot);
+        let free = slots.zip(self.cmsg.iter_mut()).skip(start).take(want);
+        for (i, (slot, cmsg)) in free.enumerate() {
+            let iov = iovs[i].write(libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: slot.len(),
+            });
+            let mut msg = empty_msghdr();
+            msg.msg_iov = iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = (&raw mut *cmsg).cast();
+            msg.msg_controllen = size_of::<CmsgBuf>() as _;
+            hdrs[i].write(libc::mmsghdr {
+                msg_hdr: msg,
+                msg_len: 0,
+            });
         }
-        let n = n as usize;
-        for i in 0..n {
-            let h = &self.hdrs[i];
-            self.lens[i] = h.msg_len.min(self.slot as u32);
-            self.truncated[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+        let n = retry_eintr(|| {
+            // SAFETY: the first `want` headers are initialised above and
+            // point at disjoint free slots of `buf` and at their `cmsg`
+            // entries, all of the lengths given and alive until this call
+            // returns.
+            unsafe {
+                libc::recvmmsg(
+                    fd.as_raw_fd(),
+                    hdrs.as_mut_ptr().cast(),
+                    want as libc::c_uint,
+                    // The flags are a c_int in glibc's prototype, c_uint in musl's.
+                    libc::MSG_DONTWAIT as _,
+                    std::ptr::null_mut(),
+                ) as isize
+            }
+        });
+        let n = n?.min(want);
+        for (j, h) in hdrs[..n].iter().enumerate() {
+            // SAFETY: the first `want` >= n headers were initialised above.
+            let h = unsafe { h.assume_init_ref() };
+            self.lens[start + j] = h.msg_len.min(self.slot as u32);
+            self.truncated[start + j] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            if j + 1 == n {
+                self.kernel_drops = read_drop_count(&h.msg_hdr).or(self.kernel_drops);
+            }
         }
-        if n > 0 {
-            self.kernel_drops = read_drop_count(&self.hdrs[n - 1].msg_hdr).or(self.kernel_drops);
-        }
-        self.len = n;
+        self.len = start + n;
         Ok(n)
     }
 
@@ -283,7 +363,7 @@ impl RecvBatch {
     /// not yet seen the socket readable: for draining after a stop, which
     /// may come before the reactor reported datagrams already queued.
     pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        match self.recv_now(socket.as_raw_fd()) {
+        match self.recv_now(socket.as_fd(), 0) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.len = 0;
                 Ok(0)
@@ -299,11 +379,22 @@ impl RecvBatch {
     /// data (whose arrival wakes epoll again) instead of costing one more
     /// `recvmmsg` that finds nothing.
     pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        let fd = socket.as_raw_fd();
+        self.try_recv_from(socket, 0)
+    }
+
+    /// Like [`RecvBatch::try_recv`], but keeps the datagrams already in
+    /// the batch and receives into the free slots after them; how many
+    /// came. For coalescing a partial batch.
+    pub fn try_recv_more(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.try_recv_from(socket, self.len)
+    }
+
+    fn try_recv_from(&mut self, socket: &UdpSocket, start: usize) -> io::Result<usize> {
+        let fd = socket.as_fd();
         let mut got = 0;
         let r = socket.try_io(Interest::READABLE, || {
-            got = self.recv_now(fd)?;
-            if got < self.limit {
+            got = self.recv_now(fd, start)?;
+            if self.len < self.limit {
                 Err(io::ErrorKind::WouldBlock.into())
             } else {
                 Ok(got)
@@ -311,10 +402,7 @@ impl RecvBatch {
         });
         match r {
             Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.len = got;
-                Ok(got)
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(got),
             Err(e) => Err(e),
         }
     }
@@ -322,30 +410,92 @@ impl RecvBatch {
 
 /// The SO_RXQ_OVFL counter attached to a received message, if any.
 fn read_drop_count(h: &libc::msghdr) -> Option<u32> {
-    if h.msg_controllen == 0 || h.msg_control.is_null() {
-        return None;
-    }
-    // SAFETY: the kernel filled msg_control with well-formed cmsgs up to msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(h);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_RXQ_OVFL {
-                return Some(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<u32>()));
-            }
-            c = libc::CMSG_NXTHDR(h, c);
+    // SAFETY: `h` came back from recvmmsg, which filled its control buffer
+    // (a `CmsgBuf`, aligned for `cmsghdr`, alive as long as `h`'s borrow).
+    let mut cmsgs = unsafe { Cmsgs::new(h) };
+    cmsgs.find_map(|c| {
+        let hdr = c.header();
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SO_RXQ_OVFL {
+            // SAFETY: any 4 bytes are a u32.
+            unsafe { c.read::<u32>() }
+        } else {
+            None
         }
-    }
-    None
+    })
 }
 
-/// `n` empty message headers and iovecs, for a batch's first use.
-pub(crate) fn empty_headers(n: usize) -> (Vec<libc::mmsghdr>, Vec<libc::iovec>) {
-    // SAFETY: all-zero is a valid (empty) mmsghdr and iovec.
-    unsafe {
-        (
-            (0..n).map(|_| std::mem::zeroed()).collect(),
-            (0..n).map(|_| std::mem::zeroed()).collect(),
-        )
+/// The control messages of a message the kernel filled in, in order.
+pub(crate) struct Cmsgs<'a> {
+    msg: &'a libc::msghdr,
+    next: *mut libc::cmsghdr,
+}
+
+/// One control message: its header and its payload's address.
+pub(crate) struct Cmsg<'a> {
+    header: &'a libc::cmsghdr,
+    data: *const u8,
+}
+
+impl<'a> Cmsgs<'a> {
+    /// # Safety
+    /// `msg` was filled in by a receive call (`recvmsg`, `recvmmsg`): its
+    /// `msg_control` is null or points at a live buffer aligned for
+    /// `cmsghdr` that holds well-formed messages up to `msg_controllen`.
+    pub(crate) unsafe fn new(msg: &'a libc::msghdr) -> Self {
+        let next = if msg.msg_control.is_null() {
+            std::ptr::null_mut()
+        } else {
+            // SAFETY: the caller's promise; null when the buffer holds no
+            // whole header.
+            unsafe { libc::CMSG_FIRSTHDR(msg) }
+        };
+        Self { msg, next }
+    }
+}
+
+impl<'a> Iterator for Cmsgs<'a> {
+    type Item = Cmsg<'a>;
+
+    fn next(&mut self) -> Option<Cmsg<'a>> {
+        if self.next.is_null() {
+            return None;
+        }
+        let c = self.next;
+        // SAFETY: a non-null header from CMSG_FIRSTHDR/CMSG_NXTHDR lies
+        // within the buffer `new`'s caller vouched for, aligned, and lives
+        // as long as the borrow of `msg`.
+        let header = unsafe { &*c };
+        // SAFETY: as above; the payload follows its header in the buffer.
+        let data = unsafe { libc::CMSG_DATA(c) }.cast_const();
+        // SAFETY: as above; null after the last header.
+        self.next = unsafe { libc::CMSG_NXTHDR(self.msg, c) };
+        Some(Cmsg { header, data })
+    }
+}
+
+impl Cmsg<'_> {
+    pub(crate) fn header(&self) -> &libc::cmsghdr {
+        self.header
+    }
+
+    /// The payload as a `T`, or `None` when the message is too short for one.
+    ///
+    /// # Safety
+    /// Every bit pattern of `size_of::<T>()` bytes is a valid `T` (plain
+    /// integers, as the kernel's structs are).
+    pub(crate) unsafe fn read<T: Copy>(&self) -> Option<T> {
+        // SAFETY: CMSG_LEN only computes a size.
+        let needed = unsafe { libc::CMSG_LEN(size_of::<T>() as libc::c_uint) } as usize;
+        // cmsg_len is a size_t in glibc, a socklen_t in musl.
+        #[allow(clippy::unnecessary_cast)]
+        let len = self.header.cmsg_len as usize;
+        if len < needed {
+            return None;
+        }
+        // SAFETY: the message's length covers a `T` after its header, in
+        // the same live buffer; read unaligned as CMSG_DATA promises no
+        // alignment for `T`, and the caller vouches any bytes are a `T`.
+        Some(unsafe { std::ptr::read_unaligned(self.data.cast::<T>()) })
     }
 }
 
@@ -358,138 +508,104 @@ pub struct SendReport {
     pub last_errno: i32,
 }
 
-/// Most datagrams one [`SendBatch::load`] takes: a receive batch, or the
-/// decimated output of one (at most two records per input, for minmax).
-pub const SEND_CAPACITY: usize = 2 * BATCH;
+/// Most datagrams one [`sendmmsg`] call takes: the load generator's batch,
+/// and more than a receive batch or its decimated output (at most two
+/// records per input, for minmax).
+pub const SENDMMSG_MAX: usize = 256;
 
-/// Reused `sendmmsg` headers: loaded once per batch with slices of the
-/// receive buffer, then sent to every destination.
-pub struct SendBatch {
-    hdrs: Vec<libc::mmsghdr>,
-    iovs: Vec<libc::iovec>,
-}
-
-// SAFETY: the pointers are rewritten by `load` from slices that the returned
-// `Loaded` borrows, and only dereferenced (by the kernel) while it lives.
-unsafe impl Send for SendBatch {}
-
-/// Empty: the headers are allocated by the first [`SendBatch::load`], so a
-/// channel that never forwards does not hold them.
-impl Default for SendBatch {
-    fn default() -> Self {
-        Self {
-            hdrs: Vec::new(),
-            iovs: Vec::new(),
-        }
+/// One `sendmmsg` of the first [`SENDMMSG_MAX`] of `datagrams`, in order,
+/// on the connected `socket`; how many the kernel took. Blocks or not as
+/// the socket does. The headers and iovecs live on this call's stack, so no
+/// pointer to a datagram outlives it. Used by the channel and by `send`.
+pub fn sendmmsg<'a>(
+    socket: &impl AsFd,
+    datagrams: impl IntoIterator<Item = &'a [u8]>,
+) -> io::Result<usize> {
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; SENDMMSG_MAX];
+    let mut hdrs = [const { MaybeUninit::<libc::mmsghdr>::uninit() }; SENDMMSG_MAX];
+    let mut n = 0;
+    for (d, (iov, hdr)) in datagrams
+        .into_iter()
+        .zip(iovs.iter_mut().zip(hdrs.iter_mut()))
+    {
+        // The kernel only reads through a send iovec; the pointer is `*mut`
+        // because the struct serves receives too.
+        let iov = iov.write(libc::iovec {
+            iov_base: d.as_ptr().cast_mut().cast(),
+            iov_len: d.len(),
+        });
+        let mut msg = empty_msghdr();
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 1;
+        hdr.write(libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: 0,
+        });
+        n += 1;
     }
-}
-
-impl SendBatch {
-    /// Points the headers at up to [`SEND_CAPACITY`] datagrams, in order.
-    pub fn load<'a>(&'a mut self, datagrams: impl Iterator<Item = &'a [u8]>) -> Loaded<'a> {
-        if self.hdrs.is_empty() {
-            (self.hdrs, self.iovs) = empty_headers(SEND_CAPACITY);
-        }
-        let mut len = 0;
-        for d in datagrams.take(SEND_CAPACITY) {
-            self.iovs[len] = libc::iovec {
-                iov_base: d.as_ptr() as *mut libc::c_void,
-                iov_len: d.len(),
-            };
-            len += 1;
-        }
-        Loaded {
-            batch: self,
-            len,
-            _slices: PhantomData,
-        }
+    if n == 0 {
+        return Ok(0);
     }
+    let fd = socket.as_fd().as_raw_fd();
+    retry_eintr(|| {
+        // SAFETY: the first `n` headers are initialised above, each pointing
+        // at one iovec over a datagram borrowed for the whole call.
+        unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr().cast(), n as libc::c_uint, 0) as isize }
+    })
 }
 
-/// A loaded [`SendBatch`]; the borrow keeps the datagrams alive.
-pub struct Loaded<'a> {
-    batch: &'a mut SendBatch,
-    len: usize,
-    _slices: PhantomData<&'a [u8]>,
-}
-
-impl Loaded<'_> {
-    /// Sends every loaded datagram to the connected `socket`, in order, in
-    /// as few `sendmmsg` calls as the kernel allows. A full socket buffer is
-    /// waited on for at most [`SEND_STALL`]; any other error skips that
-    /// datagram and is counted.
-    ///
-    /// The socket is a plain non-blocking one, not registered with the
-    /// runtime: a registered UDP socket is woken (EPOLLOUT) each time one
-    /// of its datagrams leaves the send buffer, which cost an extra
-    /// `epoll_wait` per batch and a wake-up callback per datagram. Only a
-    /// full buffer registers it, for the wait.
-    pub async fn send_to(&mut self, socket: &StdUdpSocket) -> SendReport {
-        let mut report = SendReport::default();
-        let fd = socket.as_raw_fd();
-        let n = self.len;
-        let mut done = 0;
-        // Whether the datagram at `done` already met a stale refusal.
-        let mut refused_once = false;
-        while done < n {
-            let SendBatch { hdrs, iovs } = &mut *self.batch;
-            for i in done..n {
-                let h = &mut hdrs[i];
-                // SAFETY: all-zero msghdr plus the iovec pointer is a valid message.
-                h.msg_hdr = unsafe { std::mem::zeroed() };
-                h.msg_hdr.msg_iov = &mut iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_len = 0;
+/// Sends every one of `datagrams` to the connected `socket`, in order, in
+/// as few `sendmmsg` calls as the kernel allows. A full socket buffer is
+/// waited on for at most [`SEND_STALL`]; any other error skips that
+/// datagram and is counted.
+///
+/// The socket is a plain non-blocking one, not registered with the
+/// runtime: a registered UDP socket is woken (EPOLLOUT) each time one of
+/// its datagrams leaves the send buffer, which cost an extra `epoll_wait`
+/// per batch and a wake-up callback per datagram. Only a full buffer
+/// registers it, for the wait.
+pub async fn send_all<'a>(
+    socket: &StdUdpSocket,
+    datagrams: impl Iterator<Item = &'a [u8]> + Clone,
+) -> SendReport {
+    let mut report = SendReport::default();
+    let n = datagrams.clone().count();
+    let mut done = 0;
+    // Whether the datagram at `done` already met a stale refusal.
+    let mut refused_once = false;
+    while done < n {
+        match sendmmsg(socket, datagrams.clone().skip(done)) {
+            Ok(sent) => {
+                done += sent;
+                report.sent += sent as u64;
+                refused_once = false;
             }
-            let pending = &mut hdrs[done..n];
-            // SAFETY: headers point at iovecs over slices borrowed by `self`.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    pending.as_mut_ptr(),
-                    pending.len() as libc::c_uint,
-                    libc::MSG_DONTWAIT as _, // c_int in glibc, c_uint in musl
-                )
-            };
-            let r = if r < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(r as usize)
-            };
-            match r {
-                Ok(sent) => {
-                    done += sent;
-                    report.sent += sent as u64;
-                    refused_once = false;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !wait_writable(socket).await {
-                        report.failed += (n - done) as u64;
-                        report.last_errno = libc::EAGAIN;
-                        return report;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
-                    // An ICMP refusal of an earlier datagram, reported now:
-                    // it is counted, but this datagram was not sent. Sent
-                    // again, it reaches a destination that is back up.
-                    report.failed += 1;
-                    report.last_errno = libc::ECONNREFUSED;
-                    refused_once = true;
-                }
-                Err(e) => {
-                    refused_once = false;
-                    // The datagram at `done` failed (ICMP unreachable reported
-                    // late, no route, too big…): count it and go on.
-                    report.failed += 1;
-                    report.last_errno = e.raw_os_error().unwrap_or(libc::EIO);
-                    done += 1;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !wait_writable(socket).await {
+                    report.failed += (n - done) as u64;
+                    report.last_errno = libc::EAGAIN;
+                    return report;
                 }
             }
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
+                // An ICMP refusal of an earlier datagram, reported now:
+                // it is counted, but this datagram was not sent. Sent
+                // again, it reaches a destination that is back up.
+                report.failed += 1;
+                report.last_errno = libc::ECONNREFUSED;
+                refused_once = true;
+            }
+            Err(e) => {
+                refused_once = false;
+                // The datagram at `done` failed (ICMP unreachable reported
+                // late, no route, too big…): count it and go on.
+                report.failed += 1;
+                report.last_errno = e.raw_os_error().unwrap_or(libc::EIO);
+                done += 1;
+            }
         }
-        report
     }
+    report
 }
 
 /// Waits at most [`SEND_STALL`] for room in `socket`'s send buffer,
@@ -497,7 +613,7 @@ impl Loaded<'_> {
 /// buffer stayed full or the socket cannot be registered.
 async fn wait_writable(socket: &impl AsFd) -> bool {
     // SAFETY: the `BorrowedFd` keeps the socket's fd open and the same for
-    // as long as the `AsyncFd` holding it lives.
+    // as long as the `AsyncFd` holding it lives (it is dropped in this call).
     let Ok(fd) = (unsafe { AsyncFd::register_with_interest(socket.as_fd(), Interest::WRITABLE) })
     else {
         return false;
@@ -520,16 +636,13 @@ mod tests {
         let port = rx.socket.local_addr().unwrap().port();
         let rx = UdpSocket::from_std(rx.socket).unwrap();
         let tx = connect_destination(&Destination::new(lo, port)).unwrap();
-        let payloads: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; i as usize + 1]).collect();
-        let mut send = SendBatch::default();
-        let report = send
-            .load(payloads.iter().map(|p| p.as_slice()))
-            .send_to(&tx)
-            .await;
-        assert_eq!(report.sent, 100);
+        // More than one sendmmsg takes, so the rest goes in a second call.
+        let payloads: Vec<Vec<u8>> = (0..300usize).map(|i| vec![i as u8; i % 200 + 1]).collect();
+        let report = send_all(&tx, payloads.iter().map(|p| p.as_slice())).await;
+        assert_eq!(report.sent, 300);
         let mut batch = RecvBatch::new(256);
         let mut got = Vec::new();
-        while got.len() < 100 {
+        while got.len() < 300 {
             rx.readable().await.unwrap();
             let n = batch.try_recv(&rx).unwrap();
             for i in 0..n {
@@ -539,6 +652,34 @@ mod tests {
         assert_eq!(got, payloads);
         // The kernel attaches the drop count only once it is non-zero.
         assert_eq!(batch.kernel_drops.unwrap_or(0), 0);
+    }
+
+    #[tokio::test]
+    async fn receiving_more_appends_after_what_the_batch_holds() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
+        let port = rx.socket.local_addr().unwrap().port();
+        let rx = UdpSocket::from_std(rx.socket).unwrap();
+        let tx = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut batch = RecvBatch::new(16);
+        batch.set_limit(3);
+        tx.send_to(b"one", (lo, port)).unwrap();
+        rx.readable().await.unwrap();
+        assert_eq!(batch.try_recv(&rx).unwrap(), 1);
+        assert!(!batch.is_full());
+        for d in [&b"two"[..], b"three", b"four"] {
+            tx.send_to(d, (lo, port)).unwrap();
+        }
+        while !batch.is_full() {
+            rx.readable().await.unwrap();
+            batch.try_recv_more(&rx).unwrap();
+        }
+        let got: Vec<&[u8]> = (0..batch.len()).map(|i| batch.get(i).0).collect();
+        assert_eq!(got, [&b"one"[..], b"two", b"three"], "kept, then appended");
+        // The next batch starts afresh with what was left queued.
+        rx.readable().await.unwrap();
+        assert_eq!(batch.try_recv(&rx).unwrap(), 1);
+        assert_eq!(batch.get(0).0, b"four");
     }
 
     #[tokio::test]

@@ -50,14 +50,18 @@ extern "C" fn on_signal(_: libc::c_int) {
 
 fn install_stop_handler() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe);
-        // no SA_RESTART, so a blocked sendmmsg or sleep returns early.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
+        // The handler only stores to an atomic (async-signal-safe). No
+        // SA_RESTART, but interrupted calls are retried anyway
+        // (`udp::retry_eintr`, std's sleep): the send loop sees STOP
+        // between batches.
+        // SAFETY: all-zero is a valid sigaction (no flags, empty mask).
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+        // SAFETY: `sa_mask` is a sigset_t of this live struct.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: a valid sigaction for a handler that is async-signal-safe
+        // (see above); no old action asked for.
+        unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) };
     }
 }
 

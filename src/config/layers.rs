@@ -162,6 +162,7 @@ mod tests {
                     bind: "::".parse().unwrap(),
                     recv_buffer: 0,
                     max_datagram: 1,
+                    coalesce_us: 1_000_000,
                 },
             };
             let doc = serde_json::to_value(&settings).unwrap();
@@ -193,6 +194,8 @@ mod tests {
             json!({"validate": false}),
             json!({"socket": {"bind": "127.0.0.1", "recv_buffer": 0, "max_datagram": 65535}}),
             json!({"socket": {"bind": "::"}}),
+            json!({"socket": {"coalesce_us": 0}}),
+            json!({"socket": {"coalesce_us": 1_000_000}}),
         ];
         for doc in accepted {
             assert_eq!(both(doc.clone()), (true, true), "{doc}");
@@ -231,6 +234,9 @@ mod tests {
             json!({"validate": "true"}),
             json!({"socket": {"bind": "localhost"}}),
             json!({"socket": {"recv_buffer": -1}}),
+            json!({"socket": {"coalesce_us": -1}}),
+            json!({"socket": {"coalesce_us": "300"}}),
+            json!({"socket": {"coalesce_us": 2.5}}),
             json!({"decimation": null}),
         ];
         for doc in refused {
@@ -244,6 +250,7 @@ mod tests {
             json!({"archive": {"flush_bytes": 0}}),
             json!({"socket": {"max_datagram": 0}}),
             json!({"socket": {"max_datagram": 65536}}),
+            json!({"socket": {"coalesce_us": 1_000_001}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 1, "ttl": 256}}}),
         ];
         for doc in bounds {

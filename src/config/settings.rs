@@ -253,7 +253,15 @@ pub struct SocketSettings {
     pub recv_buffer: u32,
     /// Largest datagram accepted; longer ones are counted invalid.
     pub max_datagram: u32,
+    /// After the first datagram of a partial batch, wait at most this many
+    /// microseconds for more before processing it (0: never wait). Fewer
+    /// wake-ups and sends per record at moderate rates, for at most this
+    /// much added latency. Bounded by [`MAX_COALESCE_US`].
+    pub coalesce_us: u32,
 }
+
+/// The longest `socket.coalesce_us` accepted: one second.
+pub const MAX_COALESCE_US: u32 = 1_000_000;
 
 impl Default for SocketSettings {
     fn default() -> Self {
@@ -261,6 +269,7 @@ impl Default for SocketSettings {
             bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             recv_buffer: 8 << 20,
             max_datagram: 65_535,
+            coalesce_us: 0,
         }
     }
 }

@@ -357,9 +357,10 @@ struct Program {
 }
 
 /// A compiled schema.
-#[derive(Debug)]
+///
 /// Holds only the compiled programs, not the parsed schema: a thousand
 /// idle channels each kept a few KiB of schema tree that nothing read.
+#[derive(Debug)]
 pub struct Validator {
     /// One op per value, numeric ops tagged with their slot: what
     /// `validate_capture` runs, and what reports an error's exact offset.

@@ -13,6 +13,7 @@ mod batching;
 mod channel;
 mod check_config;
 mod cli;
+mod coalesce;
 mod crash;
 mod decimation;
 mod engine;

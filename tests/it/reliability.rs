@@ -178,19 +178,19 @@ fn descriptor_exhaustion_is_a_503_and_loses_no_archive_record() {
     let config = loopback_config(dir.path(), 20);
     let data = dir.path().join("data");
     let mut cmd = relay_command(&config, &data);
+    let child_setup = || {
+        let lim = libc::rlimit {
+            rlim_cur: LIMIT as libc::rlim_t,
+            rlim_max: LIMIT as libc::rlim_t,
+        };
+        // SAFETY: a valid rlimit, soft equal to hard.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
     // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: LIMIT as libc::rlim_t,
-                rlim_max: LIMIT as libc::rlim_t,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    unsafe { cmd.pre_exec(child_setup) };
     let relay = spawn_relay_command(cmd);
     let api = relay.api;
     let mut ports = Vec::new();

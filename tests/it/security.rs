@@ -126,13 +126,13 @@ fn nothing_created_is_open_to_other_users_even_with_umask_0() {
     let data = dir.path().join("data");
     let mut cmd = serve_cmd(&config, &data);
     cmd.args(["--api", "127.0.0.1:0"]);
+    let child_setup = || {
+        // SAFETY: umask(2) has no preconditions.
+        unsafe { libc::umask(0) };
+        Ok(())
+    };
     // SAFETY: umask(2) is async-signal-safe; nothing else runs in the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::umask(0);
-            Ok(())
-        });
-    }
+    unsafe { cmd.pre_exec(child_setup) };
     let relay = spawn_relay_command(cmd);
     let port = free_port();
     assert_eq!(register_example(relay.api, "perm", port, json!({})).0, 201);
