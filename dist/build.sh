@@ -12,7 +12,7 @@
 #
 # Installs what it lacks, saying so: the Rust targets (rustup), zig
 # (into target/dist-tools/), cargo-zigbuild and cargo-deb (crates.io),
-# binutils (Debian). No cross compiler is needed: zig is one.
+# binutils and help2man (Debian). No cross compiler is needed: zig is one.
 # Idempotent: a second run rebuilds nothing that is up to date.
 #
 # Usage: dist/build.sh [TARGET...]   (default: the three above)
@@ -74,6 +74,10 @@ if ! command -v objdump >/dev/null; then
   say "installing binutils (Debian), for objdump"
   apt-get install -y -qq binutils >/dev/null
 fi
+if ! command -v help2man >/dev/null; then
+  say "installing help2man (Debian), for the man pages"
+  apt-get install -y -qq help2man >/dev/null
+fi
 cargo_tool cargo-zigbuild "$CARGO_ZIGBUILD_VERSION"
 cargo_tool cargo-deb "$CARGO_DEB_VERSION"
 
@@ -97,10 +101,9 @@ maintainer=$(sed -n 's/^maintainer = "\(.*\)"$/\1/p' Cargo.toml)
   printf ' -- %s  %s\n' "$maintainer" "$(date -R -d "@$(git log -1 --format=%ct 2>/dev/null || date +%s)")"
 } > "$etc/changelog"
 
-# --- binaries and packages -------------------------------------------------
+# --- binaries ----------------------------------------------------------------
 
 for t in "${targets[@]}"; do
-  arch=$(arch_of "$t")
   say "building $t (glibc <= $GLIBC), release profile"
   start=$(date +%s)
   nice -n 15 cargo zigbuild --release --locked --bin speedrelay --target "$t.$GLIBC"
@@ -113,7 +116,41 @@ for t in "${targets[@]}"; do
   fi
   cp "$bin" "$dist/.speedrelay-$t.new" && mv "$dist/.speedrelay-$t.new" "$dist/speedrelay-$t"
   say "$dist/speedrelay-$t: $(stat -c %s "$bin") bytes, needs $newest, $(( $(date +%s) - start )) s"
+done
 
+# --- man pages ---------------------------------------------------------------
+# From the binary's own --help (clap), so they cannot drift from it: one page
+# for speedrelay and one per command. Made with a binary this machine runs:
+# the x86-64 one when built above, else a host release build.
+host_bin=$dist/speedrelay-x86_64-unknown-linux-gnu
+if [ ! -x "$host_bin" ] || [ "$(uname -m)" != x86_64 ]; then
+  nice -n 15 cargo build --release --locked --bin speedrelay
+  host_bin=$target_dir/release/speedrelay
+fi
+man=$root/target/dist/man
+rm -rf "$man" && mkdir -p "$man"
+page() { # NAME DESCRIPTION COMMAND...: the man page NAME.1.gz of `COMMAND... --help`
+  local name=$1 what=$2; shift 2
+  local wrapper=$man/.bin/$name
+  mkdir -p "$man/.bin"
+  printf '#!/bin/sh\nexec %s "$@"\n' "$*" > "$wrapper"
+  chmod +x "$wrapper"
+  help2man --no-info --no-discard-stderr --section 1 --name "$what" \
+    --version-string "$version" --output "$man/$name.1" "$wrapper"
+  gzip -9n "$man/$name.1"
+}
+page speedrelay "UDP/Avro telemetry relay" "$host_bin"
+for cmd in serve channels send verify check-config registry; do
+  summary=$("$host_bin" help "$cmd" | head -1 | sed 's/\.$//')
+  page "speedrelay-$cmd" "$summary" "$host_bin" "$cmd"
+done
+rm -rf "$man/.bin"
+say "man pages: $(cd "$man" && echo *.1.gz)"
+
+# --- packages ------------------------------------------------------------------
+
+for t in "${targets[@]}"; do
+  arch=$(arch_of "$t")
   deb=$dist/speedrelay_${version}_$arch.deb
   say "packaging $deb"
   cargo deb --no-build --no-strip --target "$t" --output "$deb"

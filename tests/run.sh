@@ -61,3 +61,16 @@ if [ "$(id -u)" = 0 ] && ip netns list >/dev/null 2>&1; then
 else
   unshare --user --map-root-user --net --mount bash -c "$inner" bash "$@"
 fi
+
+# The ARM builds under emulation, on request: each ARM target is built
+# (dist/build.sh: binary and package), then its library unit tests and an
+# end-to-end smoke test run under qemu-user in a private network namespace
+# (dist/smoke.sh --unit). About 10 minutes per target here, and it needs
+# rustup's ARM standard libraries, so CI runs it only when asked.
+if [ "${SPEEDRELAY_TEST_ARM:-}" = 1 ]; then
+  for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    echo "== emulated $t: build, unit tests and smoke test under qemu-user"
+    dist/build.sh "$t"
+    dist/smoke.sh "$t" --unit
+  done
+fi
