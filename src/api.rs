@@ -20,7 +20,7 @@ use std::time::Duration;
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -176,7 +176,7 @@ pub async fn serve(
                 let slot = in_service.clone();
                 async move {
                     slot.busy.store(true, Ordering::Relaxed);
-                    let resp = api.handle(req).await;
+                    let resp = api.handle(req, &slot.evict).await;
                     slot.busy.store(false, Ordering::Relaxed);
                     Ok::<_, Infallible>(resp)
                 }
@@ -348,12 +348,28 @@ impl From<EngineError> for ApiError {
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
+/// An answer's body: a whole JSON document (or page file), or a live
+/// event stream.
+pub type Body = Either<Full<Bytes>, crate::live::LiveBody>;
+
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+fn whole(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(Either::Left)
+}
+
+/// The channel name of a `/api/v1/channels/{name}/live` path.
+fn live_channel(path: &str) -> Option<&str> {
+    path.strip_prefix(PREFIX)?
+        .strip_prefix("/channels/")?
+        .strip_suffix("/live")
+        .filter(|name| !name.is_empty() && !name.contains('/'))
 }
 
 fn ok(body: Value) -> Reply {
@@ -375,18 +391,23 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 }
 
 impl Api {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// `conn` closes the request's connection: a live viewer that falls
+    /// behind is dropped with it.
+    async fn handle(&self, req: Request<Incoming>, conn: &CancellationToken) -> Response<Body> {
         let route = Route::of(req.uri().path());
         let method = req.method().clone();
         let origin = self.cors_origin(&req);
         let answer = match self.check_host(&req) {
             Err(e) => Err(e),
             Ok(()) if method == Method::OPTIONS && req.headers().contains_key(ORIGIN) => {
-                self.preflight(origin.as_ref())
+                self.preflight(origin.as_ref()).map(whole)
             }
-            Ok(()) => self.route(req).await,
+            Ok(()) => match live_channel(req.uri().path()) {
+                Some(name) if method == Method::GET => self.live(&req, name, conn),
+                _ => self.route(req).await.map(whole),
+            },
         };
-        let mut resp = answer.unwrap_or_else(ApiError::into_response);
+        let mut resp = answer.unwrap_or_else(|e| whole(e.into_response()));
         if let Some(origin) = origin {
             let headers = resp.headers_mut();
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -533,6 +554,9 @@ impl Api {
             (["channels", _], _) => Err(ApiError::method("GET, PATCH, DELETE")),
             (["channels", name, "schema"], &Method::GET) => self.schema(name),
             (["channels", _, "schema"], _) => Err(ApiError::method("GET")),
+            (["channels", name, "history"], &Method::GET) => self.history(name, &query),
+            (["channels", _, "history"], _) => Err(ApiError::method("GET")),
+            (["channels", _, "live"], _) => Err(ApiError::method("GET")),
             (["channels", name, "validate-schema"], &Method::POST) => {
                 let name = name.to_string();
                 if self.engine.get(&name).is_none() {
@@ -568,6 +592,8 @@ impl Api {
             registry_file_bytes,
             requests: &self.requests,
             resident_memory_bytes: metrics::resident_memory_bytes(),
+            live_viewers: self.engine.live_hub().viewers(),
+            live_viewers_dropped: self.engine.live_hub().dropped(),
         });
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
@@ -685,6 +711,70 @@ impl Api {
         }
         let info = self.engine.update(name, body).await?;
         ok(to_value(&info))
+    }
+
+    /// `GET /channels/{name}/history[?seconds=1..600]`: per-second
+    /// samples, oldest first (all that are kept by default).
+    fn history(&self, name: &str, query: &str) -> Reply {
+        let max = crate::history::SECONDS;
+        let seconds = match query_param(query, "seconds") {
+            None => max,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::bad(
+                        "seconds",
+                        format!("seconds must be a whole number from 1 to {max}, not {text:?}"),
+                    ));
+                }
+            },
+        };
+        match self.engine.history(name, seconds) {
+            Some(view) => {
+                let mut body = to_value(&view);
+                body["name"] = Value::String(name.to_string());
+                ok(body)
+            }
+            None => Err(ApiError::no_channel(name)),
+        }
+    }
+
+    /// `GET /channels/{name}/live`: a Server-Sent Events stream of the
+    /// channel's numeric fields ([`crate::live`]). Checked like any route
+    /// (token, channel); 503 when the viewer caps are reached.
+    fn live(
+        &self,
+        req: &Request<Incoming>,
+        name: &str,
+        conn: &CancellationToken,
+    ) -> Result<Response<Body>, ApiError> {
+        if !self.authorized(req) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <token>",
+            ));
+        }
+        let source = self
+            .engine
+            .live_source(name)
+            .ok_or_else(|| ApiError::no_channel(name))?;
+        let decoder = crate::live::Decoder::new(&source.schema_json)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let kind = if source.decimated {
+            "decimated"
+        } else {
+            "sampled"
+        };
+        let body = crate::live::open(&source.tap, name, Arc::new(decoder), kind, conn.clone())
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let mut resp = Response::new(Either::Right(body));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        Ok(resp)
     }
 
     fn schema(&self, name: &str) -> Reply {

@@ -22,6 +22,8 @@ pub mod counters;
 pub mod decimator;
 pub mod descriptors;
 pub mod engine;
+pub mod history;
+pub mod live;
 pub mod memory;
 pub mod metrics;
 pub mod registry;

@@ -18,7 +18,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Route templates, the `route` label: never the raw path, so a client
 /// cannot create series by inventing paths.
-const ROUTES: [&str; 12] = [
+const ROUTES: [&str; 14] = [
     "/",
     "/{asset}",
     "/metrics",
@@ -30,6 +30,8 @@ const ROUTES: [&str; 12] = [
     "/api/v1/channels/{name}/validate-schema",
     "/api/v1/ports/available",
     "/api/v1/ports/{port}/status",
+    "/api/v1/channels/{name}/history",
+    "/api/v1/channels/{name}/live",
     "other",
 ];
 const OTHER_ROUTE: usize = ROUTES.len() - 1;
@@ -65,6 +67,8 @@ impl Route {
                         (Some("channels"), Some(_), Some("validate-schema"), None) => 8,
                         (Some("ports"), Some("available"), None, _) => 9,
                         (Some("ports"), Some(_), Some("status"), None) => 10,
+                        (Some("channels"), Some(_), Some("history"), None) => 11,
+                        (Some("channels"), Some(_), Some("live"), None) => 12,
                         _ => OTHER_ROUTE,
                     }
                 }
@@ -147,6 +151,9 @@ pub struct Exposition<'a> {
     pub requests: &'a RequestCounts,
     /// Resident set size; `None` where /proc is missing.
     pub resident_memory_bytes: Option<u64>,
+    /// Live stream viewers now, and those dropped for not keeping up.
+    pub live_viewers: usize,
+    pub live_viewers_dropped: u64,
 }
 
 /// Per-channel counter families: name, help, and which counter.
@@ -304,6 +311,25 @@ pub fn render(x: &Exposition<'_>) -> String {
             "speedrelay_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
         );
     }
+
+    family(
+        &mut out,
+        "speedrelay_live_viewers",
+        "gauge",
+        "Clients streaming a channel's records (GET /channels/{name}/live).",
+    );
+    let _ = writeln!(out, "speedrelay_live_viewers {}", x.live_viewers);
+    family(
+        &mut out,
+        "speedrelay_live_viewers_dropped_total",
+        "counter",
+        "Live viewers disconnected because they did not read fast enough.",
+    );
+    let _ = writeln!(
+        out,
+        "speedrelay_live_viewers_dropped_total {}",
+        x.live_viewers_dropped
+    );
 
     if let Some(n) = x.resident_memory_bytes {
         family(
