@@ -9,6 +9,10 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use apache_avro::types::Value;
@@ -413,5 +417,129 @@ fn viewers_that_do_not_read_are_dropped_and_counted_with_memory_bounded() {
     // A freed slot can be taken again.
     let (status, _) = Viewer::open(api, "w1", false);
     assert_eq!(status, 200);
+    relay.stop();
+}
+
+/// Python, chromium and chromedriver; `None` (skip) outside tests/run.sh
+/// when one is missing, a failure under it.
+fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    match python {
+        Some(p) if chromium.exists() && driver.exists() => Some((p, chromium, driver)),
+        _ => {
+            assert!(
+                !under_test_script(),
+                "tests/run.sh installs chromium, chromedriver and selenium and sets SPEEDRELAY_PYTHON"
+            );
+            eprintln!("skipped: needs SPEEDRELAY_PYTHON with selenium, chromium and chromedriver");
+            None
+        }
+    }
+}
+
+/// Runs `cmd` for at most `limit`: whether it succeeded, and its output.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}{}",
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+        if status.is_none() { "\n(killed: took too long)" } else { "" }
+    );
+    (status.is_some_and(|s| s.success()), text)
+}
+
+/// Where the screenshots go: target/screenshots.
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target/tmp has a parent")
+        .join("screenshots")
+}
+
+#[test]
+fn the_page_plots_the_ramp_that_was_sent_and_the_sparkline_shows_the_pause() {
+    let Some((python, chromium, chromedriver)) = browser_tools() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), 100);
+    let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
+    let api = relay.api;
+    let port = free_port();
+    register(api, "ramp", port, RAMP_SCHEMA, no_outputs());
+    // The ramp at 200 records/s: 4 s, a 4 s pause, then on until the
+    // browser is done (90 s at most).
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = done.clone();
+    let sender = std::thread::spawn(move || {
+        let schema = schema(RAMP_SCHEMA);
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(90) {
+            let s = start.elapsed().as_secs_f64();
+            if !(4.0..8.0).contains(&s) {
+                sock.send_to(&ramp_record(&schema, i), ("127.0.0.1", port)).unwrap();
+                i += 1;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        i
+    });
+    let artifacts = screenshots();
+    let args = json!({
+        "url": format!("http://{api}/"),
+        "channel": "ramp",
+        "chromium": chromium,
+        "chromedriver": chromedriver,
+        "artifacts": artifacts,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/plots_browser.py");
+    let (ok, output) = run_bounded(
+        Command::new(python).arg(script).arg(args.to_string()),
+        Duration::from_secs(150),
+    );
+    done.store(true, Ordering::Relaxed);
+    let sent = sender.join().unwrap();
+    println!("{output}");
+    assert!(ok, "the browser checks failed:\n{output}");
+    assert!(sent > 0);
+    for shot in ["plots-table.png", "plots-stripchart.png", "plots-stripchart-dark.png"] {
+        let path = artifacts.join(shot);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
+        println!("screenshot: {}", path.display());
+    }
     relay.stop();
 }
