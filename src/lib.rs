@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod registry;
 pub mod schema_file;
 pub mod send;
+pub mod top;
 pub mod udp;
 pub mod validator;
 pub mod verify;

@@ -30,6 +30,10 @@ enum Command {
     },
     /// Manage the channels of a running relay through its HTTP API.
     Channels(speedrelay::client::ChannelsArgs),
+    /// A full-screen live table of a running relay's channels (rates,
+    /// drops, invalid, archive, a sparkline of the last minute), refreshed
+    /// from its HTTP API. q, Esc or Ctrl-C quit.
+    Top(speedrelay::top::TopArgs),
     /// Send valid random records of a schema to a port: the demo source and
     /// load generator.
     ///
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { path } => return check_config(&path),
         Command::Channels(args) => speedrelay::client::run(args).map_err(|e| e.to_string()),
+        Command::Top(args) => speedrelay::top::run(args).map_err(|e| e.to_string()),
         Command::Send(args) => speedrelay::send::run(args).map_err(|e| e.to_string()),
         Command::Verify {
             files,

@@ -474,7 +474,11 @@ fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String) {
         "{}{}{}",
         out_t.join().unwrap_or_default(),
         err_t.join().unwrap_or_default(),
-        if status.is_none() { "\n(killed: took too long)" } else { "" }
+        if status.is_none() {
+            "\n(killed: took too long)"
+        } else {
+            ""
+        }
     );
     (status.is_some_and(|s| s.success()), text)
 }
@@ -510,7 +514,8 @@ fn the_page_plots_the_ramp_that_was_sent_and_the_sparkline_shows_the_pause() {
         while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(90) {
             let s = start.elapsed().as_secs_f64();
             if !(4.0..8.0).contains(&s) {
-                sock.send_to(&ramp_record(&schema, i), ("127.0.0.1", port)).unwrap();
+                sock.send_to(&ramp_record(&schema, i), ("127.0.0.1", port))
+                    .unwrap();
                 i += 1;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -535,11 +540,164 @@ fn the_page_plots_the_ramp_that_was_sent_and_the_sparkline_shows_the_pause() {
     println!("{output}");
     assert!(ok, "the browser checks failed:\n{output}");
     assert!(sent > 0);
-    for shot in ["plots-table.png", "plots-stripchart.png", "plots-stripchart-dark.png"] {
+    for shot in [
+        "plots-table.png",
+        "plots-stripchart.png",
+        "plots-stripchart-dark.png",
+    ] {
         let path = artifacts.join(shot);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(bytes.starts_with(b"\x89PNG"), "{} is a PNG", path.display());
         println!("screenshot: {}", path.display());
     }
+    relay.stop();
+}
+
+/// A tmux server of this test's own (its socket in `dir`), killed on drop.
+struct Tmux {
+    socket: PathBuf,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux runs");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn screen(&self, session: &str) -> String {
+        self.cmd(&["capture-pane", "-p", "-t", session])
+    }
+
+    fn wait_screen(&self, session: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = self.screen(session);
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .output();
+    }
+}
+
+#[test]
+fn top_shows_the_channels_in_tmux_and_quits_cleanly_on_q_and_ctrl_c() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(!under_test_script(), "tests/run.sh installs tmux");
+        eprintln!("skipped: needs tmux");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), 100);
+    let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
+    let api = relay.api;
+    let (alpha, beta) = (free_port(), free_port());
+    register(api, "alpha", alpha, RAMP_SCHEMA, no_outputs());
+    register(api, "beta", beta, RAMP_SCHEMA, no_outputs());
+    let schema = schema(RAMP_SCHEMA);
+    send_paced(alpha, 50, 1000, |i| ramp_record(&schema, i));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(b"\x01", ("127.0.0.1", alpha)).unwrap();
+
+    let tmux = Tmux {
+        socket: dir.path().join("tmux.sock"),
+    };
+    let bin = env!("CARGO_BIN_EXE_speedrelay");
+    // After top exits: its status, and whether the terminal is back in
+    // cooked mode (canonical input, echo).
+    let shell = |keys: &str| {
+        format!(
+            "{bin} top --url http://{api} --interval 0.3; echo TOP-EXITED-$?-{keys}; \
+             stty -a | grep -q ' icanon' && stty -a | grep -q ' echo ' && echo COOKED; sleep 60"
+        )
+    };
+    for (session, key) in [("q", "q"), ("ctrlc", "C-c")] {
+        tmux.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "150",
+            "-y",
+            "20",
+            &shell(session),
+        ]);
+        let screen = tmux.wait_screen(session, "both channels with their figures", |s| {
+            s.contains("alpha")
+                && s.contains("beta")
+                && s.contains("speedrelay top")
+                && s.contains("50 ")
+        });
+        assert!(screen.contains("active"), "{screen}");
+        assert!(screen.contains("LAST MINUTE"), "{screen}");
+        assert!(screen.contains("2 channels"), "{screen}");
+        let alpha_line = screen.lines().find(|l| l.contains("alpha")).unwrap();
+        assert!(
+            alpha_line.contains(" 50 ") && alpha_line.contains(" 1 "),
+            "records and invalid: {alpha_line}"
+        );
+        tmux.cmd(&["send-keys", "-t", session, key]);
+        let after = tmux.wait_screen(session, "top to exit", |s| s.contains("COOKED"));
+        assert!(
+            after.contains(&format!("TOP-EXITED-0-{session}")),
+            "{after}"
+        );
+        assert!(
+            !after.contains("LAST MINUTE"),
+            "the alternate screen is left: {after}"
+        );
+    }
+
+    // Bad input: a clear error, no terminal left in raw mode.
+    let out = Command::new(bin)
+        .args(["top", "--url", "ftp://127.0.0.1:1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only http:// is supported"));
+    let out = Command::new(bin)
+        .args(["top", "--interval", "0.01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0.2 to 60"));
+    // No terminal at all (stdout to a pipe): refused with the reason.
+    let out = Command::new(bin)
+        .args(["top", "--url", &format!("http://{api}")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a terminal"),
+        "{out:?}"
+    );
     relay.stop();
 }
