@@ -491,7 +491,10 @@ mod tests {
                 Avro::Record(vec![("x".into(), Avro::Float(2.0))]),
             ),
         ]);
-        let datum = apache_avro::to_avro_datum(&schema, record).unwrap();
+        let datum = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .and_then(|w| w.write_value_to_vec(record))
+            .unwrap();
         let mut framed = 7u64.to_le_bytes().to_vec();
         framed.extend_from_slice(&datum);
         let e = d.event(&framed).unwrap();
