@@ -810,6 +810,7 @@ fn serve_relay(args: &[String]) {
                     decoder,
                     "decimated",
                     tokio_util::sync::CancellationToken::new(),
+                    tokio_util::sync::CancellationToken::new(),
                 )
                 .expect("viewer");
                 tokio::spawn(async move {

@@ -124,6 +124,7 @@ pub async fn serve(
         own_port,
         requests: RequestCounts::default(),
         schema_reads: Arc::new(Semaphore::new(SCHEMA_READS)),
+        shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
     let open = Arc::new(OpenConnections::default());
@@ -262,6 +263,9 @@ struct Api {
     requests: RequestCounts,
     /// Slots for schema file reads on the blocking pool ([`SCHEMA_READS`]).
     schema_reads: Arc<Semaphore>,
+    /// Ends live streams at shutdown, which would otherwise hold their
+    /// connections open until the drain timeout.
+    shutdown: CancellationToken,
 }
 
 /// An error answer: `{error, field?, details?}` plus any route-specific
@@ -765,8 +769,16 @@ impl Api {
         } else {
             "sampled"
         };
-        let body = crate::live::open(&source.tap, name, Arc::new(decoder), kind, conn.clone())
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let stop = self.shutdown.clone();
+        let body = crate::live::open(
+            &source.tap,
+            name,
+            Arc::new(decoder),
+            kind,
+            conn.clone(),
+            stop,
+        )
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
         let mut resp = Response::new(Either::Right(body));
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

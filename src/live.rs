@@ -386,6 +386,8 @@ pub struct LiveBody {
     queue: mpsc::Receiver<Bytes>,
     decoder: Arc<Decoder>,
     keepalive: Pin<Box<tokio::time::Sleep>>,
+    /// The relay is stopping: the stream ends.
+    stop: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     _guard: ViewerGuard,
 }
 
@@ -396,6 +398,7 @@ pub fn open(
     decoder: Arc<Decoder>,
     source: &str,
     kick: CancellationToken,
+    stop: CancellationToken,
 ) -> Result<LiveBody, LiveError> {
     let (queue, guard) = tap.subscribe(channel, kick)?;
     let meta = format!("event: meta\ndata: {}\n\n", decoder.meta(channel, source));
@@ -404,6 +407,7 @@ pub fn open(
         queue,
         decoder,
         keepalive: Box::pin(tokio::time::sleep(KEEPALIVE)),
+        stop: Box::pin(stop.cancelled_owned()),
         _guard: guard,
     })
 }
@@ -416,6 +420,9 @@ impl Body for LiveBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
         if let Some(first) = self.first.take() {
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }

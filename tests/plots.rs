@@ -308,7 +308,14 @@ fn the_live_stream_describes_the_fields_then_sends_decoded_records_at_most_50_a_
     }
     let rate = events.len() as f64 / elapsed;
     assert!(rate <= 55.0, "{} events in {elapsed:.2} s", events.len());
+    // An open stream does not hold up a stop (the drain limit is 5 s).
+    let stopping = Instant::now();
     relay.stop();
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "stop took {:?}",
+        stopping.elapsed()
+    );
 }
 
 #[test]
