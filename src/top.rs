@@ -137,24 +137,31 @@ struct Snapshot {
     at: Instant,
 }
 
-async fn fetch(client: &ApiClient) -> Result<Vec<ChannelRow>, ClientError> {
+/// The channels, in name order, with the history of the first `shown`
+/// (those that fit on the screen: a relay with many channels is not asked
+/// for every history every refresh).
+async fn fetch(client: &ApiClient, shown: usize) -> Result<Vec<ChannelRow>, ClientError> {
     let list = client.call(Method::GET, "/channels", None).await?;
-    let channels = list["channels"].as_array().cloned().unwrap_or_default();
+    let mut channels = list["channels"].as_array().cloned().unwrap_or_default();
+    channels.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     let mut rows = Vec::with_capacity(channels.len());
-    for c in &channels {
+    for (i, c) in channels.iter().enumerate() {
         let name = c["name"].as_str().unwrap_or("");
         // A channel removed meanwhile has no history: shown without one.
-        let history = client
-            .call(
-                Method::GET,
-                &format!("/channels/{name}/history?seconds={SPARK_SECONDS}"),
-                None,
-            )
-            .await
-            .ok();
+        let history = if i < shown {
+            client
+                .call(
+                    Method::GET,
+                    &format!("/channels/{name}/history?seconds={SPARK_SECONDS}"),
+                    None,
+                )
+                .await
+                .ok()
+        } else {
+            None
+        };
         rows.push(ChannelRow::of(c, history.as_ref()));
     }
-    rows.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(rows)
 }
 
@@ -190,7 +197,9 @@ fn run_loop(
     let mut next = Instant::now();
     loop {
         if Instant::now() >= next {
-            match runtime.block_on(fetch(client)) {
+            // Rows that fit: the screen less the title, borders, header and foot.
+            let shown = usize::from(terminal.size().map_or(50, |s| s.height).saturating_sub(5));
+            match runtime.block_on(fetch(client, shown)) {
                 Ok(rows) => {
                     snapshot.rows = rows;
                     snapshot.error = None;

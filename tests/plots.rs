@@ -352,7 +352,7 @@ fn viewers_that_do_not_read_are_dropped_and_counted_with_memory_bounded() {
     assert_eq!(metric(api, "speedrelay_live_viewers"), 21.0);
 
     // Wide records to every channel until all 20 are dropped (bounded:
-    // 30 s at most).
+    // 60 s at most; a few seconds on a quiet machine).
     let schema = schema(&wide);
     let record = encode(
         &schema,
@@ -363,7 +363,7 @@ fn viewers_that_do_not_read_are_dropped_and_counted_with_memory_bounded() {
         ),
     );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut rss_peak = 0;
     let mut received = 0u64;
     reader.reader.get_ref().set_nonblocking(true).unwrap();
@@ -375,7 +375,7 @@ fn viewers_that_do_not_read_are_dropped_and_counted_with_memory_bounded() {
         }
         assert!(
             Instant::now() < deadline,
-            "only {dropped} of 20 viewers dropped in 30 s"
+            "only {dropped} of 20 viewers dropped in 60 s"
         );
         for _ in 0..20 {
             for port in &ports {

@@ -175,6 +175,7 @@ function makeRow(c) {
   const sparkCell = el('td', { 'data-col': 'spark' });
   const spark = el('canvas', { class: 'spark', role: 'img', 'aria-label': 'No history yet' });
   sparkCell.append(spark);
+  sparkObserver.observe(spark);
   const records = el('td', { class: 'num', 'data-col': 'records' });
   const invalid = el('td', { class: 'num', 'data-col': 'invalid' });
   const drops = el('td', { class: 'num', 'data-col': 'drops' });
@@ -238,6 +239,8 @@ function render(channels) {
   for (const [name, entry] of rows) {
     if (!seen.has(name)) {
       if (plot.name === name) closePlot(false);
+      sparkObserver.unobserve(entry.spark);
+      sparkVisible.delete(name);
       if (entry.row.contains(document.activeElement)) $('channels-h').focus();
       entry.row.remove();
       rows.delete(name);
@@ -252,9 +255,21 @@ function render(channels) {
 
 let refreshTimer = null;
 
-/** Redraws every row's sparkline from the channel's last 2 minutes. */
+/** Rows on screen: only their sparklines are fetched, so a relay with
+ *  many channels is not asked for every history every refresh. */
+const sparkVisible = new Set();
+const sparkObserver = new IntersectionObserver((entries) => {
+  let appeared = false;
+  for (const e of entries) {
+    const name = e.target.closest('tr').dataset.name;
+    if (e.isIntersecting) { appeared = appeared || !sparkVisible.has(name); sparkVisible.add(name); } else sparkVisible.delete(name);
+  }
+  if (appeared) refreshSparks();
+});
+
+/** Redraws the visible rows' sparklines from the channel's last 2 minutes. */
 async function refreshSparks() {
-  await Promise.all([...rows].map(async ([name, entry]) => {
+  await Promise.all([...rows].filter(([name]) => sparkVisible.has(name)).map(async ([name, entry]) => {
     try {
       const h = await api('GET', '/channels/' + encodeURIComponent(name) + '/history?seconds=' + SPARK_SECONDS);
       h.span = SPARK_SECONDS;
