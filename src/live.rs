@@ -38,9 +38,10 @@ pub const MAX_TOTAL: usize = 64;
 /// The shortest time between two records offered to viewers: at most
 /// 50 points a second per field.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(20);
-/// Records a viewer may have waiting; a full queue drops the viewer.
-/// About 1.3 s at the highest rate.
-pub const QUEUE: usize = 64;
+/// Records a viewer may have waiting once its connection's buffers are
+/// full; a full queue drops the viewer. About 0.3 s at the highest rate;
+/// small because a record may be as large as a datagram (64 KiB).
+pub const QUEUE: usize = 16;
 /// A comment line this often keeps proxies from closing a quiet stream
 /// and lets a closed connection be noticed.
 const KEEPALIVE: Duration = Duration::from_secs(10);
