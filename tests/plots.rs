@@ -708,3 +708,58 @@ fn top_shows_the_channels_in_tmux_and_quits_cleanly_on_q_and_ctrl_c() {
     );
     relay.stop();
 }
+
+#[test]
+fn history_and_live_need_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = loopback_config(dir.path(), 100);
+    let relay = spawn_relay(
+        &config,
+        &dir.path().join("data"),
+        &[("SPEEDRELAY_API_TOKEN", "plot-token")],
+    );
+    let api = relay.api;
+    let auth = vec![("Authorization".to_string(), "Bearer plot-token".to_string())];
+    let schema: Json = serde_json::from_str(RAMP_SCHEMA).unwrap();
+    let body =
+        json!({"name": "ramp", "port": free_port(), "schema": schema, "config": no_outputs()});
+    let mut headers = auth.clone();
+    headers.push(("Content-Type".into(), "application/json".into()));
+    let (status, answer) = http(
+        api,
+        "POST",
+        "/api/v1/channels",
+        &headers,
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(status, 201, "{answer}");
+    for path in [
+        "/api/v1/channels/ramp/history",
+        "/api/v1/channels/ramp/live",
+    ] {
+        let (status, e) = http(api, "GET", path, &[], None);
+        assert_eq!(status, 401, "{path}: {e}");
+        let wrong = vec![("Authorization".to_string(), "Bearer nope".to_string())];
+        let (status, _) = http(api, "GET", path, &wrong, None);
+        assert_eq!(status, 401, "{path}");
+    }
+    let (status, h) = http(api, "GET", "/api/v1/channels/ramp/history", &auth, None);
+    assert_eq!(status, 200, "{h}");
+    // With the token, the stream opens (its first event read raw).
+    let mut s = TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /api/v1/channels/ramp/live HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer plot-token\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("event: meta") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(text.starts_with("HTTP/1.0 200"), "{text}");
+    relay.stop();
+}
