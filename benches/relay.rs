@@ -22,6 +22,9 @@
 //! private network namespace (the bench refuses to run outside one).
 //! `--many` instead floods 4 channels at once on a runtime with 1 and with
 //! 2 workers (unpinned) and reports the aggregate delivered rate.
+//! `--live` adds a third subject, the relay with one live viewer reading
+//! its decoded stream (`GET /channels/{name}/live`'s body, in-process), and
+//! prints its CPU per million records beside the relay's.
 //! Bounded: every trial has a record count and a time limit.
 
 use std::io::{BufRead, BufReader, Write};
@@ -37,6 +40,7 @@ use apache_avro::Schema;
 use apache_avro::types::{Record, Value};
 use speedrelay::channel::{BoundChannel, ChannelSpec};
 use speedrelay::config::{ChannelSettings, Destination};
+use speedrelay::live::{Decoder, LiveTap};
 
 const SCHEMA: &str = include_str!("../config/agents/example.avsc");
 const BATCH: usize = 64;
@@ -85,9 +89,14 @@ fn main() {
     for size in sizes {
         let record = record_of(size);
         println!("\n== {}-byte records, {runs} runs", record.len());
-        let mut results: [Vec<Figures>; 2] = [Vec::new(), Vec::new()];
+        let live = args.iter().any(|a| a == "--live");
+        let mut subjects = vec![Subject::Ceiling, Subject::Relay];
+        if live {
+            subjects.push(Subject::RelayLive);
+        }
+        let mut results: [Vec<Figures>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for run in 1..=runs {
-            for (i, subject) in [Subject::Ceiling, Subject::Relay].into_iter().enumerate() {
+            for (i, &subject) in subjects.iter().enumerate() {
                 let f = measure(subject, &record);
                 println!("run {run} {:<7} {f}", subject.name());
                 results[i].push(f);
@@ -96,6 +105,15 @@ fn main() {
         let ceiling = Figures::median(&results[0]);
         let relay = Figures::median(&results[1]);
         print_table(record.len(), &ceiling, &relay);
+        if live {
+            let watched = Figures::median(&results[2]);
+            println!(
+                "CPU s per million records at {CPU_RATE}/s: relay {:.3}, relay with a live viewer {:.3} ({:.3}x)",
+                relay.cpu_per_million,
+                watched.cpu_per_million,
+                watched.cpu_per_million / relay.cpu_per_million
+            );
+        }
     }
 }
 
@@ -108,6 +126,8 @@ fn arg_value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 enum Subject {
     Ceiling,
     Relay,
+    /// The relay with one live viewer.
+    RelayLive,
 }
 
 impl Subject {
@@ -115,6 +135,7 @@ impl Subject {
         match self {
             Subject::Ceiling => "ceiling",
             Subject::Relay => "relay",
+            Subject::RelayLive => "relay+live",
         }
     }
 }
@@ -546,16 +567,20 @@ fn trial(
 fn subject_args(subject: Subject, sink: &Sink, dec: &UdpSocket, dir: &Path) -> Vec<String> {
     let mode = match subject {
         Subject::Ceiling => "serve-ceiling",
-        Subject::Relay => "serve-relay",
+        Subject::Relay | Subject::RelayLive => "serve-relay",
     };
-    vec![
+    let mut args = vec![
         mode.into(),
         sink.port.to_string(),
         dec.local_addr().expect("addr").port().to_string(),
         dir.display().to_string(),
         "1".into(),
         "0".into(),
-    ]
+    ];
+    if subject == Subject::RelayLive {
+        args.push("live".into());
+    }
+    args
 }
 
 fn measure(subject: Subject, record: &[u8]) -> Figures {
@@ -750,6 +775,7 @@ fn serve_relay(args: &[String]) {
     let dir = Path::new(&args[2]).to_path_buf();
     let channels: usize = args[3].parse().expect("channels");
     let workers: usize = args[4].parse().expect("workers");
+    let live = args.get(5).is_some_and(|a| a == "live");
     let rt = if workers == 0 {
         pin_to(RELAY_CORE);
         tokio::runtime::Builder::new_current_thread()
@@ -779,7 +805,28 @@ fn serve_relay(args: &[String]) {
                 schema_json: SCHEMA.into(),
                 settings,
             };
-            let bound = BoundChannel::bind(spec, &dir).expect("bind channel");
+            let mut bound = BoundChannel::bind(spec, &dir).expect("bind channel");
+            if live {
+                // One viewer reading every event, as a browser would.
+                let tap = Arc::new(LiveTap::default());
+                bound = bound.with_live(tap.clone());
+                let decoder = Arc::new(Decoder::new(SCHEMA).expect("schema"));
+                let mut body = speedrelay::live::open(
+                    &tap,
+                    "bench",
+                    decoder,
+                    "decimated",
+                    tokio_util::sync::CancellationToken::new(),
+                    tokio_util::sync::CancellationToken::new(),
+                )
+                .expect("viewer");
+                tokio::spawn(async move {
+                    use http_body_util::BodyExt;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        std::hint::black_box(frame);
+                    }
+                });
+            }
             handles.push(bound.spawn().expect("spawn"));
         }
         let ports: Vec<String> = handles

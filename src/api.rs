@@ -20,7 +20,7 @@ use std::time::Duration;
 use apache_avro::Schema;
 use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -124,6 +124,7 @@ pub async fn serve(
         own_port,
         requests: RequestCounts::default(),
         schema_reads: Arc::new(Semaphore::new(SCHEMA_READS)),
+        shutdown: shutdown.clone(),
     });
     let tracker = TaskTracker::new();
     let open = Arc::new(OpenConnections::default());
@@ -176,7 +177,7 @@ pub async fn serve(
                 let slot = in_service.clone();
                 async move {
                     slot.busy.store(true, Ordering::Relaxed);
-                    let resp = api.handle(req).await;
+                    let resp = api.handle(req, &slot.evict).await;
                     slot.busy.store(false, Ordering::Relaxed);
                     Ok::<_, Infallible>(resp)
                 }
@@ -262,6 +263,9 @@ struct Api {
     requests: RequestCounts,
     /// Slots for schema file reads on the blocking pool ([`SCHEMA_READS`]).
     schema_reads: Arc<Semaphore>,
+    /// Ends live streams at shutdown, which would otherwise hold their
+    /// connections open until the drain timeout.
+    shutdown: CancellationToken,
 }
 
 /// An error answer: `{error, field?, details?}` plus any route-specific
@@ -348,12 +352,20 @@ impl From<EngineError> for ApiError {
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
+/// An answer's body: a whole JSON document (or page file), or a live
+/// event stream.
+pub type Body = Either<Full<Bytes>, crate::live::LiveBody>;
+
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+fn whole(resp: Response<Full<Bytes>>) -> Response<Body> {
+    resp.map(Either::Left)
 }
 
 fn ok(body: Value) -> Reply {
@@ -375,18 +387,25 @@ fn token_matches(given: &[u8], token: &[u8]) -> bool {
 }
 
 impl Api {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// `conn` closes the request's connection: a live viewer that falls
+    /// behind is dropped with it.
+    async fn handle(&self, req: Request<Incoming>, conn: &CancellationToken) -> Response<Body> {
         let route = Route::of(req.uri().path()).route;
         let method = req.method().clone();
         let origin = self.cors_origin(&req);
         let answer = match self.check_host(&req) {
             Err(e) => Err(e),
             Ok(()) if method == Method::OPTIONS && req.headers().contains_key(ORIGIN) => {
-                self.preflight(origin.as_ref())
+                self.preflight(origin.as_ref()).map(whole)
             }
-            Ok(()) => self.route(req).await,
+            // A stream, not a whole body: answered here, checked like any route.
+            Ok(()) if route == Route::ChannelLive && method == Method::GET => {
+                let path = req.uri().path().to_owned();
+                self.live(&req, Route::of(&path).param, conn)
+            }
+            Ok(()) => self.route(req).await.map(whole),
         };
-        let mut resp = answer.unwrap_or_else(ApiError::into_response);
+        let mut resp = answer.unwrap_or_else(|e| whole(e.into_response()));
         if let Some(origin) = origin {
             let headers = resp.headers_mut();
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
@@ -534,6 +553,7 @@ impl Api {
                 let body = read_json(req).await?;
                 self.validate_schema(name, body)
             }
+            (Route::ChannelHistory, &Method::GET) => self.history(name, &query),
             (Route::PortsAvailable, &Method::GET) => self.ports_available(&query).await,
             (Route::PortStatus, &Method::GET) => self.port_status(name).await,
             (Route::Other, _) => Err(ApiError::not_found(format!("no route for {path}"))),
@@ -560,6 +580,8 @@ impl Api {
             registry_file_bytes,
             requests: &self.requests,
             resident_memory_bytes: metrics::resident_memory_bytes(),
+            live_viewers: self.engine.live_hub().viewers(),
+            live_viewers_dropped: self.engine.live_hub().dropped(),
         });
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
@@ -677,6 +699,78 @@ impl Api {
         }
         let info = self.engine.update(name, body).await?;
         ok(to_value(&info))
+    }
+
+    /// `GET /channels/{name}/history[?seconds=1..600]`: per-second
+    /// samples, oldest first (all that are kept by default).
+    fn history(&self, name: &str, query: &str) -> Reply {
+        let max = crate::history::SECONDS;
+        let seconds = match query_param(query, "seconds") {
+            None => max,
+            Some(text) => match text.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    return Err(ApiError::bad(
+                        "seconds",
+                        format!("seconds must be a whole number from 1 to {max}, not {text:?}"),
+                    ));
+                }
+            },
+        };
+        match self.engine.history(name, seconds) {
+            Some(view) => {
+                let mut body = to_value(&view);
+                body["name"] = Value::String(name.to_string());
+                ok(body)
+            }
+            None => Err(ApiError::no_channel(name)),
+        }
+    }
+
+    /// `GET /channels/{name}/live`: a Server-Sent Events stream of the
+    /// channel's numeric fields ([`crate::live`]). Checked like any route
+    /// (token, channel); 503 when the viewer caps are reached.
+    fn live(
+        &self,
+        req: &Request<Incoming>,
+        name: &str,
+        conn: &CancellationToken,
+    ) -> Result<Response<Body>, ApiError> {
+        if !self.authorized(req) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <token>",
+            ));
+        }
+        let source = self
+            .engine
+            .live_source(name)
+            .ok_or_else(|| ApiError::no_channel(name))?;
+        let decoder = crate::live::Decoder::new(&source.schema_json)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let kind = if source.decimated {
+            "decimated"
+        } else {
+            "sampled"
+        };
+        let stop = self.shutdown.clone();
+        let body = crate::live::open(
+            &source.tap,
+            name,
+            Arc::new(decoder),
+            kind,
+            conn.clone(),
+            stop,
+        )
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let mut resp = Response::new(Either::Right(body));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        Ok(resp)
     }
 
     fn schema(&self, name: &str) -> Reply {

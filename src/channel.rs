@@ -28,6 +28,7 @@ use crate::archive::{self, ArchiveHandle, ArchiveWriter, Block};
 use crate::config::{ChannelSettings, Destination, MAX_COALESCE_US};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
+use crate::live::{self, LiveTap};
 use crate::udp::{self, BATCH, RecvBatch, SendReport};
 use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
 
@@ -80,6 +81,7 @@ pub struct BoundChannel {
     decimated: Vec<StdUdpSocket>,
     data_dir: PathBuf,
     counters: Arc<ChannelCounters>,
+    live: Arc<LiveTap>,
     batch_limit: usize,
 }
 
@@ -141,8 +143,16 @@ impl BoundChannel {
             decimated,
             data_dir,
             counters,
+            live: Arc::default(),
             batch_limit: BATCH,
         })
+    }
+
+    /// Offers records to the live viewers of `tap` (kept by the engine
+    /// across restarts, like the counters).
+    pub fn with_live(mut self, tap: Arc<LiveTap>) -> Self {
+        self.live = tap;
+        self
     }
 
     /// Receives at most `limit` datagrams per system call (1..=64; 64 by
@@ -205,6 +215,8 @@ impl BoundChannel {
             flush_after: Duration::from_millis(u64::from(settings.archive.flush_ms)),
             flush_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             counters: self.counters.clone(),
+            live: self.live,
+            live_next: std::time::Instant::now(),
             cancel: cancel.clone(),
             commands,
         };
@@ -383,6 +395,10 @@ struct ChannelTask {
     flush_timer: Pin<Box<Sleep>>,
 
     counters: Arc<ChannelCounters>,
+    /// Live viewers: looked at once per batch (one relaxed load).
+    live: Arc<LiveTap>,
+    /// No record is offered to live viewers before this.
+    live_next: std::time::Instant,
     cancel: CancellationToken,
     commands: mpsc::UnboundedReceiver<Command>,
 }
@@ -556,6 +572,10 @@ impl ChannelTask {
             }
         }
 
+        if self.live.watched() {
+            self.offer_live(&valid[..valid_count]);
+        }
+
         let c = &self.counters;
         c.batches.fetch_add(1, Relaxed);
         c.packets.fetch_add(n as u64, Relaxed);
@@ -596,6 +616,26 @@ impl ChannelTask {
         if failed > 0 {
             c.send_errors.fetch_add(failed, Relaxed);
             c.record_send_errno(forwarded.last_errno.max(decimated.last_errno));
+        }
+    }
+
+    /// Gives live viewers this batch's last decimated record (or, with
+    /// decimation off, its last valid one), at most once per
+    /// [`live::MIN_INTERVAL`]. Only runs while someone watches.
+    #[cold]
+    fn offer_live(&mut self, valid: &[u8]) {
+        let now = std::time::Instant::now();
+        if now < self.live_next {
+            return;
+        }
+        let record = if self.decimation_enabled {
+            self.decimated_out.iter().last()
+        } else {
+            valid.last().map(|&i| self.batch.get(usize::from(i)).0)
+        };
+        if let Some(record) = record {
+            self.live.offer(record);
+            self.live_next = now + live::MIN_INTERVAL;
         }
     }
 

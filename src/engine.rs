@@ -25,6 +25,8 @@ use crate::config::ChannelSettings;
 use crate::config::files::Seed;
 use crate::config::{SettingsError, expand_shorthand, merge, settings_from};
 use crate::counters::{ChannelCounters, ChannelStats};
+use crate::history::{History, HistoryView};
+use crate::live::{LiveHub, LiveTap};
 use crate::registry::{ChannelRecord, Registry, RegistryError};
 use crate::validator::Validator;
 
@@ -145,6 +147,10 @@ struct Slot {
     record: ChannelRecord,
     settings: ChannelSettings,
     counters: Arc<ChannelCounters>,
+    /// Per-second samples of the counters, filled by the sampler task.
+    history: Arc<History>,
+    /// Where the channel task offers records to live viewers.
+    live: Arc<LiveTap>,
     health: Arc<Mutex<Health>>,
     commands: mpsc::UnboundedSender<SupervisorCommand>,
     cancel: CancellationToken,
@@ -168,6 +174,16 @@ pub struct Engine {
     slots: Mutex<BTreeMap<String, Slot>>,
     /// Serialises register, update and deregister.
     control: tokio::sync::Mutex<()>,
+    /// Live viewers of every channel, counted for the caps and `/metrics`.
+    live_hub: Arc<LiveHub>,
+}
+
+/// What a live viewer of a channel needs.
+pub struct LiveSource {
+    pub tap: Arc<LiveTap>,
+    pub schema_json: String,
+    /// Whether records come from the decimated stream (else sampled).
+    pub decimated: bool,
 }
 
 impl Engine {
@@ -201,6 +217,7 @@ impl Engine {
             registry: Arc::new(registry),
             slots: Mutex::new(BTreeMap::new()),
             control: tokio::sync::Mutex::new(()),
+            live_hub: Arc::default(),
         });
         let records = engine.registry.list()?;
         let mut slots = BTreeMap::new();
@@ -222,7 +239,36 @@ impl Engine {
             slots.insert(name, engine.supervise(record, settings, first));
         }
         *engine.lock_slots() = slots;
+        tokio::spawn(sample_every_second(Arc::downgrade(&engine)));
         Ok(engine)
+    }
+
+    /// Adds the second that just ended to every channel's history.
+    pub fn sample_history(&self) {
+        let now = unix_ms();
+        let slots = self.lock_slots();
+        for slot in slots.values() {
+            slot.history.push(&slot.counters.snapshot(), now);
+        }
+    }
+
+    /// The last `seconds` of a channel's history.
+    pub fn history(&self, name: &str, seconds: usize) -> Option<HistoryView> {
+        self.lock_slots().get(name).map(|s| s.history.view(seconds))
+    }
+
+    /// What a live viewer of the channel needs.
+    pub fn live_source(&self, name: &str) -> Option<LiveSource> {
+        self.lock_slots().get(name).map(|s| LiveSource {
+            tap: s.live.clone(),
+            schema_json: s.record.schema_json.clone(),
+            decimated: s.settings.decimation.enabled,
+        })
+    }
+
+    /// Live viewers of all channels.
+    pub fn live_hub(&self) -> &Arc<LiveHub> {
+        &self.live_hub
     }
 
     fn lock_slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Slot>> {
@@ -485,9 +531,10 @@ impl Engine {
             .as_ref()
             .map(|b| b.counters().clone())
             .unwrap_or_default();
+        let live = Arc::new(LiveTap::new(self.live_hub.clone()));
         let (bound, health) = match first {
             Ok(b) => (
-                Some(b),
+                Some(b.with_live(live.clone())),
                 Health {
                     status: Status::Active,
                     error: None,
@@ -508,6 +555,7 @@ impl Engine {
             spec: spec_of(&record, &settings),
             data_dir: self.options.data_dir.clone(),
             counters: counters.clone(),
+            live: live.clone(),
             health: health.clone(),
             cancel: cancel.clone(),
             commands: commands_rx,
@@ -517,6 +565,8 @@ impl Engine {
             record,
             settings,
             counters,
+            history: Arc::default(),
+            live,
             health,
             commands,
             cancel,
@@ -531,6 +581,7 @@ struct Supervisor {
     spec: ChannelSpec,
     data_dir: PathBuf,
     counters: Arc<ChannelCounters>,
+    live: Arc<LiveTap>,
     health: Arc<Mutex<Health>>,
     cancel: CancellationToken,
     commands: mpsc::UnboundedReceiver<SupervisorCommand>,
@@ -546,7 +597,8 @@ impl Supervisor {
                     self.spec.clone(),
                     &self.data_dir,
                     self.counters.clone(),
-                ),
+                )
+                .map(|b| b.with_live(self.live.clone())),
             };
             let mut handle = match attempt.and_then(BoundChannel::spawn) {
                 Ok(h) => h,
@@ -618,6 +670,20 @@ impl Supervisor {
                     SupervisorCommand::InjectPanic => {}
                 },
             }
+        }
+    }
+}
+
+/// The history sampler: once a second while the engine lives. A late tick
+/// is skipped rather than bunched, so a sample stays about one second.
+async fn sample_every_second(engine: std::sync::Weak<Engine>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        match engine.upgrade() {
+            Some(engine) => engine.sample_history(),
+            None => return,
         }
     }
 }

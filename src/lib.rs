@@ -8,6 +8,10 @@
 //! records to the [`archive`] writer. [`counters`] tell what happened;
 //! [`config`] says how.
 //!
+//! Watching it: [`history`] keeps each channel's counters second by second,
+//! [`live`] streams a sample of its records decoded to JSON; the web page
+//! ([`web`]) and the `top` command show both.
+//!
 //! The Avro wire format they share — varints, the container file's header
 //! and blocks, the block codecs — has one home, [`avro`]; [`verify`] reads
 //! archive files back through it, and [`loadgen`] encodes demo records with it.
@@ -28,6 +32,8 @@ pub mod counters;
 pub mod decimator;
 pub mod descriptors;
 pub mod engine;
+pub mod history;
+pub mod live;
 pub mod loadgen;
 pub mod memory;
 mod metrics;

@@ -32,6 +32,10 @@ enum Command {
     },
     /// Manage the channels of a running relay through its HTTP API.
     Channels(cli::channels::ChannelsArgs),
+    /// A full-screen live table of a running relay's channels (rates,
+    /// drops, invalid, archive, a sparkline of the last minute), refreshed
+    /// from its HTTP API. q, Esc or Ctrl-C quit.
+    Top(cli::top::TopArgs),
     /// Send valid random records of a schema to a port: the demo source and
     /// load generator.
     ///
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig { path } => return check_config(&path),
         Command::Channels(args) => cli::channels::run(args).map_err(|e| e.to_string()),
+        Command::Top(args) => cli::top::run(args).map_err(|e| e.to_string()),
         Command::Send(args) => cli::send::run(args).map_err(|e| e.to_string()),
         Command::Verify {
             files,

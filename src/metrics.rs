@@ -93,6 +93,9 @@ pub(crate) struct Exposition<'a> {
     pub requests: &'a RequestCounts,
     /// Resident set size; `None` where /proc is missing.
     pub resident_memory_bytes: Option<u64>,
+    /// Live stream viewers now, and those dropped for not keeping up.
+    pub live_viewers: usize,
+    pub live_viewers_dropped: u64,
 }
 
 /// Per-channel counter families: name, help, and which counter.
@@ -260,6 +263,25 @@ pub(crate) fn render(x: &Exposition<'_>) -> String {
             "speedrelay_http_requests_total{{route=\"{route}\",method=\"{method}\",status=\"{status}\"}} {n}"
         );
     }
+
+    family(
+        &mut out,
+        "speedrelay_live_viewers",
+        "gauge",
+        "Clients streaming a channel's records (GET /channels/{name}/live).",
+    );
+    let _ = writeln!(out, "speedrelay_live_viewers {}", x.live_viewers);
+    family(
+        &mut out,
+        "speedrelay_live_viewers_dropped_total",
+        "counter",
+        "Live viewers disconnected because they did not read fast enough.",
+    );
+    let _ = writeln!(
+        out,
+        "speedrelay_live_viewers_dropped_total {}",
+        x.live_viewers_dropped
+    );
 
     if let Some(n) = x.resident_memory_bytes {
         family(

@@ -22,6 +22,10 @@ pub(crate) enum Route {
     ChannelValidateSchema,
     PortsAvailable,
     PortStatus,
+    /// `/api/v1/channels/{name}/history`: the last minutes, second by second.
+    ChannelHistory,
+    /// `/api/v1/channels/{name}/live`: a stream of decoded records (SSE).
+    ChannelLive,
     /// No route: 404 (after the token check when under `/api/v1`).
     Other,
 }
@@ -39,7 +43,7 @@ pub(crate) struct Matched<'a> {
 
 impl Route {
     /// Every route, in declaration order (`ALL[r.index()] == r`).
-    pub const ALL: [Route; 12] = [
+    pub const ALL: [Route; 14] = [
         Route::Page,
         Route::Asset,
         Route::Metrics,
@@ -51,6 +55,8 @@ impl Route {
         Route::ChannelValidateSchema,
         Route::PortsAvailable,
         Route::PortStatus,
+        Route::ChannelHistory,
+        Route::ChannelLive,
         Route::Other,
     ];
 
@@ -71,6 +77,8 @@ impl Route {
             Route::ChannelValidateSchema => ("/api/v1/channels/{name}/validate-schema", "POST"),
             Route::PortsAvailable => ("/api/v1/ports/available", "GET"),
             Route::PortStatus => ("/api/v1/ports/{port}/status", "GET"),
+            Route::ChannelHistory => ("/api/v1/channels/{name}/history", "GET"),
+            Route::ChannelLive => ("/api/v1/channels/{name}/live", "GET"),
             Route::Other => ("other", ""),
         }
     }
@@ -115,6 +123,10 @@ impl Route {
             (Some("channels"), Some(name), Some("validate-schema"), None) => {
                 found(Route::ChannelValidateSchema, name)
             }
+            (Some("channels"), Some(name), Some("history"), None) => {
+                found(Route::ChannelHistory, name)
+            }
+            (Some("channels"), Some(name), Some("live"), None) => found(Route::ChannelLive, name),
             (Some("ports"), Some("available"), None, _) => found(Route::PortsAvailable, ""),
             (Some("ports"), Some(port), Some("status"), None) => found(Route::PortStatus, port),
             _ => found(Route::Other, ""),

@@ -20,7 +20,7 @@ pub(crate) struct Asset {
     pub body: &'static str,
 }
 
-const ASSETS: [Asset; 3] = [
+const ASSETS: [Asset; 4] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
@@ -30,6 +30,11 @@ const ASSETS: [Asset; 3] = [
         path: "/app.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("web/app.js"),
+    },
+    Asset {
+        path: "/plot.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("web/plot.js"),
     },
     Asset {
         path: "/style.css",

@@ -35,6 +35,18 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
   fi
 fi
 
+# `speedrelay top` is driven in tmux (send-keys, capture-pane).
+echo "== set-up: tmux"
+if ! command -v tmux >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux
+  else
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux
+  fi
+fi
+
 echo "== set-up: crates and test binaries"
 cargo fetch --locked 2>/dev/null || cargo fetch
 cargo test --offline --no-run --all-targets

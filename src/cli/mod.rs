@@ -8,4 +8,5 @@ pub mod client;
 pub mod registry;
 pub mod send;
 pub mod serve;
+pub mod top;
 pub mod verify;

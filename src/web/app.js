@@ -5,6 +5,8 @@
 
 const API = '/api/v1';
 const REFRESH_MS = 2000;
+/** Seconds of history in a row's sparkline. */
+const SPARK_SECONDS = 120;
 const TOKEN_KEY = 'speedrelay.token';
 const MAX_SCHEMA_BYTES = 2 * 1024 * 1024;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -170,6 +172,10 @@ function makeRow(c) {
   const port = el('td', { class: 'num' });
   const status = el('td');
   const rate = el('td', { class: 'num', 'data-col': 'rate' });
+  const sparkCell = el('td', { 'data-col': 'spark' });
+  const spark = el('canvas', { class: 'spark', role: 'img', 'aria-label': 'No history yet' });
+  sparkCell.append(spark);
+  sparkObserver.observe(spark);
   const records = el('td', { class: 'num', 'data-col': 'records' });
   const invalid = el('td', { class: 'num', 'data-col': 'invalid' });
   const drops = el('td', { class: 'num', 'data-col': 'drops' });
@@ -179,9 +185,11 @@ function makeRow(c) {
   schemaBtn.addEventListener('click', () => showSchema(c.name, schemaBtn));
   const removeBtn = el('button', { type: 'button', class: 'secondary small', 'data-action': 'remove', 'aria-label': 'Remove ' + c.name }, 'Remove');
   removeBtn.addEventListener('click', () => confirmRemove(c.name, removeBtn));
-  actions.append(schemaBtn, removeBtn);
-  row.append(name, port, status, rate, records, invalid, drops, archive, actions);
-  return { row, cells: { port, status, rate, records, invalid, drops, archive }, last: null };
+  const plotBtn = el('button', { type: 'button', class: 'secondary small', 'data-action': 'plot', 'aria-label': 'Plot the live values of ' + c.name }, 'Plot');
+  plotBtn.addEventListener('click', () => openPlot(c.name, plotBtn));
+  actions.append(plotBtn, schemaBtn, removeBtn);
+  row.append(name, port, status, rate, sparkCell, records, invalid, drops, archive, actions);
+  return { row, cells: { port, status, rate, records, invalid, drops, archive }, spark, last: null };
 }
 
 function updateRow(entry, c, now) {
@@ -230,6 +238,9 @@ function render(channels) {
   }
   for (const [name, entry] of rows) {
     if (!seen.has(name)) {
+      if (plot.name === name) closePlot(false);
+      sparkObserver.unobserve(entry.spark);
+      sparkVisible.delete(name);
       if (entry.row.contains(document.activeElement)) $('channels-h').focus();
       entry.row.remove();
       rows.delete(name);
@@ -244,12 +255,38 @@ function render(channels) {
 
 let refreshTimer = null;
 
+/** Rows on screen: only their sparklines are fetched, so a relay with
+ *  many channels is not asked for every history every refresh. */
+const sparkVisible = new Set();
+const sparkObserver = new IntersectionObserver((entries) => {
+  let appeared = false;
+  for (const e of entries) {
+    const name = e.target.closest('tr').dataset.name;
+    if (e.isIntersecting) { appeared = appeared || !sparkVisible.has(name); sparkVisible.add(name); } else sparkVisible.delete(name);
+  }
+  if (appeared) refreshSparks();
+});
+
+/** Redraws the visible rows' sparklines from the channel's last 2 minutes. */
+async function refreshSparks() {
+  await Promise.all([...rows].filter(([name]) => sparkVisible.has(name)).map(async ([name, entry]) => {
+    try {
+      const h = await api('GET', '/channels/' + encodeURIComponent(name) + '/history?seconds=' + SPARK_SECONDS);
+      h.span = SPARK_SECONDS;
+      SpeedPlot.sparkline(entry.spark, h);
+    } catch (_) {
+      // Removed meanwhile, or the relay is gone: the next refresh tells.
+    }
+  }));
+}
+
 async function refresh() {
   clearTimeout(refreshTimer);
   try {
     const data = await api('GET', '/channels');
     render(data.channels || []);
     setConnection(true);
+    await refreshSparks();
   } catch (e) {
     if (e.status === 401) {
       // The token prompt was dismissed: stop polling until asked again.
@@ -283,6 +320,165 @@ async function showSchema(name, opener) {
     pre.textContent = '';
     showError($('schema-error'), errorText(e));
   }
+}
+
+// ---- The live plot of one channel.
+
+const plot = { name: null, chart: null, abort: null, opener: null };
+/** For tests and tools: the open stripchart (see plot.js `plotted()`). */
+window.speedrelay = plot;
+
+function plotHeaders() {
+  const headers = { Accept: 'text/event-stream' };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = 'Bearer ' + token;
+  return headers;
+}
+
+function renderPlotFields(meta) {
+  const box = $('plot-fields');
+  box.replaceChildren();
+  const chart = plot.chart;
+  meta.fields.forEach((f, i) => {
+    if (i === meta.time) return;
+    const id = 'plot-f-' + i;
+    const input = el('input', { type: 'checkbox', id, 'data-field': f.name });
+    input.checked = chart.selected.has(i);
+    input.addEventListener('change', () => {
+      if (input.checked) chart.selected.add(i); else chart.selected.delete(i);
+      chart.draw();
+      renderLatest();
+    });
+    const label = el('label', { class: 'choice', for: id });
+    label.append(input, ' ' + f.name + (f.unit ? ` (${f.unit})` : ''));
+    if (f.doc) label.title = f.doc;
+    box.append(label);
+  });
+  if (!box.children.length) box.append(el('p', { class: 'muted' }, 'This schema has no numeric fields to plot.'));
+  const tf = meta.time !== null && meta.time !== undefined ? meta.fields[meta.time] : null;
+  $('plot-x').textContent = tf ? `the record's ${tf.name} field` + (tf.unit ? ` (${tf.unit})` : '') : 'arrival time at the relay';
+  $('plot-source').textContent = (meta.source === 'decimated' ? 'Decimated stream' : 'Sampled stream') +
+    `, at most ${meta.max_rate} points/s`;
+}
+
+function renderLatest() {
+  const chart = plot.chart;
+  const body = $('plot-latest');
+  if (!chart || !chart.meta) { body.replaceChildren(); return; }
+  const c = getComputedStyle(document.documentElement);
+  const palette = ['--accent', '--series-2', '--series-3', '--series-4', '--series-5', '--series-6'];
+  const rowsOut = [];
+  let colour = 0;
+  for (const i of chart.selected) {
+    const f = chart.fields[i];
+    const v = chart.latest ? chart.latest.values[i] : null;
+    const tr = el('tr', { 'data-field': f.name });
+    const th = el('th', { scope: 'row' });
+    const sw = el('span', { class: 'swatch', 'aria-hidden': 'true' });
+    sw.style.background = c.getPropertyValue(palette[colour++ % palette.length]);
+    th.append(sw, f.name);
+    tr.append(th, el('td', {}, f.type), el('td', { class: 'num' }, typeof v === 'number' ? fmtRate.format(v) : '–'), el('td', {}, f.unit || ''));
+    rowsOut.push(tr);
+  }
+  body.replaceChildren(...rowsOut);
+}
+
+async function streamPlot(name, chart, signal) {
+  let backoff = 1000;
+  while (!signal.aborted) {
+    try {
+      await SpeedPlot.readEvents(API + '/channels/' + encodeURIComponent(name) + '/live', plotHeaders(), signal, (event, data) => {
+        if (event === 'meta') {
+          chart.reset(data);
+          renderPlotFields(data);
+          showError($('plot-error'), '');
+        } else {
+          chart.push(data);
+        }
+        backoff = 1000;
+      });
+    } catch (e) {
+      if (signal.aborted) return;
+      if (e.status === 401) {
+        try { await askToken(Boolean(sessionStorage.getItem(TOKEN_KEY))); continue; } catch (_) { /* dismissed */ }
+      }
+      showError($('plot-error'), 'Live stream: ' + e.message + (e.status === 404 ? '' : ' · retrying'));
+      if (e.status === 404) return;
+    }
+    // The stream ended (the relay restarted, or this viewer fell behind): reconnect.
+    await new Promise((r) => setTimeout(r, backoff));
+    backoff = Math.min(backoff * 2, 15000);
+  }
+}
+
+function openPlot(name, opener) {
+  closePlot(false);
+  const card = $('plot-card');
+  card.hidden = false;
+  $('plot-h').textContent = 'Live plot of ' + name;
+  showError($('plot-error'), '');
+  $('plot-fields').replaceChildren();
+  $('plot-latest').replaceChildren();
+  const canvas = $('plot-canvas');
+  const chart = new SpeedPlot.Stripchart(canvas, (text) => {
+    canvas.setAttribute('aria-label', `Live plot of ${name}. ${text}`);
+    renderLatest();
+  });
+  chart.windowS = Number($('plot-window').value);
+  setPaused(false);
+  const abort = new AbortController();
+  Object.assign(plot, { name, chart, abort, opener });
+  streamPlot(name, chart, abort.signal);
+  card.scrollIntoView({ block: 'nearest' });
+  $('plot-h').focus();
+  announce('Live plot of ' + name + ' opened.');
+}
+
+function closePlot(returnFocus) {
+  if (plot.abort) plot.abort.abort();
+  $('plot-card').hidden = true;
+  const opener = plot.opener;
+  Object.assign(plot, { name: null, chart: null, abort: null, opener: null });
+  if (returnFocus) (opener && document.contains(opener) ? opener : $('channels-h')).focus();
+}
+
+function setPaused(paused) {
+  if (plot.chart) plot.chart.paused = paused;
+  const btn = $('plot-pause');
+  btn.setAttribute('aria-pressed', String(paused));
+  btn.textContent = paused ? 'Resume' : 'Pause';
+  $('plot-status').textContent = paused ? 'Plot paused.' : '';
+}
+
+function zoom(step) {
+  const select = $('plot-window');
+  const i = Math.min(select.options.length - 1, Math.max(0, select.selectedIndex + step));
+  if (i === select.selectedIndex) return;
+  select.selectedIndex = i;
+  select.dispatchEvent(new Event('change'));
+  $('plot-status').textContent = 'Time window ' + select.options[i].text + '.';
+}
+
+function initPlot() {
+  $('plot-close').addEventListener('click', () => closePlot(true));
+  $('plot-pause').addEventListener('click', () => setPaused(!(plot.chart && plot.chart.paused)));
+  $('plot-window').addEventListener('change', () => {
+    if (!plot.chart) return;
+    plot.chart.windowS = Number($('plot-window').value);
+    plot.chart.draw();
+  });
+  $('plot-canvas').addEventListener('keydown', (e) => {
+    if (e.key === '+' || e.key === '=') zoom(-1);
+    else if (e.key === '-') zoom(1);
+    else if (e.key === ' ') setPaused(!(plot.chart && plot.chart.paused));
+    else return;
+    e.preventDefault();
+  });
+  window.matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => {
+    if (plot.chart) plot.chart.draw();
+    refreshSparks();
+  });
+  window.addEventListener('resize', () => { if (plot.chart) plot.chart.draw(); });
 }
 
 // ---- Remove, after confirmation.
@@ -568,6 +764,7 @@ function init() {
     if (dialog.id !== 'token-dialog') dialog.addEventListener('close', () => returnFocus(dialog));
   }
   $('confirm-ok').addEventListener('click', doRemove);
+  initPlot();
   $('register').addEventListener('submit', onRegister);
   $('suggest').addEventListener('click', () => suggestPort(true));
   $('src-file').addEventListener('change', toggleSchemaSource);

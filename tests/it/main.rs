@@ -23,6 +23,7 @@ mod hostile_http;
 mod live_patch;
 mod load;
 mod metrics;
+mod plots;
 mod registry;
 mod registry_cli;
 mod reliability;
