@@ -11,12 +11,17 @@
 //! The Avro wire format they share — varints, the container file's header
 //! and blocks, the block codecs — has one home, [`avro`]; [`verify`] reads
 //! archive files back through it, and [`send`] encodes demo records with it.
+//!
+//! With the `cluster` feature, `cluster` shares the [`registry`] between
+//! several relays through NATS.
 
 pub mod api;
 pub mod archive;
 pub mod avro;
 pub mod channel;
 pub mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod decimator;
