@@ -499,11 +499,19 @@ impl Api {
             ));
         }
         match (segments.as_slice(), &method) {
-            (["health"], &Method::GET) => ok(json!({
-                "status": "ok",
-                "service": "speedrelay",
-                "version": env!("CARGO_PKG_VERSION"),
-            })),
+            (["health"], &Method::GET) => {
+                #[allow(unused_mut)]
+                let mut health = json!({
+                    "status": "ok",
+                    "service": "speedrelay",
+                    "version": env!("CARGO_PKG_VERSION"),
+                });
+                #[cfg(feature = "cluster")]
+                if let Some(c) = self.engine.cluster() {
+                    health["cluster"] = json!({"node": c.node(), "nats": c.state()});
+                }
+                ok(health)
+            }
             (["health"], _) => Err(ApiError::method("GET")),
             (["metrics"], &Method::GET) => self.metrics().await,
             (["metrics"], _) => Err(ApiError::method("GET")),
