@@ -235,15 +235,23 @@ fn registry_is_shared_and_racing_writes_have_one_winner() {
     assert!(body.to_string().contains("shared"), "{body}");
 
     // 20 racing registrations of one port, half on each node: one 201.
+    // Each node binds its own loopback address, so the kernel does not
+    // decide between them (two hosts would not share a kernel either):
+    // the cluster registry's port claim does.
     let contested = free_port();
     let barrier = Arc::new(Barrier::new(20));
     let racers: Vec<_> = (0..20)
         .map(|i| {
-            let api = if i % 2 == 0 { a.api } else { b.api };
+            let (api, bind) = if i % 2 == 0 {
+                (a.api, "127.0.0.1")
+            } else {
+                (b.api, "127.0.0.2")
+            };
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                register_example(api, &format!("race{i}"), contested, json!({}))
+                let config = json!({"socket": {"bind": bind}});
+                register_example(api, &format!("race{i}"), contested, config)
             })
         })
         .collect();
