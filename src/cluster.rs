@@ -195,13 +195,13 @@ impl ClusterOptions {
         let ca = env("SPEEDRELAY_NATS_CA")
             .map(PathBuf::from)
             .or_else(|| file.and_then(|f| f.ca.clone()));
-        if let Some(ca) = &ca {
-            if !ca.is_file() {
-                return Err(ClusterError::Config(format!(
-                    "NATS CA file {}: not a readable file",
-                    ca.display()
-                )));
-            }
+        if let Some(ca) = &ca
+            && !ca.is_file()
+        {
+            return Err(ClusterError::Config(format!(
+                "NATS CA file {}: not a readable file",
+                ca.display()
+            )));
         }
         Ok(Some(ClusterOptions {
             servers,
@@ -513,16 +513,16 @@ impl Cluster {
         let kv = self.store()?;
         let key = channel_key(&record.name);
         let entry = kv.entry(&key).await.map_err(|e| self.failed("answer", e))?;
-        if let Some(entry) = entry.filter(|e| e.operation == Operation::Put) {
-            if let Err(e) = kv.delete_expect_revision(&key, Some(entry.revision)).await {
-                // Changed meanwhile, or NATS went away: tell which.
-                return match kv.entry(&key).await {
-                    Ok(Some(now)) if now.revision != entry.revision => Err(ClusterError::Changed {
-                        name: record.name.clone(),
-                    }),
-                    _ => Err(self.failed("accept the deletion", e)),
-                };
-            }
+        if let Some(entry) = entry.filter(|e| e.operation == Operation::Put)
+            && let Err(e) = kv.delete_expect_revision(&key, Some(entry.revision)).await
+        {
+            // Changed meanwhile, or NATS went away: tell which.
+            return match kv.entry(&key).await {
+                Ok(Some(now)) if now.revision != entry.revision => Err(ClusterError::Changed {
+                    name: record.name.clone(),
+                }),
+                _ => Err(self.failed("accept the deletion", e)),
+            };
         }
         self.release_port(&kv, record).await;
         Ok(())
@@ -536,10 +536,8 @@ impl Cluster {
             let ours = e.operation == Operation::Put
                 && serde_json::from_slice::<PortClaim>(&e.value)
                     .is_ok_and(|c| c.name == record.name);
-            if ours {
-                if let Err(err) = kv.delete_expect_revision(&key, Some(e.revision)).await {
-                    tracing::warn!(port = record.port, error = %err, "port claim left behind (it goes stale)");
-                }
+            if ours && let Err(err) = kv.delete_expect_revision(&key, Some(e.revision)).await {
+                tracing::warn!(port = record.port, error = %err, "port claim left behind (it goes stale)");
             }
         }
     }
@@ -586,11 +584,11 @@ impl Cluster {
     ) -> Result<(), String> {
         let kv = self.open_bucket().await?;
         *self.store.write().unwrap_or_else(|p| p.into_inner()) = Some(kv.clone());
-        if let Some(list) = seeds.take() {
-            if let Err(e) = self.seed(&kv, &list).await {
-                *seeds = Some(list);
-                return Err(e);
-            }
+        if let Some(list) = seeds.take()
+            && let Err(e) = self.seed(&kv, &list).await
+        {
+            *seeds = Some(list);
+            return Err(e);
         }
         // Watch first, so that nothing written from here on is missed;
         // what it replays is applied idempotently.

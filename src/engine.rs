@@ -357,10 +357,10 @@ impl Engine {
             Ok(record) => record,
             Err(e) => {
                 #[cfg(feature = "cluster")]
-                if let Some((cluster, record)) = claimed {
-                    if let Err(undo) = cluster.release(&record).await {
-                        tracing::warn!(channel = %record.name, error = %undo, "cannot take back a cluster registration");
-                    }
+                if let Some((cluster, record)) = claimed
+                    && let Err(undo) = cluster.release(&record).await
+                {
+                    tracing::warn!(channel = %record.name, error = %undo, "cannot take back a cluster registration");
                 }
                 return Err(e);
             }

@@ -30,10 +30,10 @@ fn nats_server_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("SPEEDRELAY_NATS_SERVER") {
         candidates.push(PathBuf::from(p));
     }
-    if let Some(py) = std::env::var_os("SPEEDRELAY_PYTHON") {
-        if let Some(dir) = Path::new(&py).parent() {
-            candidates.push(dir.join("nats-server"));
-        }
+    if let Some(py) = std::env::var_os("SPEEDRELAY_PYTHON")
+        && let Some(dir) = Path::new(&py).parent()
+    {
+        candidates.push(dir.join("nats-server"));
     }
     candidates.push(repo_file(".venv/bin/nats-server"));
     if let Some(path) = std::env::var_os("PATH") {
