@@ -378,3 +378,80 @@ fn nodes_relay_through_a_nats_outage_and_catch_up() {
     assert_eq!(status, 201, "{body}");
     b.stop();
 }
+
+/// `serve` with the given extra arguments and environment, expected to
+/// stop at start-up: its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = loopback_config(dir.path(), 50);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--api", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("SPEEDRELAY_NATS_TOKEN")
+        .env_remove("SPEEDRELAY_NATS_USER")
+        .env_remove("SPEEDRELAY_NATS_PASSWORD")
+        .env_remove("SPEEDRELAY_NATS_CREDENTIALS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "started: {stderr}");
+    stderr
+}
+
+#[test]
+fn bad_cluster_settings_stop_start_up_with_a_clear_error() {
+    // A password in the URL would be logged: refused, and not echoed.
+    let err = refused(
+        &["--nats", "nats://me:s3cret@127.0.0.1:4222", "--node", "a"],
+        &[],
+    );
+    assert!(err.contains("credentials never go in a URL"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let err = refused(
+        &["--nats", "nats://127.0.0.1:4222", "--node", "no spaces"],
+        &[],
+    );
+    assert!(err.contains("--node no spaces"), "{err}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let creds = dir.path().join("nats.creds");
+    std::fs::write(&creds, "token=abc\nuser=me\npassword=pw\n").expect("write");
+    let creds = creds.to_string_lossy().to_string();
+    let err = refused(
+        &["--nats", "nats://127.0.0.1:4222", "--node", "a"],
+        &[("SPEEDRELAY_NATS_CREDENTIALS", &creds)],
+    );
+    assert!(
+        err.contains("a token or a user and password, not both"),
+        "{err}"
+    );
+    assert!(!err.contains("abc") && !err.contains("pw\n"), "{err}");
+    let err = refused(
+        &["--nats", "nats://127.0.0.1:4222", "--node", "a"],
+        &[("SPEEDRELAY_NATS_USER", "me")],
+    );
+    assert!(err.contains("a user needs a password"), "{err}");
+}
+
+#[test]
+fn a_node_starts_without_nats_and_joins_when_it_comes() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup();
+    let port = free_tcp_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    // Nothing answers yet: the node starts anyway and says so.
+    let a = node(&s.config, &s.root.join("a"), &url, "a");
+    assert_ne!(nats_state(a.api), "connected");
+    let (status, body) = register_example(a.api, "early", free_port(), json!({}));
+    assert_eq!(status, 503, "{body}");
+    let _nats = Nats::start(&bin, port, &s.root.join("js"));
+    wait_connected(&a);
+    let (status, body) = register_example(a.api, "early", free_port(), json!({}));
+    assert_eq!(status, 201, "{body}");
+    a.stop();
+}
