@@ -570,7 +570,15 @@ impl Api {
         })
         .await
         .unwrap_or((None, None));
+        #[cfg(feature = "cluster")]
+        let cluster = self
+            .engine
+            .cluster()
+            .map(|c| (c.node(), c.state() == "connected"));
+        #[cfg(not(feature = "cluster"))]
+        let cluster = None;
         let text = metrics::render(&metrics::Exposition {
+            cluster,
             channels: &channels,
             registry_channels,
             registry_file_bytes,

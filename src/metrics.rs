@@ -147,6 +147,9 @@ pub struct Exposition<'a> {
     pub requests: &'a RequestCounts,
     /// Resident set size; `None` where /proc is missing.
     pub resident_memory_bytes: Option<u64>,
+    /// On a node of a cluster: its name and whether its NATS registry is
+    /// reachable now.
+    pub cluster: Option<(&'a str, bool)>,
 }
 
 /// Per-channel counter families: name, help, and which counter.
@@ -313,6 +316,20 @@ pub fn render(x: &Exposition<'_>) -> String {
             "Resident set size of the relay process.",
         );
         let _ = writeln!(out, "speedrelay_process_resident_memory_bytes {n}");
+    }
+    if let Some((node, up)) = x.cluster {
+        family(
+            &mut out,
+            "speedrelay_cluster_nats_up",
+            "gauge",
+            "1 when this node reaches the cluster registry on NATS, 0 while registrations are refused with 503.",
+        );
+        let _ = writeln!(
+            out,
+            "speedrelay_cluster_nats_up{{node=\"{}\"}} {}",
+            Escaped(node),
+            u8::from(up)
+        );
     }
     out
 }

@@ -339,9 +339,16 @@ fn nodes_relay_through_a_nats_outage_and_catch_up() {
     let (status, body) = register_example(a.api, "c2", p2, json!({}));
     assert_eq!(status, 201, "{body}");
 
+    let metrics = |api| http_get_text(api, "/metrics", &[]).2;
+    assert!(
+        metrics(a.api).contains("speedrelay_cluster_nats_up{node=\"a\"} 1"),
+        "{}",
+        metrics(a.api)
+    );
     // NATS goes away: A keeps relaying, and refuses changes with a 503.
     let (bin, nats_port, store) = nats.stop();
     wait_for("A to see NATS gone", T, || nats_state(a.api) != "connected");
+    assert!(metrics(a.api).contains("speedrelay_cluster_nats_up{node=\"a\"} 0"));
     assert!(relays(p1, &out), "A stopped relaying c1 without NATS");
     let (status, body) = register_example(a.api, "c3", free_port(), json!({}));
     assert_eq!(status, 503, "{body}");
