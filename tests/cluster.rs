@@ -462,3 +462,36 @@ fn a_node_starts_without_nats_and_joins_when_it_comes() {
     assert_eq!(status, 201, "{body}");
     a.stop();
 }
+
+#[test]
+fn running_nodes_follow_the_registry_again_after_nats_restarts() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup();
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let url = nats.url();
+    let a = node(&s.config, &s.root.join("a"), &url, "a");
+    let b = node(&s.config, &s.root.join("b"), &url, "b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let (bin, port, store) = nats.stop();
+    wait_for("A to see NATS gone", T, || nats_state(a.api) != "connected");
+    wait_for("B to see NATS gone", T, || nats_state(b.api) != "connected");
+    let _nats = Nats::start(&bin, port, &store);
+    wait_connected(&a);
+    wait_connected(&b);
+    // Both still follow the bucket: a change on one reaches the other.
+    let (status, body) = register_example(a.api, "after", free_port(), json!({}));
+    assert_eq!(status, 201, "{body}");
+    wait_for(
+        "B to mirror a registration made after the restart",
+        T,
+        || status_of(b.api, "after") == 200,
+    );
+    let (status, body) = delete(b.api, "after");
+    assert_eq!(status, 200, "{body}");
+    wait_for("A to mirror the deletion", T, || {
+        status_of(a.api, "after") == 404
+    });
+    a.stop();
+    b.stop();
+}
