@@ -301,6 +301,12 @@ impl Cluster {
             .name(format!("speedrelay {}", options.node))
             .retry_on_initial_connect()
             .max_reconnects(None)
+            // 100 ms doubling to 5 s: quick after a blip, quiet (one line
+            // per attempt) while the servers stay away or refuse us.
+            .reconnect_delay_callback(|attempts| {
+                let shift = attempts.min(6) as u32;
+                (Duration::from_millis(100) * 2u32.pow(shift)).min(Duration::from_secs(5))
+            })
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
             .event_callback({
@@ -316,6 +322,12 @@ impl Cluster {
                                 nats = %servers,
                                 "disconnected from NATS; channels keep relaying, registrations \
                                  are refused until it returns"
+                            ),
+                            async_nats::Event::ClientError(e) => tracing::warn!(
+                                nats = %servers,
+                                error = %e,
+                                "NATS refused or failed the connection (wrong credentials?); \
+                                 retrying with backoff"
                             ),
                             other => tracing::warn!(nats = %servers, event = %other, "NATS"),
                         }

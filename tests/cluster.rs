@@ -495,3 +495,70 @@ fn running_nodes_follow_the_registry_again_after_nats_restarts() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn wrong_nats_credentials_are_named_and_right_ones_join() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup();
+    let port = free_tcp_port();
+    // In a Nats, so that it is killed however the test ends.
+    let child = Command::new(&bin)
+        .args([
+            "--jetstream",
+            "--addr",
+            "127.0.0.1",
+            "--auth",
+            "tok-good-4711",
+            "--port",
+        ])
+        .arg(port.to_string())
+        .arg("--store_dir")
+        .arg(s.root.join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let _server = Nats {
+        child,
+        port,
+        store: s.root.join("js"),
+        bin: bin.clone(),
+    };
+    wait_for("nats-server to listen", T, || {
+        TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
+    });
+    let url = format!("nats://127.0.0.1:{port}");
+    let with_token = |dir: &str, token: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+        cmd.args(["serve", "--config"])
+            .arg(&s.config)
+            .arg("--data-dir")
+            .arg(s.root.join(dir))
+            .args(["--api", "127.0.0.1:0", "--nats", &url, "--node", dir])
+            .env("SPEEDRELAY_NATS_TOKEN", token)
+            .env("RUST_LOG", "info");
+        spawn_relay_command(cmd)
+    };
+    let bad = with_token("bad", "tok-wrong-0815");
+    wait_for("the refusal in the log", T, || {
+        bad.log_text().contains("authorization violation")
+    });
+    let log = bad.log_text();
+    assert!(
+        log.contains(&url),
+        "the log does not name the server:\n{log}"
+    );
+    assert!(
+        !log.contains("tok-wrong-0815"),
+        "the token is in the log:\n{log}"
+    );
+    assert_ne!(nats_state(bad.api), "connected");
+    let (status, body) = register_example(bad.api, "x", free_port(), json!({}));
+    assert_eq!(status, 503, "{body}");
+    let good = with_token("good", "tok-good-4711");
+    wait_connected(&good);
+    let (status, body) = register_example(good.api, "x", free_port(), json!({}));
+    assert_eq!(status, 201, "{body}");
+    bad.stop();
+    good.stop();
+}
