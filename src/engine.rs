@@ -8,6 +8,11 @@
 //! rare, and it makes "exactly one of 50 racing registrations wins" a
 //! property of the code rather than of timing. The datagram path never
 //! touches it.
+//!
+//! On a node of a cluster (feature `cluster`), those three writes go to the
+//! cluster registry first (a compare-and-set in NATS, which decides between
+//! nodes) and then to the local registry; changes made on other nodes
+//! arrive through `mirror_put` and `mirror_delete`, under the same mutex.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
