@@ -517,11 +517,19 @@ impl Api {
         }
         let name = param.as_str();
         match (route, &method) {
-            (Route::Health, &Method::GET) => ok(json!({
-                "status": "ok",
-                "service": "speedrelay",
-                "version": env!("CARGO_PKG_VERSION"),
-            })),
+            (Route::Health, &Method::GET) => {
+                #[allow(unused_mut)]
+                let mut health = json!({
+                    "status": "ok",
+                    "service": "speedrelay",
+                    "version": env!("CARGO_PKG_VERSION"),
+                });
+                #[cfg(feature = "cluster")]
+                if let Some(c) = self.engine.cluster() {
+                    health["cluster"] = json!({"node": c.node(), "nats": c.state()});
+                }
+                ok(health)
+            }
             // `/metrics` is where Prometheus looks; it is `/api/v1/metrics` too.
             (Route::Metrics | Route::ApiMetrics, &Method::GET) => self.metrics().await,
             (Route::Channels, &Method::GET) => self.list(&query),
@@ -574,7 +582,15 @@ impl Api {
         })
         .await
         .unwrap_or((None, None));
+        #[cfg(feature = "cluster")]
+        let cluster = self
+            .engine
+            .cluster()
+            .map(|c| (c.node(), c.state() == "connected"));
+        #[cfg(not(feature = "cluster"))]
+        let cluster = None;
         let text = metrics::render(&metrics::Exposition {
+            cluster,
             channels: &channels,
             registry_channels,
             registry_file_bytes,

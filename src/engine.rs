@@ -8,6 +8,11 @@
 //! rare, and it makes "exactly one of 50 racing registrations wins" a
 //! property of the code rather than of timing. The datagram path never
 //! touches it.
+//!
+//! On a node of a cluster (feature `cluster`), those three writes go to the
+//! cluster registry first (a compare-and-set in NATS, which decides between
+//! nodes) and then to the local registry; changes made on other nodes
+//! arrive through `mirror_put` and `mirror_delete`, under the same mutex.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -72,6 +77,45 @@ impl From<RegistryError> for EngineError {
     }
 }
 
+#[cfg(feature = "cluster")]
+impl From<crate::cluster::ClusterError> for EngineError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        use crate::cluster::ClusterError as C;
+        match e {
+            C::NameTaken { ref name } => EngineError::Conflict {
+                used_by: Some(name.clone()),
+                message: e.to_string(),
+            },
+            C::PortTaken { ref used_by, .. } => EngineError::Conflict {
+                used_by: Some(used_by.clone()),
+                message: e.to_string(),
+            },
+            C::Changed { .. } => EngineError::Conflict {
+                message: e.to_string(),
+                used_by: None,
+            },
+            C::Unavailable(message) => EngineError::Unavailable { message },
+            C::Config(message) => EngineError::Unavailable { message },
+        }
+    }
+}
+
+/// The baseline channels as registry records.
+pub fn seed_records(baseline: &[Seed]) -> Vec<ChannelRecord> {
+    let now = unix_ms();
+    baseline
+        .iter()
+        .map(|seed| ChannelRecord {
+            name: seed.spec.name.clone(),
+            port: seed.spec.port,
+            schema_json: seed.spec.schema_json.clone(),
+            schema_path: seed.schema_path.clone(),
+            config: serde_json::to_value(&seed.spec.settings).unwrap_or(Value::Null),
+            created_at: now,
+        })
+        .collect()
+}
+
 /// What the engine is started with.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -82,6 +126,10 @@ pub struct EngineOptions {
     /// file per channel: the API's connection cap plus
     /// [`crate::descriptors::SPARE`].
     pub fd_reserve: u64,
+    /// Whether `relay.yaml`'s channels go into the local registry at start.
+    /// False in a cluster: there the cluster registry is seeded instead
+    /// (once, by the first node) and the local one is its mirror.
+    pub seed_locally: bool,
 }
 
 impl EngineOptions {
@@ -92,6 +140,7 @@ impl EngineOptions {
             data_dir: data_dir.into(),
             defaults,
             fd_reserve: crate::api::DEFAULT_MAX_CONNECTIONS as u64 + crate::descriptors::SPARE,
+            seed_locally: true,
         }
     }
 }
@@ -176,6 +225,9 @@ pub struct Engine {
     control: tokio::sync::Mutex<()>,
     /// Live viewers of every channel, counted for the caps and `/metrics`.
     live_hub: Arc<LiveHub>,
+    /// The cluster registry every write goes through first, once joined.
+    #[cfg(feature = "cluster")]
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// What a live viewer of a channel needs.
@@ -196,21 +248,11 @@ impl Engine {
         baseline: &[Seed],
     ) -> Result<Arc<Engine>, EngineError> {
         let registry = Registry::open(&registry_path(&options.data_dir)?)?;
-        let now = unix_ms();
-        let seeds: Vec<ChannelRecord> = baseline
-            .iter()
-            .map(|seed| ChannelRecord {
-                name: seed.spec.name.clone(),
-                port: seed.spec.port,
-                schema_json: seed.spec.schema_json.clone(),
-                schema_path: seed.schema_path.clone(),
-                config: serde_json::to_value(&seed.spec.settings).unwrap_or(Value::Null),
-                created_at: now,
-            })
-            .collect();
-        let report = registry.seed(&seeds)?;
-        for (name, err) in &report.conflicts {
-            tracing::warn!(channel = %name, error = %err, "baseline channel not registered");
+        if options.seed_locally {
+            let report = registry.seed(&seed_records(baseline))?;
+            for (name, err) in &report.conflicts {
+                tracing::warn!(channel = %name, error = %err, "baseline channel not registered");
+            }
         }
         let engine = Arc::new(Engine {
             options,
@@ -218,6 +260,8 @@ impl Engine {
             slots: Mutex::new(BTreeMap::new()),
             control: tokio::sync::Mutex::new(()),
             live_hub: Arc::default(),
+            #[cfg(feature = "cluster")]
+            cluster: std::sync::OnceLock::new(),
         });
         let records = engine.registry.list()?;
         let mut slots = BTreeMap::new();
@@ -344,10 +388,31 @@ impl Engine {
             config: serde_json::to_value(&settings).unwrap_or(Value::Null),
             created_at: unix_ms(),
         };
+        // The cluster registry first: it decides between racing nodes.
+        #[cfg(feature = "cluster")]
+        let claimed = match self.cluster.get() {
+            Some(cluster) => {
+                cluster.claim(&record).await?;
+                Some((cluster.clone(), record.clone()))
+            }
+            None => None,
+        };
         // The bound socket is dropped (port released) if the commit fails.
-        let record = self
+        let record = match self
             .blocking(move |reg| reg.insert(&record).map(|()| record))
-            .await?;
+            .await
+        {
+            Ok(record) => record,
+            Err(e) => {
+                #[cfg(feature = "cluster")]
+                if let Some((cluster, record)) = claimed
+                    && let Err(undo) = cluster.release(&record).await
+                {
+                    tracing::warn!(channel = %record.name, error = %undo, "cannot take back a cluster registration");
+                }
+                return Err(e);
+            }
+        };
         let slot = self.supervise(record, settings, Ok(bound));
         let info = self.info_of(&slot);
         self.lock_slots().insert(r.name, slot);
@@ -358,9 +423,14 @@ impl Engine {
     /// file is closed) and releases its port.
     pub async fn deregister(&self, name: &str) -> Result<(), EngineError> {
         let _guard = self.control.lock().await;
-        if !self.lock_slots().contains_key(name) {
+        let Some(record) = self.lock_slots().get(name).map(|s| s.record.clone()) else {
             return Err(EngineError::NotFound { name: name.into() });
+        };
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            cluster.release(&record).await?;
         }
+        let _ = record;
         let owned = name.to_string();
         self.blocking(move |reg| reg.remove(&owned)).await?;
         let slot = self.lock_slots().remove(name);
@@ -415,6 +485,25 @@ impl Engine {
             Ok(Err(e)) => return Err(invalid_settings(e)),
         }
         let config = serde_json::to_value(&settings).unwrap_or(Value::Null);
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            let current_record = self.lock_slots().get(name).map(|s| s.record.clone());
+            if let Some(current_record) = current_record {
+                let new = ChannelRecord {
+                    config: config.clone(),
+                    ..current_record.clone()
+                };
+                if let Err(e) = cluster.replace(&current_record, &new).await {
+                    // Back to the settings in effect before: nothing changed.
+                    let (reply, _) = oneshot::channel();
+                    let _ = commands.send(SupervisorCommand::Reconfigure {
+                        settings: Box::new(current),
+                        reply,
+                    });
+                    return Err(e.into());
+                }
+            }
+        }
         let owned = name.to_string();
         let record = self
             .blocking(move |reg| reg.update_config(&owned, config))
@@ -481,6 +570,94 @@ impl Engine {
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Joins the cluster: from now on every registry write goes through it
+    /// first, and its changes are mirrored here. `baseline` seeds it if no
+    /// node has yet.
+    #[cfg(feature = "cluster")]
+    pub fn join(self: &Arc<Self>, cluster: Arc<crate::cluster::Cluster>, baseline: &[Seed]) {
+        cluster.spawn(Arc::downgrade(self), seed_records(baseline));
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this node belongs to, if any.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Applies a registration from the cluster registry: starts a channel
+    /// new to this node, applies changed settings to a running one. The
+    /// local registry is written first, so that a restart during a NATS
+    /// outage brings it back.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn mirror_put(&self, record: ChannelRecord) -> Result<(), EngineError> {
+        let _guard = self.control.lock().await;
+        let existing = self
+            .lock_slots()
+            .get(&record.name)
+            .map(|s| (s.record.clone(), s.commands.clone()));
+        let settings = settings_from(&record.config).map_err(invalid_config)?;
+        match existing {
+            Some((current, _)) if current == record => Ok(()),
+            Some((current, commands))
+                if current.port == record.port && current.schema_json == record.schema_json =>
+            {
+                let (reply, answer) = oneshot::channel();
+                let _ = commands.send(SupervisorCommand::Reconfigure {
+                    settings: Box::new(settings.clone()),
+                    reply,
+                });
+                if let Ok(Err(e)) = answer.await {
+                    tracing::warn!(channel = %record.name, error = %e, "settings from the cluster not taken by the running channel");
+                }
+                let stored = record.clone();
+                self.blocking(move |reg| reg.mirror_put(&stored)).await?;
+                if let Some(slot) = self.lock_slots().get_mut(&record.name) {
+                    slot.record = record;
+                    slot.settings = settings;
+                }
+                Ok(())
+            }
+            _ => {
+                // New here, or another port or schema: (re)start it.
+                let old = self.lock_slots().remove(&record.name);
+                if let Some(old) = old {
+                    old.cancel.cancel();
+                    let _ = old.supervisor.await;
+                }
+                let stored = record.clone();
+                self.blocking(move |reg| reg.mirror_put(&stored)).await?;
+                let spec = spec_of(&record, &settings);
+                let first =
+                    BoundChannel::bind_with_counters(spec, &self.options.data_dir, Arc::default())
+                        .map_err(|e| e.to_string());
+                let name = record.name.clone();
+                tracing::info!(channel = %name, "channel registered in the cluster; started here");
+                let slot = self.supervise(record, settings, first);
+                self.lock_slots().insert(name, slot);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies a deletion from the cluster registry.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn mirror_delete(&self, name: &str) -> Result<(), EngineError> {
+        let _guard = self.control.lock().await;
+        let owned = name.to_string();
+        match self.blocking(move |reg| reg.remove(&owned)).await {
+            Ok(_) | Err(EngineError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let slot = self.lock_slots().remove(name);
+        if let Some(slot) = slot {
+            tracing::info!(channel = %name, "channel deleted in the cluster; stopped here");
+            slot.cancel.cancel();
+            let _ = slot.supervisor.await;
+        }
+        Ok(())
     }
 
     /// Stops every channel; each closes its archive file.

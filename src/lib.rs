@@ -22,11 +22,16 @@
 //! are private modules). The command line is the binary's (`src/main.rs`,
 //! `src/cli/`), not this library's. Fault injection for tests exists only
 //! with the `testing` feature.
+//!
+//! With the `cluster` feature, `cluster` shares the [`registry`] between
+//! several relays through NATS.
 
 pub mod api;
 pub mod archive;
 pub mod avro;
 pub mod channel;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod decimator;

@@ -96,6 +96,9 @@ pub(crate) struct Exposition<'a> {
     /// Live stream viewers now, and those dropped for not keeping up.
     pub live_viewers: usize,
     pub live_viewers_dropped: u64,
+    /// On a node of a cluster: its name and whether its NATS registry is
+    /// reachable now.
+    pub cluster: Option<(&'a str, bool)>,
 }
 
 /// Per-channel counter families: name, help, and which counter.
@@ -291,6 +294,20 @@ pub(crate) fn render(x: &Exposition<'_>) -> String {
             "Resident set size of the relay process.",
         );
         let _ = writeln!(out, "speedrelay_process_resident_memory_bytes {n}");
+    }
+    if let Some((node, up)) = x.cluster {
+        family(
+            &mut out,
+            "speedrelay_cluster_nats_up",
+            "gauge",
+            "1 when this node reaches the cluster registry on NATS, 0 while registrations are refused with 503.",
+        );
+        let _ = writeln!(
+            out,
+            "speedrelay_cluster_nats_up{{node=\"{}\"}} {}",
+            Escaped(node),
+            u8::from(up)
+        );
     }
     out
 }

@@ -406,6 +406,41 @@ impl Registry {
         })
     }
 
+    /// Writes a registration as the cluster registry holds it (insert or
+    /// replace), in one transaction: the cluster has decided, so a local
+    /// port entry of another channel is overwritten (that channel's own
+    /// deletion follows in the cluster's order of changes).
+    pub fn mirror_put(&self, record: &ChannelRecord) -> Result<(), RegistryError> {
+        let bytes = self.encode(record)?;
+        let op = "mirror";
+        self.write(op, |txn| {
+            let mut channels = txn.open_table(CHANNELS).at(&self.path, op)?;
+            let mut ports = txn.open_table(PORTS).at(&self.path, op)?;
+            let mut deleted = txn.open_table(DELETED).at(&self.path, op)?;
+            let old_port = match channels.get(record.name.as_str()).at(&self.path, op)? {
+                Some(old) => Some(self.decode(&record.name, old.value())?.port),
+                None => None,
+            };
+            if let Some(old_port) = old_port.filter(|p| *p != record.port) {
+                let owned = ports
+                    .get(old_port)
+                    .at(&self.path, op)?
+                    .is_some_and(|o| o.value() == record.name);
+                if owned {
+                    ports.remove(old_port).at(&self.path, op)?;
+                }
+            }
+            channels
+                .insert(record.name.as_str(), bytes.as_slice())
+                .at(&self.path, op)?;
+            ports
+                .insert(record.port, record.name.as_str())
+                .at(&self.path, op)?;
+            deleted.remove(record.name.as_str()).at(&self.path, op)?;
+            Ok(())
+        })
+    }
+
     /// Replaces the config of an existing channel; returns the updated record.
     pub fn update_config(
         &self,

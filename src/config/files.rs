@@ -77,6 +77,35 @@ pub struct FileConfig {
     pub allowed_hosts: Vec<String>,
     /// `api.cors_origins` of `global.yaml`.
     pub cors_origins: Vec<String>,
+    /// `cluster` of `global.yaml`: used by a build with the `cluster` feature.
+    pub cluster: Option<ClusterFile>,
+}
+
+/// The `cluster` section: which NATS servers, under which node name. No
+/// secret is held here, only the paths of the files holding them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub nats: Vec<String>,
+    pub node: Option<String>,
+    pub bucket: Option<String>,
+    pub credentials: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+/// `nats: URL` or `nats: [URL, ...]`.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +126,7 @@ struct RelayFile {
     multicast: Option<Value>,
     storage: Option<Storage>,
     api: Option<Api>,
+    cluster: Option<ClusterFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +154,7 @@ struct GlobalFile {
     multicast: Option<Value>,
     storage: Option<Storage>,
     api: Option<Api>,
+    cluster: Option<ClusterFile>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -267,6 +298,12 @@ pub fn load_texts(
     }
     let storage = global.storage.or(relay.storage).unwrap_or_default();
     let api = global.api.or(relay.api).unwrap_or_default();
+    // Paths in the section are relative to the configuration directory.
+    let cluster = global.cluster.or(relay.cluster).map(|mut c| {
+        c.credentials = c.credentials.map(|p| config_dir.join(p));
+        c.ca = c.ca.map(|p| config_dir.join(p));
+        c
+    });
     Ok(FileConfig {
         config_dir: Some(config_dir),
         data_dir: storage.avro_path,
@@ -277,6 +314,7 @@ pub fn load_texts(
         api_token: api.token,
         allowed_hosts: api.allowed_hosts,
         cors_origins: api.cors_origins,
+        cluster,
     })
 }
 

@@ -241,3 +241,33 @@ fn serve_refuses_the_same_config_and_starts_nothing() {
     assert_reports_every_violation(&report, &config.join("relay.yaml"));
     assert!(!data.exists(), "no data directory was created");
 }
+
+/// The `cluster` section is part of the checked schema in every build:
+/// a good one passes, each bad key is reported with its path.
+#[test]
+fn cluster_section_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "channels: []\ncluster:\n  nats: [nats://127.0.0.1:4222, nats://127.0.0.2:4222]\n  node: relay-a\n  bucket: speedrelay\n  credentials: nats.credentials\n",
+    )
+    .unwrap();
+    let out = check_config(&good);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "channels: []\ncluster:\n  nats: []\n  node: \"no spaces\"\n  password: secret\n",
+    )
+    .unwrap();
+    let out = check_config(&bad);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = stdout(&out);
+    for pointer in ["/cluster/nats", "/cluster/node", "/cluster/password"] {
+        assert!(
+            report.contains(pointer),
+            "{pointer} not reported:\n{report}"
+        );
+    }
+}

@@ -14,6 +14,9 @@ mod channel;
 mod check_config;
 mod cli;
 mod coalesce;
+// Real nats-server processes: with `--features cluster` only.
+#[cfg(feature = "cluster")]
+mod cluster;
 mod crash;
 mod decimation;
 mod engine;

@@ -339,3 +339,23 @@ fn start_up_code_pages_are_released_once_running() {
     assert_eq!(recv_n(&dest, records.len()), records);
     assert!(other.terminate().success());
 }
+
+/// A build without the `cluster` feature refuses `--nats` with a clear
+/// error instead of silently running alone.
+#[cfg(not(feature = "cluster"))]
+#[test]
+fn nats_needs_a_build_with_the_cluster_feature() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = loopback_config(dir.path(), 50);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--api", "127.0.0.1:0", "--nats", "nats://127.0.0.1:4222"])
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("without cluster support"), "{stderr}");
+}

@@ -1,0 +1,753 @@
+//! The cluster (feature `cluster`): several relays sharing one registry in a
+//! NATS JetStream key-value bucket.
+//!
+//! It owns the connection to NATS, the bucket and the node's mirror of it:
+//! - `ch.<name>` holds a channel's registration (the registry's
+//!   [`ChannelRecord`] as JSON); `port.<port>` holds a claim on a port
+//!   (`{"name", "at"}`), so that two nodes racing for one port, or one name,
+//!   get exactly one success: every write is a compare-and-set on the key's
+//!   revision (`create`, `update`, `delete_expect_revision`);
+//! - `meta.seeded` marks that the bucket was seeded from a node's
+//!   `relay.yaml`, once, by the first node to connect;
+//! - every node watches `ch.>` and applies each change to its engine, which
+//!   writes it to the local redb: a node restarted during a NATS outage runs
+//!   from that mirror, and catches up when NATS returns.
+//!
+//! The engine calls [`Cluster::claim`], [`Cluster::replace`] and
+//! [`Cluster::release`] from its one registry write path; while NATS is
+//! unreachable they fail with [`ClusterError::Unavailable`] (HTTP 503) and
+//! nothing is written anywhere.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::files::ClusterFile;
+use crate::engine::Engine;
+use crate::registry::ChannelRecord;
+
+/// How long one JetStream request may take before the API answers 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// A port claim whose channel does not exist is taken over only when it is
+/// older than this: a registration in progress writes its claim first and
+/// its channel a few milliseconds later (each write bounded by
+/// [`REQUEST_TIMEOUT`]), so a younger claim may belong to one.
+const STALE_CLAIM: Duration = Duration::from_secs(30);
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const SEED_KEY: &str = "meta.seeded";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A bad `--nats`, `--node` or credentials setting; start-up stops.
+    #[error("cluster: {0}")]
+    Config(String),
+    /// NATS cannot be reached (or did not answer in time): nothing was written.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("a channel named {name} already exists in the cluster")]
+    NameTaken { name: String },
+    #[error("Port already in use: port {port} is used by channel {used_by} in the cluster")]
+    PortTaken { port: u16, used_by: String },
+    /// The registration changed on another node between read and write.
+    #[error("channel {name} was changed on another node at the same time; try again")]
+    Changed { name: String },
+}
+
+/// How to reach NATS; the secrets come from a file or the environment only.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    pub servers: Vec<String>,
+    pub node: String,
+    pub bucket: String,
+    auth: Auth,
+    ca: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClusterOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token or password.
+        f.debug_struct("ClusterOptions")
+            .field("servers", &self.servers)
+            .field("node", &self.node)
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Auth {
+    None,
+    Token(String),
+    UserPassword(String, String),
+}
+
+impl ClusterOptions {
+    /// Layers `--nats`/`--node` (already merged with SPEEDRELAY_NATS and
+    /// SPEEDRELAY_NODE by the caller) over the config file's `cluster`
+    /// section, and reads the credentials. None when no server is given:
+    /// the relay runs alone.
+    pub fn resolve(
+        nats: &[String],
+        node: Option<&str>,
+        file: Option<&ClusterFile>,
+    ) -> Result<Option<Self>, ClusterError> {
+        let servers: Vec<String> = if nats.is_empty() {
+            file.map(|f| f.nats.clone()).unwrap_or_default()
+        } else {
+            nats.to_vec()
+        };
+        let servers: Vec<String> = servers
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        for s in &servers {
+            if s.contains('@') {
+                return Err(ClusterError::Config(format!(
+                    "NATS URL {}: credentials never go in a URL (it is logged); use \
+                     SPEEDRELAY_NATS_TOKEN, SPEEDRELAY_NATS_USER/SPEEDRELAY_NATS_PASSWORD or a \
+                     credentials file",
+                    s.rsplit('@').next().unwrap_or_default()
+                )));
+            }
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| ClusterError::Config(format!("NATS URL {s}: {e}")))?;
+        }
+        let node = match node.map(str::to_string).or_else(|| file?.node.clone()) {
+            Some(n) => n,
+            None => hostname().ok_or_else(|| {
+                ClusterError::Config("--node is required: the host name cannot be read".into())
+            })?,
+        };
+        let valid = !node.is_empty()
+            && node.len() <= 64
+            && node.as_bytes()[0].is_ascii_alphanumeric()
+            && node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid {
+            return Err(ClusterError::Config(format!(
+                "--node {node}: a node name is a letter or digit, then letters, digits, '_' or \
+                 '-' (at most 64)"
+            )));
+        }
+        let bucket = file
+            .and_then(|f| f.bucket.clone())
+            .unwrap_or_else(|| "speedrelay".into());
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let credentials_file = env("SPEEDRELAY_NATS_CREDENTIALS")
+            .map(PathBuf::from)
+            .or_else(|| file.and_then(|f| f.credentials.clone()));
+        let mut from_file = match &credentials_file {
+            Some(path) => read_credentials(path)?,
+            None => Credentials::default(),
+        };
+        if let Some(t) = env("SPEEDRELAY_NATS_TOKEN") {
+            from_file.token = Some(t);
+        }
+        if let Some(u) = env("SPEEDRELAY_NATS_USER") {
+            from_file.user = Some(u);
+        }
+        if let Some(p) = env("SPEEDRELAY_NATS_PASSWORD") {
+            from_file.password = Some(p);
+        }
+        let auth = match from_file {
+            Credentials {
+                token: Some(_),
+                user: Some(_),
+                ..
+            } => {
+                return Err(ClusterError::Config(
+                    "NATS credentials: give a token or a user and password, not both".into(),
+                ));
+            }
+            Credentials {
+                token: Some(t),
+                user: None,
+                password: None,
+            } => Auth::Token(t),
+            Credentials {
+                user: Some(u),
+                password: Some(p),
+                token: None,
+            } => Auth::UserPassword(u, p),
+            Credentials {
+                user: None,
+                password: None,
+                token: None,
+            } => Auth::None,
+            _ => {
+                return Err(ClusterError::Config(
+                    "NATS credentials: a user needs a password and a password a user".into(),
+                ));
+            }
+        };
+        let ca = env("SPEEDRELAY_NATS_CA")
+            .map(PathBuf::from)
+            .or_else(|| file.and_then(|f| f.ca.clone()));
+        if let Some(ca) = &ca
+            && !ca.is_file()
+        {
+            return Err(ClusterError::Config(format!(
+                "NATS CA file {}: not a readable file",
+                ca.display()
+            )));
+        }
+        Ok(Some(ClusterOptions {
+            servers,
+            node,
+            bucket,
+            auth,
+            ca,
+        }))
+    }
+}
+
+#[derive(Default)]
+struct Credentials {
+    token: Option<String>,
+    user: Option<String>,
+    password: Option<String>,
+}
+
+/// `key=value` lines (`token`, `user`, `password`); `#` starts a comment.
+fn read_credentials(path: &Path) -> Result<Credentials, ClusterError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClusterError::Config(format!("NATS credentials {}: {e}", path.display())))?;
+    let mut c = Credentials::default();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(ClusterError::Config(format!(
+                "NATS credentials {} line {}: not key=value",
+                path.display(),
+                i + 1
+            )));
+        };
+        let value = Some(value.trim().to_string());
+        match key.trim() {
+            "token" => c.token = value,
+            "user" => c.user = value,
+            "password" => c.password = value,
+            other => {
+                return Err(ClusterError::Config(format!(
+                    "NATS credentials {} line {}: unknown key {other} (token, user, password)",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+    }
+    Ok(c)
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name: String = name
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+/// The value of a `port.<port>` key.
+#[derive(Debug, Serialize, Deserialize)]
+struct PortClaim {
+    name: String,
+    /// Unix ms when claimed, to tell a stale claim from one in progress.
+    at: u64,
+}
+
+/// This node's membership: the client, the bucket once opened, the state.
+pub struct Cluster {
+    options: ClusterOptions,
+    client: async_nats::Client,
+    /// Set once the bucket is open (NATS reached at least once).
+    store: RwLock<Option<kv::Store>>,
+    /// Whether the mirror has caught up with the bucket since the last
+    /// (re)connection.
+    synced: AtomicBool,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Connects in the background: start-up never waits for NATS, and the
+    /// client retries with backoff for as long as the relay runs.
+    pub async fn connect(options: ClusterOptions) -> Result<Arc<Cluster>, ClusterError> {
+        let servers = options.servers.join(",");
+        let mut connect = async_nats::ConnectOptions::new()
+            .name(format!("speedrelay {}", options.node))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            // 100 ms doubling to 5 s: quick after a blip, quiet (one line
+            // per attempt) while the servers stay away or refuse us.
+            .reconnect_delay_callback(|attempts| {
+                let shift = attempts.min(6) as u32;
+                (Duration::from_millis(100) * 2u32.pow(shift)).min(Duration::from_secs(5))
+            })
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT))
+            .event_callback({
+                let servers = servers.clone();
+                move |event| {
+                    let servers = servers.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                tracing::info!(nats = %servers, "connected to NATS");
+                            }
+                            async_nats::Event::Disconnected => tracing::warn!(
+                                nats = %servers,
+                                "disconnected from NATS; channels keep relaying, registrations \
+                                 are refused until it returns"
+                            ),
+                            async_nats::Event::ClientError(e) => tracing::warn!(
+                                nats = %servers,
+                                error = %e,
+                                "NATS refused or failed the connection (wrong credentials?); \
+                                 retrying with backoff"
+                            ),
+                            other => tracing::warn!(nats = %servers, event = %other, "NATS"),
+                        }
+                    }
+                }
+            });
+        connect = match options.auth.clone() {
+            Auth::None => connect,
+            Auth::Token(t) => connect.token(t),
+            Auth::UserPassword(u, p) => connect.user_and_password(u, p),
+        };
+        if let Some(ca) = &options.ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        let addrs: Vec<async_nats::ServerAddr> = options
+            .servers
+            .iter()
+            .map(|s| s.parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| ClusterError::Config(format!("NATS URL: {e}")))?;
+        let client = connect
+            .connect(addrs)
+            .await
+            .map_err(|e| ClusterError::Config(format!("NATS {servers}: {e}")))?;
+        Ok(Arc::new(Cluster {
+            options,
+            client,
+            store: RwLock::new(None),
+            synced: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+        }))
+    }
+
+    pub fn node(&self) -> &str {
+        &self.options.node
+    }
+
+    /// `connected`, `connecting` or `disconnected`, for /health and /metrics.
+    pub fn state(&self) -> &'static str {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected if self.synced.load(Ordering::Acquire) => {
+                "connected"
+            }
+            async_nats::connection::State::Connected | async_nats::connection::State::Pending => {
+                "connecting"
+            }
+            async_nats::connection::State::Disconnected => "disconnected",
+        }
+    }
+
+    /// The bucket, when NATS is reachable now; else a 503 that says why.
+    fn store(&self) -> Result<kv::Store, ClusterError> {
+        let unavailable = || {
+            ClusterError::Unavailable(format!(
+                "the cluster registry (NATS {}) is not reachable from node {}: registrations, \
+                 changes and deletions are refused until it returns; channels keep relaying",
+                self.options.servers.join(","),
+                self.options.node
+            ))
+        };
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(unavailable());
+        }
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(unavailable)
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> ClusterError {
+        ClusterError::Unavailable(format!(
+            "the cluster registry (NATS {}) did not {what}: {e}; nothing was changed",
+            self.options.servers.join(",")
+        ))
+    }
+
+    /// Registers `record` in the bucket: first the claim on its port, then
+    /// the channel, each a create that only one writer can win. On any
+    /// failure what this call wrote is taken back.
+    pub async fn claim(&self, record: &ChannelRecord) -> Result<(), ClusterError> {
+        let kv = self.store()?;
+        let port_key = port_key(record.port);
+        let claim = encode(&PortClaim {
+            name: record.name.clone(),
+            at: unix_ms(),
+        })?;
+        let port_revision = match kv.create(&port_key, claim.clone().into()).await {
+            Ok(rev) => rev,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                self.take_stale_claim(&kv, record, claim).await?
+            }
+            Err(e) => return Err(self.failed("accept the port claim", e)),
+        };
+        let value = encode(record)?;
+        match kv.create(channel_key(&record.name), value.into()).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if let Err(undo) = kv
+                    .delete_expect_revision(&port_key, Some(port_revision))
+                    .await
+                {
+                    tracing::warn!(port = record.port, error = %undo, "cannot take back a port claim");
+                }
+                if e.kind() == CreateErrorKind::AlreadyExists {
+                    Err(ClusterError::NameTaken {
+                        name: record.name.clone(),
+                    })
+                } else {
+                    Err(self.failed("accept the registration", e))
+                }
+            }
+        }
+    }
+
+    /// The port is claimed: by a live channel (409), or by a claim whose
+    /// channel is gone (a node stopped between the two writes of a
+    /// deletion), which is taken over by compare-and-set.
+    async fn take_stale_claim(
+        &self,
+        kv: &kv::Store,
+        record: &ChannelRecord,
+        claim: Vec<u8>,
+    ) -> Result<u64, ClusterError> {
+        let port_key = port_key(record.port);
+        let taken = |used_by: String| ClusterError::PortTaken {
+            port: record.port,
+            used_by,
+        };
+        let entry = kv
+            .entry(&port_key)
+            .await
+            .map_err(|e| self.failed("answer", e))?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            // Deleted between our create and this read: someone else's turn.
+            return Err(taken("(another registration in progress)".into()));
+        };
+        let holder: PortClaim = serde_json::from_slice(&entry.value).unwrap_or(PortClaim {
+            name: String::from_utf8_lossy(&entry.value).into_owned(),
+            at: 0,
+        });
+        let young = unix_ms().saturating_sub(holder.at) < STALE_CLAIM.as_millis() as u64;
+        let live = match kv.entry(channel_key(&holder.name)).await {
+            Ok(Some(e)) if e.operation == Operation::Put => {
+                serde_json::from_slice::<ChannelRecord>(&e.value)
+                    .is_ok_and(|r| r.port == record.port)
+            }
+            Ok(_) => false,
+            Err(e) => return Err(self.failed("answer", e)),
+        };
+        if live || young {
+            return Err(taken(holder.name));
+        }
+        tracing::info!(port = record.port, stale = %holder.name, "taking over a stale port claim");
+        match kv.update(&port_key, claim.into(), entry.revision).await {
+            Ok(rev) => Ok(rev),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(taken(holder.name)),
+            Err(e) => Err(self.failed("accept the port claim", e)),
+        }
+    }
+
+    /// Replaces the registration of `new.name`, provided the bucket still
+    /// holds `current` (what this node's mirror shows): a compare-and-set
+    /// on the key's revision.
+    pub async fn replace(
+        &self,
+        current: &ChannelRecord,
+        new: &ChannelRecord,
+    ) -> Result<(), ClusterError> {
+        let kv = self.store()?;
+        let key = channel_key(&new.name);
+        let changed = || ClusterError::Changed {
+            name: new.name.clone(),
+        };
+        let entry = kv
+            .entry(&key)
+            .await
+            .map_err(|e| self.failed("answer", e))?
+            .filter(|e| e.operation == Operation::Put)
+            .ok_or_else(changed)?;
+        let stored: Option<ChannelRecord> = serde_json::from_slice(&entry.value).ok();
+        if stored.as_ref() != Some(current) {
+            return Err(changed());
+        }
+        match kv.update(&key, encode(new)?.into(), entry.revision).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(changed()),
+            Err(e) => Err(self.failed("accept the change", e)),
+        }
+    }
+
+    /// Deletes the registration (a delete marker: the tombstone that keeps
+    /// a seeded channel deleted), then its port claim.
+    pub async fn release(&self, record: &ChannelRecord) -> Result<(), ClusterError> {
+        let kv = self.store()?;
+        let key = channel_key(&record.name);
+        let entry = kv.entry(&key).await.map_err(|e| self.failed("answer", e))?;
+        if let Some(entry) = entry.filter(|e| e.operation == Operation::Put)
+            && let Err(e) = kv.delete_expect_revision(&key, Some(entry.revision)).await
+        {
+            // Changed meanwhile, or NATS went away: tell which.
+            return match kv.entry(&key).await {
+                Ok(Some(now)) if now.revision != entry.revision => Err(ClusterError::Changed {
+                    name: record.name.clone(),
+                }),
+                _ => Err(self.failed("accept the deletion", e)),
+            };
+        }
+        self.release_port(&kv, record).await;
+        Ok(())
+    }
+
+    /// Drops the port claim if `record` holds it. Best effort: a claim left
+    /// behind is stale and taken over by the next registration of the port.
+    async fn release_port(&self, kv: &kv::Store, record: &ChannelRecord) {
+        let key = port_key(record.port);
+        if let Ok(Some(e)) = kv.entry(&key).await {
+            let ours = e.operation == Operation::Put
+                && serde_json::from_slice::<PortClaim>(&e.value)
+                    .is_ok_and(|c| c.name == record.name);
+            if ours && let Err(err) = kv.delete_expect_revision(&key, Some(e.revision)).await {
+                tracing::warn!(port = record.port, error = %err, "port claim left behind (it goes stale)");
+            }
+        }
+    }
+
+    /// Runs the membership until `shutdown`: opens the bucket (retrying
+    /// while NATS is away), seeds it once, and mirrors every change into
+    /// `engine`; after a lost connection it reconciles and mirrors again.
+    pub fn spawn(self: &Arc<Self>, engine: Weak<Engine>, seeds: Vec<ChannelRecord>) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = BACKOFF_FIRST;
+            let mut seeds = Some(seeds);
+            loop {
+                let outcome = tokio::select! {
+                    _ = cluster.stop.cancelled() => return,
+                    r = cluster.session(&engine, &mut seeds) => r,
+                };
+                cluster.synced.store(false, Ordering::Release);
+                match outcome {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cluster registry: mirroring interrupted");
+                    }
+                }
+                tokio::select! {
+                    _ = cluster.stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        });
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// One connected stretch: open, seed, reconcile, then follow the watch.
+    /// Ok(()) only when the engine is gone.
+    async fn session(
+        &self,
+        engine: &Weak<Engine>,
+        seeds: &mut Option<Vec<ChannelRecord>>,
+    ) -> Result<(), String> {
+        let kv = self.open_bucket().await?;
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = Some(kv.clone());
+        if let Some(list) = seeds.take()
+            && let Err(e) = self.seed(&kv, &list).await
+        {
+            *seeds = Some(list);
+            return Err(e);
+        }
+        // Watch first, so that nothing written from here on is missed;
+        // what it replays is applied idempotently.
+        let mut watch = kv
+            .watch_with_history("ch.>")
+            .await
+            .map_err(|e| format!("watch: {e}"))?;
+        self.reconcile(&kv, engine).await?;
+        self.synced.store(true, Ordering::Release);
+        loop {
+            let entry = match watch.next().await {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Err(format!("watch: {e}")),
+                None => return Err("watch ended".into()),
+            };
+            let Some(engine) = engine.upgrade() else {
+                return Ok(());
+            };
+            apply(&engine, &entry).await;
+        }
+    }
+
+    async fn open_bucket(&self) -> Result<kv::Store, String> {
+        let mut js = async_nats::jetstream::new(self.client.clone());
+        js.set_timeout(REQUEST_TIMEOUT);
+        match js.get_key_value(&self.options.bucket).await {
+            Ok(kv) => Ok(kv),
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: self.options.bucket.clone(),
+                    description: "speedrelay cluster registry".into(),
+                    // The last value per key is all that is read; a delete
+                    // marker is kept (it is the tombstone).
+                    history: 1,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("bucket {}: {e}", self.options.bucket)),
+        }
+    }
+
+    /// The YAML baseline goes into the bucket once, from the first node that
+    /// connects; later nodes' YAML channels are ignored (the API changes the
+    /// cluster's registry). Names with any history in the bucket, deleted
+    /// ones included, are never written again.
+    async fn seed(&self, kv: &kv::Store, seeds: &[ChannelRecord]) -> Result<(), String> {
+        if let Some(entry) = kv.entry(SEED_KEY).await.map_err(|e| e.to_string())? {
+            if !seeds.is_empty() {
+                tracing::info!(
+                    seeded_by = %String::from_utf8_lossy(&entry.value),
+                    ignored = seeds.len(),
+                    "the cluster registry was seeded already; relay.yaml's channels are not added"
+                );
+            }
+            return Ok(());
+        }
+        for record in seeds {
+            match kv.entry(channel_key(&record.name)).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            match self.claim(record).await {
+                Ok(()) => {
+                    tracing::info!(channel = %record.name, "seeded into the cluster registry")
+                }
+                Err(e @ ClusterError::Unavailable(_)) => return Err(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(channel = %record.name, error = %e, "baseline channel not registered")
+                }
+            }
+        }
+        match kv.create(SEED_KEY, self.options.node.clone().into()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Local channels the watch would not mention: removed while this node
+    /// was away (their delete marker replays anyway), or never in the bucket
+    /// (registered before this node joined): those are offered to the
+    /// cluster, and kept local-only with a warning if refused.
+    async fn reconcile(&self, kv: &kv::Store, engine: &Weak<Engine>) -> Result<(), String> {
+        let Some(engine) = engine.upgrade() else {
+            return Ok(());
+        };
+        let local = engine
+            .registry()
+            .list()
+            .map_err(|e| format!("local registry: {e}"))?;
+        for record in local {
+            match kv.entry(channel_key(&record.name)).await {
+                Ok(Some(_)) => {}
+                Ok(None) => match self.claim(&record).await {
+                    Ok(()) => {
+                        tracing::info!(channel = %record.name, "local channel added to the cluster registry")
+                    }
+                    Err(e @ ClusterError::Unavailable(_)) => return Err(e.to_string()),
+                    Err(e) => tracing::warn!(channel = %record.name, error = %e,
+                        "local channel not in the cluster registry and refused by it; it runs on this node only"),
+                },
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One change of the bucket, applied to this node.
+async fn apply(engine: &Engine, entry: &kv::Entry) {
+    let Some(name) = entry.key.strip_prefix("ch.") else {
+        return;
+    };
+    match entry.operation {
+        Operation::Put => match serde_json::from_slice::<ChannelRecord>(&entry.value) {
+            Ok(record) if record.name == name => {
+                if let Err(e) = engine.mirror_put(record).await {
+                    tracing::warn!(channel = %name, error = %e, "cannot mirror a registration");
+                }
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(key = %entry.key, "unreadable registration in the cluster registry; ignored");
+            }
+        },
+        Operation::Delete | Operation::Purge => {
+            if let Err(e) = engine.mirror_delete(name).await {
+                tracing::warn!(channel = %name, error = %e, "cannot mirror a deletion");
+            }
+        }
+    }
+}
+
+fn channel_key(name: &str) -> String {
+    format!("ch.{name}")
+}
+
+fn port_key(port: u16) -> String {
+    format!("port.{port}")
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ClusterError> {
+    serde_json::to_vec(value).map_err(|e| ClusterError::Config(format!("encode: {e}")))
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
