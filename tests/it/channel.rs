@@ -33,19 +33,33 @@ fn send_and_receive(
     got
 }
 
+/// Starts channel `name` (example.avsc) with `settings` and one more
+/// full-rate destination, a receiver of ours, then sends `n` example records
+/// through [`send_and_receive`]: the channel, the records and what the
+/// receiver got.
+async fn flood_through(
+    name: &str,
+    mut settings: speedrelay::config::ChannelSettings,
+    dir: &std::path::Path,
+    n: u64,
+    step: usize,
+) -> (ChannelHandle, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (dest, d) = receiver();
+    settings.outputs.full_rate.push(d);
+    let (channel, addr) = start(name, EXAMPLE_SCHEMA, settings, dir);
+    let records = example_records(n);
+    let sent = records.clone();
+    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, step))
+        .await
+        .unwrap();
+    (channel, records, got)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_records_arrive_byte_identical_in_order_and_are_archived() {
     let dir = tempfile::tempdir().unwrap();
-    let (dest, d) = receiver();
-    let mut settings = quiet_settings();
-    settings.outputs.full_rate = vec![d];
-    let (channel, addr) = start("flood", EXAMPLE_SCHEMA, settings, dir.path());
-    let records = example_records(10_000);
-
-    let sent = records.clone();
-    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, 200))
-        .await
-        .unwrap();
+    let (channel, records, got) =
+        flood_through("flood", quiet_settings(), dir.path(), 10_000, 200).await;
     assert!(got == records, "full-rate output differs from the input");
 
     let c = channel.counters().clone();
@@ -235,14 +249,9 @@ async fn rms_gives_the_root_mean_square() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multicast_destination_receives_the_records() {
-    if !in_private_netns() {
-        assert!(
-            !under_test_script(),
-            "tests/run.sh must run the suite in a private namespace"
-        );
-        eprintln!(
-            "skipped: multicast is only sent inside a private network namespace (run tests/run.sh)"
-        );
+    if !private_netns_or_skip(
+        "multicast is only sent inside a private network namespace (run tests/run.sh)",
+    ) {
         return;
     }
     let group = Ipv4Addr::new(239, 255, 10, 1);
@@ -378,28 +387,21 @@ async fn archives_are_readable_for_every_codec() {
 /// Reads the files with Python's fastavro (an independent implementation)
 /// and compares the `counter` field of every record.
 fn assert_python_reads(files: &[std::path::PathBuf], records: &[Vec<u8>], codec: Codec) {
-    let Some(python) = std::env::var_os("SPEEDRELAY_PYTHON") else {
-        assert!(!under_test_script(), "tests/run.sh sets SPEEDRELAY_PYTHON");
-        eprintln!("skipped fastavro check: SPEEDRELAY_PYTHON not set (tests/run.sh sets it)");
+    let Some(python) = python_or_skip("the fastavro check") else {
         return;
     };
     let script = "import sys, fastavro\ncodec = sys.argv[1]\nfor p in sys.argv[2:]:\n    with open(p, 'rb') as f:\n        r = fastavro.reader(f)\n        assert r.codec == codec, (r.codec, codec)\n        for rec in r: print(rec['counter'])\n";
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(codec.as_str())
-        .args(files)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "fastavro failed on {codec:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let counters: Vec<usize> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
+    let args: Vec<&std::ffi::OsStr> = std::iter::once(codec.as_str().as_ref())
+        .chain(files.iter().map(|f| f.as_os_str()))
         .collect();
+    let out = run_python(
+        &python,
+        script,
+        &args,
+        b"",
+        &format!("fastavro failed on {codec:?}"),
+    );
+    let counters: Vec<usize> = out.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(
         counters,
         (0..records.len()).collect::<Vec<_>>(),
@@ -483,16 +485,9 @@ async fn unwritable_archive_directory_does_not_stop_forwarding() {
     // A regular file where the channel's directory should be: no user, not
     // even root, can create files under it.
     std::fs::write(dir.path().join("blocked"), b"not a directory").unwrap();
-    let (dest, d) = receiver();
     let mut settings = quiet_settings();
-    settings.outputs.full_rate = vec![d];
     settings.archive.flush_records = 10;
-    let (channel, addr) = start("blocked", EXAMPLE_SCHEMA, settings, dir.path());
-    let records = example_records(1000);
-    let sent = records.clone();
-    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, 100))
-        .await
-        .unwrap();
+    let (channel, records, got) = flood_through("blocked", settings, dir.path(), 1000, 100).await;
     assert!(got == records, "forwarding continued");
     let c = channel.counters().clone();
     wait_until("an archive error", T, || c.archive_errors.load(Relaxed) > 0).await;
@@ -510,15 +505,9 @@ async fn unreachable_destination_is_counted_and_others_still_receive() {
     let closed = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    let (dest, d) = receiver();
     let mut settings = quiet_settings();
-    settings.outputs.full_rate = vec![Destination::new(Ipv4Addr::LOCALHOST.into(), closed_port), d];
-    let (channel, addr) = start("refused", EXAMPLE_SCHEMA, settings, dir.path());
-    let records = example_records(200);
-    let sent = records.clone();
-    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, 1))
-        .await
-        .unwrap();
+    settings.outputs.full_rate = vec![Destination::new(Ipv4Addr::LOCALHOST.into(), closed_port)];
+    let (channel, records, got) = flood_through("refused", settings, dir.path(), 200, 1).await;
     assert!(got == records);
     let c = channel.counters().clone();
     channel.stop().await.unwrap();

@@ -250,9 +250,7 @@ fn descriptor_exhaustion_is_a_503_and_loses_no_archive_record() {
 #[test]
 fn patch_applies_archive_and_socket_settings_or_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), 20);
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&config, &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let (dest, d) = receiver();
     let port = free_port();
