@@ -575,15 +575,12 @@ async fn a_full_queue_hands_the_block_back() -> TestResult {
     let (v1, d1) = records(&schema, 0, 3);
     let (v2, d2) = records(&schema, 3, 3);
     let (_, d3) = records(&schema, 6, 3);
-    assert!(handle.try_send(Block { data: d1, count: 3 }).is_ok());
-    assert!(handle.try_send(Block { data: d2, count: 3 }).is_ok());
+    assert!(handle.try_send(block(d1, 3)).is_ok());
+    assert!(handle.try_send(block(d2, 3)).is_ok());
     let back = handle
-        .try_send(Block {
-            data: d3.clone(),
-            count: 3,
-        })
+        .try_send(block(d3.clone(), 3))
         .expect_err("queue full");
-    assert_eq!(back, Block { data: d3, count: 3 });
+    assert_eq!(back, block(d3, 3));
     handle.close().await;
 
     let files = avro_files(&tmp.path().join("ch"))?;

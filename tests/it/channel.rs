@@ -33,6 +33,14 @@ fn send_and_receive(
     got
 }
 
+/// Stops the channel and reads its counters: they are added after a batch
+/// is sent, so only once the task has ended are they final.
+async fn stop_for_stats(channel: ChannelHandle) -> speedrelay::counters::ChannelStats {
+    let c = channel.counters().clone();
+    channel.stop().await.unwrap();
+    c.snapshot()
+}
+
 /// Starts channel `name` (example.avsc) with `settings` and one more
 /// full-rate destination, a receiver of ours, then sends `n` example records
 /// through [`send_and_receive`]: the channel, the records and what the
@@ -62,9 +70,7 @@ async fn ten_thousand_records_arrive_byte_identical_in_order_and_are_archived() 
         flood_through("flood", quiet_settings(), dir.path(), 10_000, 200).await;
     assert!(got == records, "full-rate output differs from the input");
 
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    let stats = c.snapshot();
+    let stats = stop_for_stats(channel).await;
     assert_eq!(stats.packets, 10_000);
     assert_eq!(stats.forwarded, 10_000);
     assert_eq!(stats.invalid, 0);
@@ -95,10 +101,8 @@ async fn every_full_rate_destination_gets_every_record() {
     .await
     .unwrap();
     assert!(ga == records && gb == records);
-    // Counters are added after a batch is sent: read them once the task ended.
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.forwarded.load(Relaxed), 600);
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.forwarded, 600);
 }
 
 /// Six records of NUMERIC_SCHEMA: i = k, l = 10k, f = k/2, d = 1.5k for k = 1..=6.
@@ -192,9 +196,8 @@ async fn decimate(algorithm: Algorithm) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         got_full, records,
         "decimation must not disturb the full-rate stream"
     );
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.decimated_sent.load(Relaxed), expected_outputs as u64);
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.decimated_sent, expected_outputs as u64);
     (records, got_dec)
 }
 
@@ -419,15 +422,14 @@ async fn size_rotation_spreads_records_over_files_and_loses_none() {
     let (channel, addr) = start("rot", EXAMPLE_SCHEMA, settings, dir.path());
     let records = example_records(2000);
     send_paced(&channel, addr, &records).await;
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
+    let stats = stop_for_stats(channel).await;
     let files = archive_files(dir.path(), "rot");
     assert!(
         files.len() >= 5,
         "expected several files, got {}",
         files.len()
     );
-    assert_eq!(c.archive_files.load(Relaxed), files.len() as u64);
+    assert_eq!(stats.archive_files, files.len() as u64);
     assert_eq!(archived_datums(dir.path(), "rot", EXAMPLE_SCHEMA), records);
 }
 
@@ -470,9 +472,8 @@ async fn stop_processes_datagrams_already_queued_in_the_kernel() {
         tx.send_to(r, addr).unwrap();
     }
     let channel = bound.spawn().unwrap();
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.kernel_drops.load(Relaxed), 0, "all 200 fit the queue");
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.kernel_drops, 0, "all 200 fit the queue");
     assert_eq!(
         archived_datums(dir.path(), "queued", EXAMPLE_SCHEMA),
         records
@@ -509,9 +510,7 @@ async fn unreachable_destination_is_counted_and_others_still_receive() {
     settings.outputs.full_rate = vec![Destination::new(Ipv4Addr::LOCALHOST.into(), closed_port)];
     let (channel, records, got) = flood_through("refused", settings, dir.path(), 200, 1).await;
     assert!(got == records);
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    let stats = c.snapshot();
+    let stats = stop_for_stats(channel).await;
     assert!(stats.send_errors > 0, "refusals are counted");
     assert!(stats.last_send_error.is_some());
 }
@@ -554,9 +553,8 @@ async fn reconfigure_changes_decimation_without_losing_full_rate_records() {
     })
     .await
     .unwrap();
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.decimated_sent.load(Relaxed), 120);
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.decimated_sent, 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

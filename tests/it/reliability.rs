@@ -277,11 +277,7 @@ fn patch_applies_archive_and_socket_settings_or_refuses_them() {
     assert_forwards(port, &dest, &batch(5));
     let files = archive_files(&data, "live");
     assert_eq!(files.len(), 1);
-    let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .arg("verify")
-        .arg(&files[0])
-        .output()
-        .unwrap();
+    let out = run_to_end(&["verify".as_ref(), files[0].as_os_str()], &[]);
     assert!(out.status.success(), "closed: {out:?}");
     assert_eq!(archived_datums(&data, "live", EXAMPLE_SCHEMA), archived);
 

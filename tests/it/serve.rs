@@ -86,14 +86,7 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     );
     let data = dir.path().join("data");
     let first = spawn_relay(&config, &data, &[]);
-    let second = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--api", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let second = serve_to_end(&config, &data);
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(

@@ -8,7 +8,6 @@ use crate::common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -95,11 +94,7 @@ fn validate_off_forwards_every_datagram_and_archives_only_records() {
     // (b) `speedrelay verify`: healthy, exactly the records.
     let files = archive_files(&data, "trusting");
     assert_eq!(files.len(), 1, "{files:?}");
-    let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .arg("verify")
-        .arg(&files[0])
-        .output()
-        .unwrap();
+    let out = run_to_end(&["verify".as_ref(), files[0].as_os_str()], &[]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains(": healthy: "), "{said}");

@@ -713,3 +713,18 @@ pub fn stdout(out: &std::process::Output) -> String {
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// `speedrelay serve --config CONFIG --data-dir DATA --api 127.0.0.1:0`
+/// run to its end through [`run_to_end`]: for a start that must be refused.
+pub fn serve_to_end(config: &Path, data: &Path) -> std::process::Output {
+    let args: [&std::ffi::OsStr; 7] = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--api".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    run_to_end(&args, &[])
+}
