@@ -316,7 +316,7 @@ fn a_corrupt_registry_refuses_start_with_a_clear_message() {
     let registry = speedrelay::engine::registry_path(&data).unwrap();
     std::fs::create_dir_all(registry.parent().unwrap()).unwrap();
     std::fs::write(&registry, vec![0x5a; 64 * 1024]).unwrap();
-    let out = serve_to_end(&config, &data);
+    let out = serve_to_end(&config, &data, &[], &[]);
     assert_eq!(out.status.code(), Some(1), "a clean refusal, not a crash");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("registry.redb"), "{err}");
@@ -354,7 +354,7 @@ fn a_read_only_registry_refuses_start_and_a_full_disk_is_survived_at_run_time() 
     );
     assert!(relay.terminate().success());
     assert!(fs.remount(true));
-    let out = serve_to_end(&config, &data);
+    let out = serve_to_end(&config, &data, &[], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("registry.redb"), "{err}");

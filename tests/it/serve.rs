@@ -86,7 +86,7 @@ fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     );
     let data = dir.path().join("data");
     let first = spawn_relay(&config, &data, &[]);
-    let second = serve_to_end(&config, &data);
+    let second = serve_to_end(&config, &data, &[], &[]);
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(

@@ -694,18 +694,10 @@ fn cors_any_origin_with_a_token_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = quick_empty_config(dir.path());
     let data = dir.path().join("data");
-    let out = run_to_end(
-        &[
-            "serve".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-            "--api".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--cors-origin".as_ref(),
-            "*".as_ref(),
-        ],
+    let out = serve_to_end(
+        &config,
+        &data,
+        &["--cors-origin", "*"],
         &[
             ("RUST_LOG", "info"),
             ("SPEEDRELAY_API_TOKEN", "s3cret-cors-token"),

@@ -714,10 +714,16 @@ pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `speedrelay serve --config CONFIG --data-dir DATA --api 127.0.0.1:0`
-/// run to its end through [`run_to_end`]: for a start that must be refused.
-pub fn serve_to_end(config: &Path, data: &Path) -> std::process::Output {
-    let args: [&std::ffi::OsStr; 7] = [
+/// `speedrelay serve --config CONFIG --data-dir DATA --api 127.0.0.1:0
+/// EXTRA` with `env` added, run to its end through [`run_to_end`]: for a
+/// start that must be refused.
+pub fn serve_to_end(
+    config: &Path,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "serve".as_ref(),
         "--config".as_ref(),
         config.as_os_str(),
@@ -726,5 +732,6 @@ pub fn serve_to_end(config: &Path, data: &Path) -> std::process::Output {
         "--api".as_ref(),
         "127.0.0.1:0".as_ref(),
     ];
-    run_to_end(&args, &[])
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_to_end(&args, env)
 }
