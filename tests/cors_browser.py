@@ -20,8 +20,7 @@ import sys
 import tempfile
 import threading
 
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from selenium_common import check, headless_chromium, step
 
 ARGS = json.loads(sys.argv[1])
 
@@ -53,15 +52,6 @@ document.getElementById("state").textContent = "ready";
 """
 
 
-def step(msg):
-    print("step:", msg, flush=True)
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def checkpoint(name):
     """Lets the test check the relay; stops unless it answers `go`."""
     print("await:", name, flush=True)
@@ -83,24 +73,7 @@ def serve(port, root):
 
 
 def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = ARGS["chromium"]
-    for flag in [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1200",
-        "--user-data-dir=" + tempfile.mkdtemp(prefix="speedrelay-chromium-"),
-    ]:
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=ARGS["chromedriver"]), options=opts)
+    driver = headless_chromium(ARGS["chromium"], ARGS["chromedriver"])
     driver.set_script_timeout(30)
     return driver
 

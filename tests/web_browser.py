@@ -9,48 +9,20 @@ import json
 import os
 import socket
 import sys
-import tempfile
 import time
 
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium_common import check, headless_chromium, step
 
 ARGS = json.loads(sys.argv[1])
 ART = ARGS["artifacts"]
 
 
-def step(msg):
-    print("step:", msg, flush=True)
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = ARGS["chromium"]
-    for flag in [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1200",
-        "--user-data-dir=" + tempfile.mkdtemp(prefix="speedrelay-chromium-"),
-    ]:
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=ARGS["chromedriver"]), options=opts)
+    return headless_chromium(ARGS["chromium"], ARGS["chromedriver"])
 
 
 def wait(driver, what, cond, timeout=15):
@@ -80,6 +52,14 @@ def cell(driver, name, col):
 def visible_text(driver, element_id):
     e = driver.find_element(By.ID, element_id)
     return e.text if e.is_displayed() else ""
+
+
+def send_records(port):
+    """Sends the test's record ARGS["records"] times to `port` on loopback."""
+    payload = bytes.fromhex(ARGS["payload_hex"])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _ in range(ARGS["records"]):
+            s.sendto(payload, ("127.0.0.1", port))
 
 
 def console_errors(driver):
@@ -144,10 +124,7 @@ def main_flow(driver):
     )
 
     step("records sent to its port show in the table")
-    payload = bytes.fromhex(ARGS["payload_hex"])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _ in range(ARGS["records"]):
-            s.sendto(payload, ("127.0.0.1", suggested))
+    send_records(suggested)
     want = str(ARGS["records"])
     wait(driver, f"{want} records in the table", lambda d: cell(d, "webtest", "records") == want)
     wait(driver, "a records/s figure", lambda d: cell(d, "webtest", "rate") not in ("–", None))
@@ -297,10 +274,7 @@ def outputs_flow(driver):
     check(driver.find_element(By.ID, "f-full-rate").get_attribute("value") == "", "the form was reset")
 
     step("records sent to its port are counted")
-    payload = bytes.fromhex(ARGS["payload_hex"])
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        for _ in range(ARGS["records"]):
-            s.sendto(payload, ("127.0.0.1", suggested))
+    send_records(suggested)
     want = str(ARGS["records"])
     wait(driver, f"{want} records in the table", lambda d: cell(d, name, "records") == want)
     unexpected = [

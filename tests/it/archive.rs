@@ -519,16 +519,31 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The archive task over a fresh writer into `dir` with `codec`, no
+/// rotation and `capacity` queue slots, and the counters it updates.
+fn spawn_task(
+    dir: &Path,
+    codec: Codec,
+    capacity: usize,
+) -> (archive::ArchiveHandle, Arc<ChannelCounters>) {
+    let counters = Arc::new(ChannelCounters::default());
+    let handle = archive::spawn(
+        writer(dir, codec, no_rotation(), None),
+        Arc::clone(&counters),
+        capacity,
+    );
+    (handle, counters)
+}
+
+fn block(data: Vec<u8>, count: u64) -> Block {
+    Block { data, count }
+}
+
 #[tokio::test]
 async fn close_writes_every_queued_block() -> TestResult {
     let schema = schema();
     let tmp = tempfile::tempdir()?;
-    let counters = Arc::new(ChannelCounters::default());
-    let handle = archive::spawn(
-        writer(tmp.path(), Codec::Zstandard, no_rotation(), None),
-        Arc::clone(&counters),
-        64,
-    );
+    let (handle, counters) = spawn_task(tmp.path(), Codec::Zstandard, 64);
     let mut expected = Vec::new();
     for b in 0..50 {
         let (values, data) = records(&schema, b * 20, 20);
@@ -554,26 +569,18 @@ async fn close_writes_every_queued_block() -> TestResult {
 async fn a_full_queue_hands_the_block_back() -> TestResult {
     let schema = schema();
     let tmp = tempfile::tempdir()?;
-    let counters = Arc::new(ChannelCounters::default());
-    let handle = archive::spawn(
-        writer(tmp.path(), Codec::Null, no_rotation(), None),
-        Arc::clone(&counters),
-        2,
-    );
+    let (handle, counters) = spawn_task(tmp.path(), Codec::Null, 2);
     // On this current-thread runtime the task cannot run before we await,
     // so the queue fills deterministically.
     let (v1, d1) = records(&schema, 0, 3);
     let (v2, d2) = records(&schema, 3, 3);
     let (_, d3) = records(&schema, 6, 3);
-    assert!(handle.try_send(Block { data: d1, count: 3 }).is_ok());
-    assert!(handle.try_send(Block { data: d2, count: 3 }).is_ok());
+    assert!(handle.try_send(block(d1, 3)).is_ok());
+    assert!(handle.try_send(block(d2, 3)).is_ok());
     let back = handle
-        .try_send(Block {
-            data: d3.clone(),
-            count: 3,
-        })
+        .try_send(block(d3.clone(), 3))
         .expect_err("queue full");
-    assert_eq!(back, Block { data: d3, count: 3 });
+    assert_eq!(back, block(d3, 3));
     handle.close().await;
 
     let files = avro_files(&tmp.path().join("ch"))?;
@@ -587,41 +594,15 @@ async fn a_full_queue_hands_the_block_back() -> TestResult {
 async fn reconfigure_is_applied_in_order_with_blocks() -> TestResult {
     let schema = schema();
     let tmp = tempfile::tempdir()?;
-    let counters = Arc::new(ChannelCounters::default());
-    let handle = archive::spawn(
-        writer(tmp.path(), Codec::Null, no_rotation(), None),
-        Arc::clone(&counters),
-        16,
-    );
+    let (handle, counters) = spawn_task(tmp.path(), Codec::Null, 16);
     let (v1, d1) = records(&schema, 0, 10);
     let (v2, d2) = records(&schema, 10, 10);
     let (v3, d3) = records(&schema, 20, 10);
-    assert!(
-        handle
-            .try_send(Block {
-                data: d1,
-                count: 10
-            })
-            .is_ok()
-    );
+    assert!(handle.try_send(block(d1, 10)).is_ok());
     // Rotation applies from the next block; the codec from the next file.
     handle.reconfigure(settings(Codec::Deflate), size_rotation(1), None);
-    assert!(
-        handle
-            .try_send(Block {
-                data: d2,
-                count: 10
-            })
-            .is_ok()
-    );
-    assert!(
-        handle
-            .try_send(Block {
-                data: d3,
-                count: 10
-            })
-            .is_ok()
-    );
+    assert!(handle.try_send(block(d2, 10)).is_ok());
+    assert!(handle.try_send(block(d3, 10)).is_ok());
     handle.close().await;
 
     let files = avro_files(&tmp.path().join("ch"))?;
@@ -655,14 +636,7 @@ async fn a_broken_directory_is_counted_backed_off_and_recovered_from() -> TestRe
     // A failed block: counted as an error, its records as dropped, and the
     // error text names the directory.
     let (_, d1) = records(&schema, 0, 10);
-    assert!(
-        handle
-            .try_send(Block {
-                data: d1,
-                count: 10
-            })
-            .is_ok()
-    );
+    assert!(handle.try_send(block(d1, 10)).is_ok());
     wait_for("the first error", || {
         counters.archive_errors.load(Relaxed) == 1
     })

@@ -33,24 +33,44 @@ fn send_and_receive(
     got
 }
 
+/// Stops the channel and reads its counters: they are added after a batch
+/// is sent, so only once the task has ended are they final.
+async fn stop_for_stats(channel: ChannelHandle) -> speedrelay::counters::ChannelStats {
+    let c = channel.counters().clone();
+    channel.stop().await.unwrap();
+    c.snapshot()
+}
+
+/// Starts channel `name` (example.avsc) with `settings` and one more
+/// full-rate destination, a receiver of ours, then sends `n` example records
+/// through [`send_and_receive`]: the channel, the records and what the
+/// receiver got.
+async fn flood_through(
+    name: &str,
+    mut settings: speedrelay::config::ChannelSettings,
+    dir: &std::path::Path,
+    n: u64,
+    step: usize,
+) -> (ChannelHandle, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (dest, d) = receiver();
+    settings.outputs.full_rate.push(d);
+    let (channel, addr) = start(name, EXAMPLE_SCHEMA, settings, dir);
+    let records = example_records(n);
+    let sent = records.clone();
+    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, step))
+        .await
+        .unwrap();
+    (channel, records, got)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_records_arrive_byte_identical_in_order_and_are_archived() {
     let dir = tempfile::tempdir().unwrap();
-    let (dest, d) = receiver();
-    let mut settings = quiet_settings();
-    settings.outputs.full_rate = vec![d];
-    let (channel, addr) = start("flood", EXAMPLE_SCHEMA, settings, dir.path());
-    let records = example_records(10_000);
-
-    let sent = records.clone();
-    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, 200))
-        .await
-        .unwrap();
+    let (channel, records, got) =
+        flood_through("flood", quiet_settings(), dir.path(), 10_000, 200).await;
     assert!(got == records, "full-rate output differs from the input");
 
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    let stats = c.snapshot();
+    let stats = stop_for_stats(channel).await;
     assert_eq!(stats.packets, 10_000);
     assert_eq!(stats.forwarded, 10_000);
     assert_eq!(stats.invalid, 0);
@@ -81,10 +101,8 @@ async fn every_full_rate_destination_gets_every_record() {
     .await
     .unwrap();
     assert!(ga == records && gb == records);
-    // Counters are added after a batch is sent: read them once the task ended.
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.forwarded.load(Relaxed), 600);
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.forwarded, 600);
 }
 
 /// Six records of NUMERIC_SCHEMA: i = k, l = 10k, f = k/2, d = 1.5k for k = 1..=6.
@@ -178,9 +196,8 @@ async fn decimate(algorithm: Algorithm) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
         got_full, records,
         "decimation must not disturb the full-rate stream"
     );
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.decimated_sent.load(Relaxed), expected_outputs as u64);
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.decimated_sent, expected_outputs as u64);
     (records, got_dec)
 }
 
@@ -235,14 +252,9 @@ async fn rms_gives_the_root_mean_square() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multicast_destination_receives_the_records() {
-    if !in_private_netns() {
-        assert!(
-            !under_test_script(),
-            "tests/run.sh must run the suite in a private namespace"
-        );
-        eprintln!(
-            "skipped: multicast is only sent inside a private network namespace (run tests/run.sh)"
-        );
+    if !private_netns_or_skip(
+        "multicast is only sent inside a private network namespace (run tests/run.sh)",
+    ) {
         return;
     }
     let group = Ipv4Addr::new(239, 255, 10, 1);
@@ -378,28 +390,21 @@ async fn archives_are_readable_for_every_codec() {
 /// Reads the files with Python's fastavro (an independent implementation)
 /// and compares the `counter` field of every record.
 fn assert_python_reads(files: &[std::path::PathBuf], records: &[Vec<u8>], codec: Codec) {
-    let Some(python) = std::env::var_os("SPEEDRELAY_PYTHON") else {
-        assert!(!under_test_script(), "tests/run.sh sets SPEEDRELAY_PYTHON");
-        eprintln!("skipped fastavro check: SPEEDRELAY_PYTHON not set (tests/run.sh sets it)");
+    let Some(python) = python_or_skip("the fastavro check") else {
         return;
     };
     let script = "import sys, fastavro\ncodec = sys.argv[1]\nfor p in sys.argv[2:]:\n    with open(p, 'rb') as f:\n        r = fastavro.reader(f)\n        assert r.codec == codec, (r.codec, codec)\n        for rec in r: print(rec['counter'])\n";
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(codec.as_str())
-        .args(files)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "fastavro failed on {codec:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let counters: Vec<usize> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.parse().unwrap())
+    let args: Vec<&std::ffi::OsStr> = std::iter::once(codec.as_str().as_ref())
+        .chain(files.iter().map(|f| f.as_os_str()))
         .collect();
+    let out = run_python(
+        &python,
+        script,
+        &args,
+        b"",
+        &format!("fastavro failed on {codec:?}"),
+    );
+    let counters: Vec<usize> = out.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(
         counters,
         (0..records.len()).collect::<Vec<_>>(),
@@ -417,15 +422,14 @@ async fn size_rotation_spreads_records_over_files_and_loses_none() {
     let (channel, addr) = start("rot", EXAMPLE_SCHEMA, settings, dir.path());
     let records = example_records(2000);
     send_paced(&channel, addr, &records).await;
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
+    let stats = stop_for_stats(channel).await;
     let files = archive_files(dir.path(), "rot");
     assert!(
         files.len() >= 5,
         "expected several files, got {}",
         files.len()
     );
-    assert_eq!(c.archive_files.load(Relaxed), files.len() as u64);
+    assert_eq!(stats.archive_files, files.len() as u64);
     assert_eq!(archived_datums(dir.path(), "rot", EXAMPLE_SCHEMA), records);
 }
 
@@ -468,9 +472,8 @@ async fn stop_processes_datagrams_already_queued_in_the_kernel() {
         tx.send_to(r, addr).unwrap();
     }
     let channel = bound.spawn().unwrap();
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.kernel_drops.load(Relaxed), 0, "all 200 fit the queue");
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.kernel_drops, 0, "all 200 fit the queue");
     assert_eq!(
         archived_datums(dir.path(), "queued", EXAMPLE_SCHEMA),
         records
@@ -483,16 +486,9 @@ async fn unwritable_archive_directory_does_not_stop_forwarding() {
     // A regular file where the channel's directory should be: no user, not
     // even root, can create files under it.
     std::fs::write(dir.path().join("blocked"), b"not a directory").unwrap();
-    let (dest, d) = receiver();
     let mut settings = quiet_settings();
-    settings.outputs.full_rate = vec![d];
     settings.archive.flush_records = 10;
-    let (channel, addr) = start("blocked", EXAMPLE_SCHEMA, settings, dir.path());
-    let records = example_records(1000);
-    let sent = records.clone();
-    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, 100))
-        .await
-        .unwrap();
+    let (channel, records, got) = flood_through("blocked", settings, dir.path(), 1000, 100).await;
     assert!(got == records, "forwarding continued");
     let c = channel.counters().clone();
     wait_until("an archive error", T, || c.archive_errors.load(Relaxed) > 0).await;
@@ -510,19 +506,11 @@ async fn unreachable_destination_is_counted_and_others_still_receive() {
     let closed = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    let (dest, d) = receiver();
     let mut settings = quiet_settings();
-    settings.outputs.full_rate = vec![Destination::new(Ipv4Addr::LOCALHOST.into(), closed_port), d];
-    let (channel, addr) = start("refused", EXAMPLE_SCHEMA, settings, dir.path());
-    let records = example_records(200);
-    let sent = records.clone();
-    let got = tokio::task::spawn_blocking(move || send_and_receive(addr, &dest, &sent, 1))
-        .await
-        .unwrap();
+    settings.outputs.full_rate = vec![Destination::new(Ipv4Addr::LOCALHOST.into(), closed_port)];
+    let (channel, records, got) = flood_through("refused", settings, dir.path(), 200, 1).await;
     assert!(got == records);
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    let stats = c.snapshot();
+    let stats = stop_for_stats(channel).await;
     assert!(stats.send_errors > 0, "refusals are counted");
     assert!(stats.last_send_error.is_some());
 }
@@ -565,9 +553,8 @@ async fn reconfigure_changes_decimation_without_losing_full_rate_records() {
     })
     .await
     .unwrap();
-    let c = channel.counters().clone();
-    channel.stop().await.unwrap();
-    assert_eq!(c.decimated_sent.load(Relaxed), 120);
+    let stats = stop_for_stats(channel).await;
+    assert_eq!(stats.decimated_sent, 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

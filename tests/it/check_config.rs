@@ -3,46 +3,19 @@
 //! refuses the same configuration before starting anything.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+
+use crate::common::*;
 
 const AVRO: &str = r#"{"type":"record","name":"r","fields":[{"name":"x","type":"double"}]}"#;
 
-/// Runs the binary to completion; a run that does not end (a `serve` that
-/// started after all) is killed and fails the test.
+/// The binary run to completion with RUST_LOG=warn.
 fn speedrelay(args: &[&std::ffi::OsStr]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "speedrelay {args:?} did not exit; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    run_to_end(args, &[("RUST_LOG", "warn")])
 }
 
 fn check_config(path: &Path) -> Output {
     speedrelay(&["check-config".as_ref(), path.as_os_str()])
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// A config directory laid out as SpeedData's (`config/agents/*.avsc`,

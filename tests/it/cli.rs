@@ -33,10 +33,6 @@ fn add(api: SocketAddr, name: &str, port: u16, schema: &str, extra: &[&str]) -> 
     channels(api, &args, &[])
 }
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// Asserts success and returns stdout.
 fn ok(o: Output) -> String {
     assert!(

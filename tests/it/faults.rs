@@ -40,11 +40,6 @@ fn send(api: SocketAddr, name: &str, port: u16, records: &[Vec<u8>]) {
     });
 }
 
-fn relay_in(dir: &Path, data: &Path) -> RelayProcess {
-    let config = loopback_config(dir, 20);
-    spawn_relay(&config, data, &[])
-}
-
 /// Mounts a tmpfs of `size` at `at` when this process may (root in the
 /// mount namespace tests/run.sh gives it); unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -95,14 +90,6 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Records 0..n of example.avsc (each carries its number).
-fn records(from: u64, n: u64) -> Vec<Vec<u8>> {
-    let s = schema(EXAMPLE_SCHEMA);
-    (from..from + n)
-        .map(|i| encode(&s, example_value(&s, i)))
-        .collect()
-}
-
 /// The sequence numbers (`counter`) of every archived record, in order.
 fn archived_numbers(data: &Path, name: &str) -> Vec<u64> {
     let s = schema(EXAMPLE_SCHEMA);
@@ -124,18 +111,17 @@ fn archived_numbers(data: &Path, name: &str) -> Vec<u64> {
 #[test]
 fn a_removed_archive_directory_is_recreated_with_a_new_file() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let relay = relay_in(dir.path(), &data);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let port = free_port();
     let (status, body) = register_example(relay.api, "gone", port, json!({}));
     assert_eq!(status, 201, "{body}");
-    send(relay.api, "gone", port, &records(0, 200));
+    send(relay.api, "gone", port, &example_range(0, 200));
     wait_for("the first file", T, || {
         get_channel(relay.api, "gone")["stats"]["archive_files"] == 1
     });
     std::fs::remove_dir_all(data.join("gone")).unwrap();
 
-    let after = records(200, 300);
+    let after = example_range(200, 300);
     send(relay.api, "gone", port, &after);
     wait_for("a second file", T, || {
         get_channel(relay.api, "gone")["stats"]["archive_files"] == 2
@@ -180,11 +166,11 @@ fn a_full_disk_is_reported_and_archiving_resumes_when_space_is_freed() {
         std::fs::remove_dir(&channel_dir).unwrap();
         std::fs::write(&channel_dir, b"in the way").unwrap();
     }
-    let relay = relay_in(dir.path(), &data);
+    let relay = spawn_relay(&loopback_config(dir.path(), 20), &data, &[]);
     let port = free_port();
     let (status, body) = register_example(relay.api, "full", port, json!({}));
     assert_eq!(status, 201, "{body}");
-    send(relay.api, "full", port, &records(0, 200));
+    send(relay.api, "full", port, &example_range(0, 200));
     wait_for("the archive error", T, || {
         get_channel(relay.api, "full")["stats"]["archive_error"].is_string()
     });
@@ -213,11 +199,11 @@ fn a_full_disk_is_reported_and_archiving_resumes_when_space_is_freed() {
     }
     let mut n = 200;
     wait_for("archiving to resume", T, || {
-        send(relay.api, "full", port, &records(n, 20));
+        send(relay.api, "full", port, &example_range(n, 20));
         n += 20;
         get_channel(relay.api, "full")["stats"]["archive_error"].is_null()
     });
-    let after = records(100_000, 300);
+    let after = example_range(100_000, 300);
     send(relay.api, "full", port, &after);
     let c = get_channel(relay.api, "full");
     assert!(c["error"].is_null(), "{c}");
@@ -233,8 +219,7 @@ fn a_full_disk_is_reported_and_archiving_resumes_when_space_is_freed() {
 #[test]
 fn a_refusing_destination_is_reported_and_served_again_once_it_listens() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let relay = relay_in(dir.path(), &data);
+    let (relay, _) = loopback_relay(dir.path(), 20);
     let port = free_port();
     let dest_port = free_port();
     let (status, body) = register_example(
@@ -245,24 +230,30 @@ fn a_refusing_destination_is_reported_and_served_again_once_it_listens() {
     );
     assert_eq!(status, 201, "{body}");
     // Nobody listens: ICMP port unreachable comes back to the relay.
-    send(relay.api, "refused", port, &records(0, 100));
-    let c = get_channel(relay.api, "refused");
-    assert!(c["stats"]["send_errors"].as_u64() > Some(0), "{c}");
-    assert!(
-        c["stats"]["last_send_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("refused")),
-        "{c}"
-    );
-    assert_eq!(c["status"], "active");
+    send(relay.api, "refused", port, &example_range(0, 100));
+    assert_send_errors_reported(relay.api, "refused", "refused");
 
     // The destination comes up: it gets the records sent from then on.
     let dest = UdpSocket::bind((Ipv4Addr::LOCALHOST, dest_port)).unwrap();
     dest.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let after = records(100, 100);
+    let after = example_range(100, 100);
     send(relay.api, "refused", port, &after);
     assert_eq!(recv_n(&dest, after.len()), after);
     assert!(relay.terminate().success());
+}
+
+/// Channel `name` counted send errors, the last one says `what`, and it
+/// is still active (a destination's fault is not the channel's).
+fn assert_send_errors_reported(api: SocketAddr, name: &str, what: &str) {
+    let c = get_channel(api, name);
+    assert!(c["stats"]["send_errors"].as_u64() > Some(0), "{c}");
+    assert!(
+        c["stats"]["last_send_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(what)),
+        "{c}"
+    );
+    assert_eq!(c["status"], "active");
 }
 
 /// Runs `ip ARGS` (inside the test's private namespace only).
@@ -276,12 +267,7 @@ fn ip(args: &str) -> bool {
 #[test]
 fn a_vanished_destination_network_is_reported_and_recovered_from() {
     // Routes are changed: only inside the private namespace tests/run.sh creates.
-    if !in_private_netns() {
-        assert!(
-            !under_test_script(),
-            "tests/run.sh gives a private namespace"
-        );
-        eprintln!("skipped: not in a private network namespace");
+    if !private_netns_or_skip("not in a private network namespace") {
         return;
     }
     // The destination's network is a route; deleting it makes the network
@@ -289,7 +275,7 @@ fn a_vanished_destination_network_is_reported_and_recovered_from() {
     let route = "10.254.7.0/24 dev lo";
     assert!(ip(&format!("route add {route}")), "cannot add a route");
     let dir = tempfile::tempdir().unwrap();
-    let relay = relay_in(dir.path(), &dir.path().join("data"));
+    let (relay, _) = loopback_relay(dir.path(), 20);
     let port = free_port();
     let (status, body) = register_example(
         relay.api,
@@ -298,28 +284,20 @@ fn a_vanished_destination_network_is_reported_and_recovered_from() {
         json!({"outputs": {"full_rate": {"address": "10.254.7.2", "port": 9}}}),
     );
     assert_eq!(status, 201, "{body}");
-    send(relay.api, "vanish", port, &records(0, 50));
+    send(relay.api, "vanish", port, &example_range(0, 50));
     let c = get_channel(relay.api, "vanish");
     assert_eq!(c["stats"]["forwarded"], 50, "{c}");
 
     assert!(ip(&format!("route del {route}")));
-    send(relay.api, "vanish", port, &records(50, 50));
-    let c = get_channel(relay.api, "vanish");
-    assert!(c["stats"]["send_errors"].as_u64() > Some(0), "{c}");
-    assert!(
-        c["stats"]["last_send_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("unreachable")),
-        "{c}"
-    );
-    assert_eq!(c["status"], "active");
+    send(relay.api, "vanish", port, &example_range(50, 50));
+    assert_send_errors_reported(relay.api, "vanish", "unreachable");
 
     assert!(
         ip(&format!("route add {route}")),
         "cannot restore the route"
     );
     let forwarded = c["stats"]["forwarded"].as_u64().unwrap();
-    send(relay.api, "vanish", port, &records(100, 50));
+    send(relay.api, "vanish", port, &example_range(100, 50));
     let c = get_channel(relay.api, "vanish");
     assert_eq!(
         c["stats"]["forwarded"].as_u64(),
@@ -338,13 +316,7 @@ fn a_corrupt_registry_refuses_start_with_a_clear_message() {
     let registry = speedrelay::engine::registry_path(&data).unwrap();
     std::fs::create_dir_all(registry.parent().unwrap()).unwrap();
     std::fs::write(&registry, vec![0x5a; 64 * 1024]).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--api", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = serve_to_end(&config, &data, &[], &[]);
     assert_eq!(out.status.code(), Some(1), "a clean refusal, not a crash");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("registry.redb"), "{err}");
@@ -382,13 +354,7 @@ fn a_read_only_registry_refuses_start_and_a_full_disk_is_survived_at_run_time() 
     );
     assert!(relay.terminate().success());
     assert!(fs.remount(true));
-    let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--api", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = serve_to_end(&config, &data, &[], &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("registry.redb"), "{err}");
@@ -491,7 +457,7 @@ async fn a_panicking_channel_task_is_restarted_by_its_supervisor() {
         .await
         .unwrap();
     let relay = |from: u64, dest: UdpSocket| async move {
-        let recs = records(from, 100);
+        let recs = example_range(from, 100);
         let sent = recs.clone();
         tokio::task::spawn_blocking(move || {
             let tx = sender();
@@ -541,12 +507,12 @@ async fn a_panicking_channel_task_is_restarted_by_its_supervisor() {
 #[test]
 fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let config = loopback_config(dir.path(), 20);
+    let data = dir.path().join("data");
     let relay = spawn_relay(&config, &data, &[]);
     let port = free_port();
     assert_eq!(register_example(relay.api, "kept", port, json!({})).0, 201);
-    send(relay.api, "kept", port, &records(0, 100));
+    send(relay.api, "kept", port, &example_range(0, 100));
     wait_for("the first file", T, || {
         get_channel(relay.api, "kept")["stats"]["archive_files"] == 1
     });
@@ -561,7 +527,7 @@ fn a_removed_data_directory_loses_no_registration_and_archiving_resumes() {
             .log_text()
             .contains("registry file was removed while open")
     );
-    let after = records(100, 100);
+    let after = example_range(100, 100);
     send(relay.api, "kept", port, &after);
     wait_for("a new archive file", T, || {
         get_channel(relay.api, "kept")["stats"]["archive_files"] == 2

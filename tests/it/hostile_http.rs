@@ -21,8 +21,7 @@ const SLACK: Duration = Duration::from_secs(5);
 
 fn relay() -> (tempfile::TempDir, RelayProcess) {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), 100);
-    let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
+    let (relay, _) = loopback_relay(dir.path(), 100);
     (dir, relay)
 }
 

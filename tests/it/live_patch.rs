@@ -8,7 +8,7 @@
 
 use crate::common;
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -25,25 +25,6 @@ fn patch_ok(api: SocketAddr, name: &str, body: Value) -> Value {
     let (status, answer) = patch(api, name, body.clone());
     assert_eq!(status, 200, "PATCH {body}: {answer}");
     answer
-}
-
-fn to(addr: &UdpSocket) -> Value {
-    json!({"address": "127.0.0.1", "port": addr.local_addr().unwrap().port()})
-}
-
-fn send(port: u16, records: &[Vec<u8>]) {
-    let tx = sender();
-    for r in records {
-        tx.send_to(r, (Ipv4Addr::LOCALHOST, port)).unwrap();
-    }
-}
-
-/// Records `from..from + n` of example.avsc.
-fn records(from: u64, n: u64) -> Vec<Vec<u8>> {
-    let s = schema(EXAMPLE_SCHEMA);
-    (from..from + n)
-        .map(|i| encode(&s, example_value(&s, i)))
-        .collect()
 }
 
 /// The `ramp` field (record n has n / 2) of an example.avsc datum.
@@ -118,33 +99,29 @@ fn kernel_recv_buffer(port: u16) -> u64 {
 #[test]
 fn outputs_change_where_records_go_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = spawn_relay(
-        &loopback_config(dir.path(), 20),
-        &dir.path().join("data"),
-        &[],
-    );
+    let (relay, _) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let ((full_a, _), (dec_a, _)) = (receiver(), receiver());
     let ((full_b, _), (full_c, _), (dec_b, _)) = (receiver(), receiver(), receiver());
     let port = free_port();
     let config = json!({
-        "outputs": {"full_rate": to(&full_a), "decimated": to(&dec_a)},
+        "outputs": {"full_rate": dest_json(&full_a), "decimated": dest_json(&dec_a)},
         "decimation": {"enabled": true, "factor": 2, "algorithm": "downsample"}
     });
     assert_eq!(register_example(api, "out", port, config).0, 201);
 
-    let first = records(0, 4);
-    send(port, &first);
+    let first = example_range(0, 4);
+    send_all(port, &first);
     assert_eq!(recv_n(&full_a, 4), first);
     assert_eq!(recv_n(&dec_a, 2), [first[1].clone(), first[3].clone()]);
 
     patch_ok(
         api,
         "out",
-        json!({"outputs": {"full_rate": [to(&full_b), to(&full_c)], "decimated": to(&dec_b)}}),
+        json!({"outputs": {"full_rate": [dest_json(&full_b), dest_json(&full_c)], "decimated": dest_json(&dec_b)}}),
     );
-    let second = records(4, 4);
-    send(port, &second);
+    let second = example_range(4, 4);
+    send_all(port, &second);
     assert_eq!(recv_n(&full_b, 4), second);
     assert_eq!(recv_n(&full_c, 4), second);
     assert_eq!(recv_n(&dec_b, 2), [second[1].clone(), second[3].clone()]);
@@ -158,49 +135,45 @@ fn outputs_change_where_records_go_at_once() {
 #[test]
 fn decimation_settings_change_the_decimated_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = spawn_relay(
-        &loopback_config(dir.path(), 20),
-        &dir.path().join("data"),
-        &[],
-    );
+    let (relay, _) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let (dec, _) = receiver();
     let port = free_port();
     let config = json!({
-        "outputs": {"decimated": to(&dec)},
+        "outputs": {"decimated": dest_json(&dec)},
         "decimation": {"enabled": true, "factor": 2, "algorithm": "downsample"}
     });
     assert_eq!(register_example(api, "dec", port, config).0, 201);
-    let r = records(0, 30);
-    send(port, &r[0..2]);
+    let r = example_range(0, 30);
+    send_all(port, &r[0..2]);
     assert_eq!(recv_n(&dec, 1), [r[1].clone()]);
 
     // Off: nothing decimated; the records still count.
     patch_ok(api, "dec", json!({"decimation": {"enabled": false}}));
-    send(port, &r[2..6]);
+    send_all(port, &r[2..6]);
     wait_for("the records counted", T, || {
         stat(api, "dec", "packets") == 6
     });
     assert_silent(&dec);
     // On again, then factor 3: the last record of every 3.
     patch_ok(api, "dec", json!({"decimation": {"enabled": true}}));
-    send(port, &r[6..8]);
+    send_all(port, &r[6..8]);
     assert_eq!(recv_n(&dec, 1), [r[7].clone()]);
     patch_ok(api, "dec", json!({"decimation": {"factor": 3}}));
-    send(port, &r[8..14]);
+    send_all(port, &r[8..14]);
     assert_eq!(recv_n(&dec, 2), [r[10].clone(), r[13].clone()]);
 
     // Algorithms over records 14..17 (ramp 7.0, 7.5, 8.0).
     let window = |k: usize| [k as f64 / 2.0, (k + 1) as f64 / 2.0, (k + 2) as f64 / 2.0];
     patch_ok(api, "dec", json!({"decimation": {"algorithm": "average"}}));
-    send(port, &r[14..17]);
+    send_all(port, &r[14..17]);
     let got = recv_n(&dec, 1);
     let w = window(14);
     assert!(close(ramp(&got[0]), w.iter().sum::<f64>() / 3.0), "average");
     assert_ne!(got[0], r[16], "re-encoded, not the last record");
 
     patch_ok(api, "dec", json!({"decimation": {"algorithm": "minmax"}}));
-    send(port, &r[17..20]);
+    send_all(port, &r[17..20]);
     let got = recv_n(&dec, 2);
     let w = window(17);
     assert!(
@@ -209,7 +182,7 @@ fn decimation_settings_change_the_decimated_stream() {
     );
 
     patch_ok(api, "dec", json!({"decimation": {"algorithm": "rms"}}));
-    send(port, &r[20..23]);
+    send_all(port, &r[20..23]);
     let got = recv_n(&dec, 1);
     let w = window(20);
     let rms = (w.iter().map(|x| x * x).sum::<f64>() / 3.0).sqrt();
@@ -223,22 +196,21 @@ fn decimation_settings_change_the_decimated_stream() {
 #[test]
 fn validate_switches_between_dropping_and_forwarding() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&loopback_config(dir.path(), 20), &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let (full, _) = receiver();
     let port = free_port();
-    let config = json!({"outputs": {"full_rate": to(&full)}, "validate": true});
+    let config = json!({"outputs": {"full_rate": dest_json(&full)}, "validate": true});
     assert_eq!(register_example(api, "val", port, config).0, 201);
     let garbage = b"\xff\xff\xff not a record".to_vec();
-    let r = records(0, 6);
+    let r = example_range(0, 6);
 
-    send(port, &[r[0].clone(), garbage.clone(), r[1].clone()]);
+    send_all(port, &[r[0].clone(), garbage.clone(), r[1].clone()]);
     assert_eq!(recv_n(&full, 2), r[0..2]);
     assert_eq!(stat(api, "val", "invalid"), 1);
 
     patch_ok(api, "val", json!({"validate": false}));
-    send(port, &[r[2].clone(), garbage.clone(), r[3].clone()]);
+    send_all(port, &[r[2].clone(), garbage.clone(), r[3].clone()]);
     assert_eq!(
         recv_n(&full, 3),
         [r[2].clone(), garbage.clone(), r[3].clone()]
@@ -249,7 +221,7 @@ fn validate_switches_between_dropping_and_forwarding() {
     });
 
     patch_ok(api, "val", json!({"validate": true}));
-    send(port, &[r[4].clone(), garbage, r[5].clone()]);
+    send_all(port, &[r[4].clone(), garbage, r[5].clone()]);
     assert_eq!(recv_n(&full, 2), r[4..6]);
     assert_silent(&full);
     assert_eq!(stat(api, "val", "invalid"), 2);
@@ -263,8 +235,7 @@ fn validate_switches_between_dropping_and_forwarding() {
 #[test]
 fn block_bounds_decide_when_the_next_block_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&loopback_config(dir.path(), 20), &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let port = free_port();
     let never =
@@ -276,7 +247,7 @@ fn block_bounds_decide_when_the_next_block_is_written() {
     let on_disk = || records_in(&archive_files(&data, "blocks"));
 
     patch_ok(api, "blocks", json!({"archive": {"flush_records": 5}}));
-    send(port, &records(0, 5));
+    send_all(port, &example_range(0, 5));
     wait_for("a block of 5 records", T, || on_disk() == 5);
 
     patch_ok(
@@ -284,7 +255,7 @@ fn block_bounds_decide_when_the_next_block_is_written() {
         "blocks",
         json!({"archive": {"flush_records": 1_000_000, "flush_bytes": 1}}),
     );
-    send(port, &records(5, 1));
+    send_all(port, &example_range(5, 1));
     wait_for("a block of 1 record", T, || on_disk() == 6);
 
     patch_ok(
@@ -292,14 +263,14 @@ fn block_bounds_decide_when_the_next_block_is_written() {
         "blocks",
         json!({"archive": {"flush_bytes": 1_073_741_824, "flush_ms": 20}}),
     );
-    send(port, &records(6, 2));
+    send_all(port, &example_range(6, 2));
     wait_for("the block written by its age", T, || on_disk() == 8);
     let report = verify::scan(&archive_files(&data, "blocks")[0]).unwrap();
     assert_eq!(report.blocks, 3, "5, 1 and 2 records");
     relay.stop();
     assert_eq!(
         archived_datums(&data, "blocks", EXAMPLE_SCHEMA),
-        records(0, 8)
+        example_range(0, 8)
     );
 }
 
@@ -308,8 +279,7 @@ fn block_bounds_decide_when_the_next_block_is_written() {
 #[test]
 fn codec_rotation_and_retention_apply_to_the_running_archive() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&loopback_config(dir.path(), 20), &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let port = free_port();
     let config = json!({"rotation": {"mode": "time", "threshold": 3600}});
@@ -318,7 +288,7 @@ fn codec_rotation_and_retention_apply_to_the_running_archive() {
     // Sends one batch and waits until its block is in a file.
     let mut batch = |n: u64| {
         let before = stat(api, "rot", "archive_bytes");
-        send(port, &records(next, n));
+        send_all(port, &example_range(next, n));
         next += n;
         wait_for("the block written", T, || {
             stat(api, "rot", "archive_bytes") > before
@@ -397,13 +367,12 @@ fn codec_rotation_and_retention_apply_to_the_running_archive() {
 #[test]
 fn layout_moves_the_next_file_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&loopback_config(dir.path(), 20), &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let port = free_port();
     assert_eq!(register_example(api, "lay", port, json!({})).0, 201);
     let own_dir = data.join("lay");
-    send(port, &records(0, 3));
+    send_all(port, &example_range(0, 3));
     wait_for("the first file", T, || {
         records_in(&files_in(&own_dir, "lay")) == 3
     });
@@ -413,13 +382,13 @@ fn layout_moves_the_next_file_at_once() {
     let closed = files_in(&own_dir, "lay");
     assert_eq!(closed.len(), 1);
     assert!(verify::scan(&closed[0]).unwrap().is_healthy());
-    send(port, &records(3, 4));
+    send_all(port, &example_range(3, 4));
     wait_for("a file in the data directory", T, || {
         records_in(&files_in(&data, "lay")) == 4
     });
 
     patch_ok(api, "lay", json!({"archive": {"layout": "channel"}}));
-    send(port, &records(7, 2));
+    send_all(port, &example_range(7, 2));
     wait_for("a second file in the channel's directory", T, || {
         files_in(&own_dir, "lay").len() == 2 && records_in(&files_in(&own_dir, "lay")) == 5
     });
@@ -432,11 +401,7 @@ fn layout_moves_the_next_file_at_once() {
 #[test]
 fn recv_buffer_resizes_the_bound_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = spawn_relay(
-        &loopback_config(dir.path(), 20),
-        &dir.path().join("data"),
-        &[],
-    );
+    let (relay, _) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let port = free_port();
     let config = json!({"socket": {"recv_buffer": 65536}});
@@ -453,12 +418,7 @@ fn recv_buffer_resizes_the_bound_socket() {
 #[test]
 fn a_change_the_channel_cannot_take_is_refused_and_changes_nothing() {
     // 10.0.0.0/8 is unreachable only in the private namespace.
-    if !in_private_netns() {
-        assert!(
-            !under_test_script(),
-            "tests/run.sh gives a private namespace"
-        );
-        eprintln!("skipped: not in a private network namespace");
+    if !private_netns_or_skip("not in a private network namespace") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -468,14 +428,14 @@ fn a_change_the_channel_cannot_take_is_refused_and_changes_nothing() {
     let api = relay.api;
     let (full, _) = receiver();
     let port = free_port();
-    let outputs = json!({"outputs": {"full_rate": to(&full)}});
+    let outputs = json!({"outputs": {"full_rate": dest_json(&full)}});
     assert_eq!(register_example(api, "keep", port, outputs).0, 201);
     let before = get_channel(api, "keep")["config"].clone();
 
     let (status, answer) = patch(
         api,
         "keep",
-        json!({"outputs": {"full_rate": [to(&full), {"address": "10.9.9.9", "port": 9}]},
+        json!({"outputs": {"full_rate": [dest_json(&full), {"address": "10.9.9.9", "port": 9}]},
                "validate": false}),
     );
     assert_eq!(status, 400, "{answer}");
@@ -487,8 +447,8 @@ fn a_change_the_channel_cannot_take_is_refused_and_changes_nothing() {
     assert_eq!(get_channel(api, "keep")["config"], before);
     // Still validating (the refused PATCH also turned validation off) and
     // still forwarding to the one destination.
-    let r = records(0, 2);
-    send(port, &[r[0].clone(), b"\xff".to_vec(), r[1].clone()]);
+    let r = example_range(0, 2);
+    send_all(port, &[r[0].clone(), b"\xff".to_vec(), r[1].clone()]);
     assert_eq!(recv_n(&full, 2), r);
     assert_silent(&full);
     relay.stop();

@@ -41,9 +41,7 @@ fn flood(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
 #[test]
 fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), 100);
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&config, &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 100);
     let api = relay.api;
 
     // Two flooded channels, each forwarding to a socket nobody reads.
@@ -157,9 +155,7 @@ fn the_api_answers_and_a_paced_channel_loses_nothing_while_others_flood() {
 #[test]
 fn registration_churn_leaks_no_descriptor_socket_task_or_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), 20);
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&config, &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let (dest, d) = receiver();
     let to_dest = json!({"outputs": {"full_rate": {"address": "127.0.0.1", "port": d.port}}});

@@ -6,7 +6,6 @@ use crate::common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -44,32 +43,16 @@ fn scrape(api: SocketAddr, path: &str) -> String {
 /// The exposition parsed by prometheus_client, or `None` (skipped) where
 /// Python is not set up outside tests/run.sh.
 fn parse(text: &str) -> Option<Value> {
-    let Some(python) = std::env::var_os("SPEEDRELAY_PYTHON") else {
-        assert!(!under_test_script(), "tests/run.sh sets SPEEDRELAY_PYTHON");
-        eprintln!("skipped the prometheus_client parse: SPEEDRELAY_PYTHON not set");
-        return None;
-    };
-    let mut child = Command::new(python)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
+    let python = python_or_skip("the prometheus_client parse")?;
+    let no_args: [&str; 0] = [];
+    let out = run_python(
+        &python,
+        PARSE,
+        &no_args,
+        text.as_bytes(),
+        &format!("prometheus_client refused the exposition\n{text}"),
     );
-    Some(serde_json::from_slice(&out.stdout).expect("the parse script prints JSON"))
+    Some(serde_json::from_str(&out).expect("the parse script prints JSON"))
 }
 
 /// The value of sample `name` whose labels include every `labels` pair.
@@ -89,19 +72,14 @@ fn raw_sample(text: &str, series: &str) -> Option<f64> {
 }
 
 fn config(dir: &Path, port: u16, full: u16) -> std::path::PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    example_config(
+        dir,
+        &format!(
             "channels:\n  - {{name: m1, port: {port}, schema: example.avsc}}\n\
-             socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\n\
-             outputs: {{full_rate: {{address: 127.0.0.1, port: {full}}}}}\n"
+         socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\n\
+         outputs: {{full_rate: {{address: 127.0.0.1, port: {full}}}}}\n"
         ),
     )
-    .unwrap();
-    config
 }
 
 #[test]

@@ -22,24 +22,15 @@ fn speedrelay(args: &[&str], dirs: (&Path, &Path)) -> Output {
         .expect("binary runs")
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// A config that seeds channel `seeded` from relay.yaml, on loopback.
 fn seeding_config(dir: &Path, port: u16) -> PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    example_config(
+        dir,
+        &format!(
             "channels:\n  - {{name: seeded, port: {port}, schema: example.avsc}}\n\
-             socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n"
+         socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n"
         ),
     )
-    .unwrap();
-    config
 }
 
 /// Name → (port, config) of every channel the relay lists.

@@ -250,9 +250,7 @@ fn descriptor_exhaustion_is_a_503_and_loses_no_archive_record() {
 #[test]
 fn patch_applies_archive_and_socket_settings_or_refuses_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = loopback_config(dir.path(), 20);
-    let data = dir.path().join("data");
-    let relay = spawn_relay(&config, &data, &[]);
+    let (relay, data) = loopback_relay(dir.path(), 20);
     let api = relay.api;
     let (dest, d) = receiver();
     let port = free_port();
@@ -279,11 +277,7 @@ fn patch_applies_archive_and_socket_settings_or_refuses_them() {
     assert_forwards(port, &dest, &batch(5));
     let files = archive_files(&data, "live");
     assert_eq!(files.len(), 1);
-    let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .arg("verify")
-        .arg(&files[0])
-        .output()
-        .unwrap();
+    let out = run_to_end(&["verify".as_ref(), files[0].as_os_str()], &[]);
     assert!(out.status.success(), "closed: {out:?}");
     assert_eq!(archived_datums(&data, "live", EXAMPLE_SCHEMA), archived);
 

@@ -19,6 +19,13 @@ fn send(args: &[&str]) -> Output {
         .expect("send runs")
 }
 
+/// `speedrelay send ARGS`, asserting it succeeds: what it printed.
+fn send_ok(args: &[&str]) -> String {
+    let out = send(args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
+}
+
 fn register(api: std::net::SocketAddr, name: &str, port: u16, schema_text: &str) {
     let schema: Value = serde_json::from_str(schema_text).unwrap();
     let body = json!({"name": name, "port": port, "schema": schema});
@@ -59,7 +66,7 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
         register(api, name, port, &text);
         // Paced, so that a debug-build relay on a busy machine keeps up:
         // the test is about validity, not speed.
-        let out = send(&[
+        let summary = send_ok(&[
             "--port",
             &port.to_string(),
             "--schema",
@@ -69,12 +76,6 @@ async fn sent_records_are_valid_and_archived_for_every_schema() {
             "--rate",
             "2000",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let summary = String::from_utf8_lossy(&out.stdout);
         assert!(
             summary.starts_with(&format!("sent {N} records (")) && summary.contains("records/s"),
             "{summary}"
@@ -216,7 +217,7 @@ fn sending_to_a_port_nobody_listens_on_exits_1() {
     let sink = sender();
     let port = sink.local_addr().unwrap().port().to_string();
     for count in ["1", "300"] {
-        let out = send(&[
+        let said = send_ok(&[
             "--port",
             &port,
             "--schema",
@@ -226,12 +227,6 @@ fn sending_to_a_port_nobody_listens_on_exits_1() {
             "--rate",
             "0",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let said = String::from_utf8_lossy(&out.stdout);
         assert!(
             said.starts_with(&format!("sent {count} records (")),
             "{said}"
@@ -248,19 +243,10 @@ fn host_picks_the_destination() {
     let port = sink.local_addr().unwrap().port().to_string();
     let schema = repo_file("config/agents/temperature.avsc");
     let schema = schema.to_str().unwrap();
-    let out = send(&[
+    let out = send_ok(&[
         "--host", "::1", "--port", &port, "--schema", schema, "--count", "3",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("to [::1]:{port}")),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.contains(&format!("to [::1]:{port}")), "{out}");
     let got = recv_n(&sink, 3);
     let s = schema_of(schema);
     for d in &got {

@@ -75,26 +75,18 @@ fn serve_refuses_an_invalid_config_and_says_why() {
 #[test]
 fn a_second_relay_on_the_same_data_dir_is_refused_and_the_first_runs_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
     let (dest, d) = receiver();
     let port = free_port();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!("channels:\n  - {{name: ex, port: {port}, schema: example.avsc}}\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\noutputs: {{full_rate: {{address: 127.0.0.1, port: {}}}}}\n", d.port),
-    )
-    .unwrap();
+    let config = example_config(
+        dir.path(),
+        &format!(
+            "channels:\n  - {{name: ex, port: {port}, schema: example.avsc}}\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\noutputs: {{full_rate: {{address: 127.0.0.1, port: {}}}}}\n",
+            d.port
+        ),
+    );
     let data = dir.path().join("data");
     let first = spawn_relay(&config, &data, &[]);
-    let second = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--api", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let second = serve_to_end(&config, &data, &[], &[]);
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
     assert!(

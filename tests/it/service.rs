@@ -26,19 +26,15 @@ fn ready_when_channels_and_api_are_up_and_stopping_at_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (dest, d) = receiver();
     let port = free_port();
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    let config = example_config(
+        dir.path(),
+        &format!(
             "channels:\n  - {{name: up, port: {port}, schema: example.avsc}}\n\
-             socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n\
-             outputs: {{full_rate: {{address: 127.0.0.1, port: {}}}}}\n",
+         socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n\
+         outputs: {{full_rate: {{address: 127.0.0.1, port: {}}}}}\n",
             d.port
         ),
-    )
-    .unwrap();
+    );
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify

@@ -101,33 +101,6 @@ fn wait_status(api: SocketAddr, name: &str, status: &str) {
     );
 }
 
-/// Runs the binary to completion with `args` and `env`, killing it (and
-/// failing) if it is still running after 30 s.
-fn run_to_end(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("binary starts");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "speedrelay {args:?} did not exit; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 // ---------------------------------------------------------------- item 1
 
 #[test]
@@ -222,7 +195,10 @@ fn a_config_directory_works_wherever_it_is_copied() {
     // The shipped directory, copied where a package would put it.
     let etc = dir.path().join("etc/speedrelay");
     copy_tree(&repo_file("config"), &etc);
-    let out = run_to_end(&["check-config".as_ref(), etc.as_os_str()], &[]);
+    let out = run_to_end(
+        &["check-config".as_ref(), etc.as_os_str()],
+        &[("RUST_LOG", "info")],
+    );
     assert!(
         out.status.success(),
         "check-config {}: {}{}",
@@ -248,7 +224,10 @@ fn a_config_directory_works_wherever_it_is_copied() {
         ),
     )
     .unwrap();
-    let out = run_to_end(&["check-config".as_ref(), etc.as_os_str()], &[]);
+    let out = run_to_end(
+        &["check-config".as_ref(), etc.as_os_str()],
+        &[("RUST_LOG", "info")],
+    );
     assert!(
         out.status.success(),
         "check-config with config/agents/example.avsc: {}{}",
@@ -399,23 +378,19 @@ fn ports_available_without_a_range_anywhere_is_speeddatas() {
 #[test]
 fn status_filters_speak_speeddata() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
     // A socket of another program holds the port of `down` for the whole
     // test (a failed channel is retried).
     let holder = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
     let held = holder.local_addr().unwrap().port();
     let up = free_port();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    let config = example_config(
+        dir.path(),
+        &format!(
             "channels:\n  - {{name: up, port: {up}, schema: example.avsc}}\n  \
-             - {{name: down, port: {held}, schema: example.avsc}}\n\
-             socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n"
+         - {{name: down, port: {held}, schema: example.avsc}}\n\
+         socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\n"
         ),
-    )
-    .unwrap();
+    );
     let relay = spawn_relay(&config, &dir.path().join("data"), &[]);
     let api = relay.api;
     wait_status(api, "up", "active");
@@ -719,19 +694,14 @@ fn cors_any_origin_with_a_token_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let config = quick_empty_config(dir.path());
     let data = dir.path().join("data");
-    let out = run_to_end(
+    let out = serve_to_end(
+        &config,
+        &data,
+        &["--cors-origin", "*"],
         &[
-            "serve".as_ref(),
-            "--config".as_ref(),
-            config.as_os_str(),
-            "--data-dir".as_ref(),
-            data.as_os_str(),
-            "--api".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--cors-origin".as_ref(),
-            "*".as_ref(),
+            ("RUST_LOG", "info"),
+            ("SPEEDRELAY_API_TOKEN", "s3cret-cors-token"),
         ],
-        &[("SPEEDRELAY_API_TOKEN", "s3cret-cors-token")],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "it started: {stderr}");
@@ -740,27 +710,6 @@ fn cors_any_origin_with_a_token_refuses_to_start() {
         stderr.contains("--cors-origin '*'") && stderr.contains("token"),
         "the refusal says why: {stderr}"
     );
-}
-
-/// Python, chromium and chromedriver; `None` (skip) outside tests/run.sh
-/// when one is missing, a failure under it (as tests/it/web.rs).
-fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
-    let chromium = PathBuf::from("/usr/bin/chromium");
-    let driver = PathBuf::from("/usr/bin/chromedriver");
-    match python {
-        Some(p) if chromium.exists() && driver.exists() => Some((p, chromium, driver)),
-        _ => {
-            assert!(
-                !under_test_script(),
-                "tests/run.sh installs chromium, chromedriver and selenium and sets SPEEDRELAY_PYTHON"
-            );
-            eprintln!(
-                "skipped: needs SPEEDRELAY_PYTHON with selenium, /usr/bin/chromium and /usr/bin/chromedriver (tests/run.sh)"
-            );
-            None
-        }
-    }
 }
 
 /// The browser script: dropped (a failed check), its stdin is closed so
@@ -931,11 +880,7 @@ fn datums_of(files: &[PathBuf]) -> Vec<Vec<u8>> {
 /// tools use): each record re-encoded by fastavro, in file order. None
 /// (skip) without SPEEDRELAY_PYTHON outside tests/run.sh.
 fn fastavro_datums(files: &[PathBuf]) -> Option<Vec<Vec<u8>>> {
-    let Some(python) = std::env::var_os("SPEEDRELAY_PYTHON") else {
-        assert!(!under_test_script(), "tests/run.sh sets SPEEDRELAY_PYTHON");
-        eprintln!("skipped fastavro check: SPEEDRELAY_PYTHON not set (tests/run.sh sets it)");
-        return None;
-    };
+    let python = python_or_skip("the fastavro check")?;
     let script = "import io, sys, fastavro\n\
                   for p in sys.argv[1:]:\n    \
                   with open(p, 'rb') as f:\n        \
@@ -945,29 +890,14 @@ fn fastavro_datums(files: &[PathBuf]) -> Option<Vec<Vec<u8>>> {
                   b = io.BytesIO()\n            \
                   fastavro.schemaless_writer(b, s, rec)\n            \
                   print(b.getvalue().hex())\n";
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "fastavro failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_python(&python, script, files, b"", "fastavro failed");
     let hex = |s: &str| -> Vec<u8> {
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
     };
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(hex)
-            .collect(),
-    )
+    Some(out.lines().map(hex).collect())
 }
 
 /// Sends `records` to `port` and waits until the channel counted them all.

@@ -8,53 +8,34 @@ use crate::common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 fn config(dir: &Path, port: u16, full: u16) -> PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    example_config(
+        dir,
+        &format!(
             "channels:\n  - {{name: trusting, port: {port}, schema: example.avsc, config: {{validate: false}}}}\n\
-             socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\n\
-             outputs: {{full_rate: {{address: 127.0.0.1, port: {full}}}}}\n"
+         socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\n\
+         outputs: {{full_rate: {{address: 127.0.0.1, port: {full}}}}}\n"
         ),
     )
-    .unwrap();
-    config
 }
 
 /// The `counter` field of every record of `files`, read by fastavro; `None`
 /// (skipped) where Python is not set up outside tests/run.sh.
 fn fastavro_counters(files: &[PathBuf]) -> Option<Vec<u64>> {
-    let Some(python) = std::env::var_os("SPEEDRELAY_PYTHON") else {
-        assert!(!under_test_script(), "tests/run.sh sets SPEEDRELAY_PYTHON");
-        eprintln!("skipped the fastavro check: SPEEDRELAY_PYTHON not set");
-        return None;
-    };
+    let python = python_or_skip("the fastavro check")?;
     let script = "import sys, fastavro\nfor p in sys.argv[1:]:\n    with open(p, 'rb') as f:\n        for rec in fastavro.reader(f): print(rec['counter'])\n";
-    let out = Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .args(files)
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "fastavro cannot read the archive: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_python(
+        &python,
+        script,
+        files,
+        b"",
+        "fastavro cannot read the archive",
     );
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| l.parse().expect("a counter"))
-            .collect(),
-    )
+    Some(out.lines().map(|l| l.parse().expect("a counter")).collect())
 }
 
 #[test]
@@ -113,11 +94,7 @@ fn validate_off_forwards_every_datagram_and_archives_only_records() {
     // (b) `speedrelay verify`: healthy, exactly the records.
     let files = archive_files(&data, "trusting");
     assert_eq!(files.len(), 1, "{files:?}");
-    let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
-        .arg("verify")
-        .arg(&files[0])
-        .output()
-        .unwrap();
+    let out = run_to_end(&["verify".as_ref(), files[0].as_os_str()], &[]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains(": healthy: "), "{said}");

@@ -19,20 +19,16 @@ const EMPTY_ITEMS: &str = r#"{"type": "record", "name": "empties", "fields": [
         {"type": "record", "name": "nothing", "fields": []}}}]}"#;
 
 fn config(dir: &Path, empties: u16, small: u16, full: u16) -> PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).unwrap();
-    std::fs::write(config.join("empties.avsc"), EMPTY_ITEMS).unwrap();
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    let config = example_config(
+        dir,
+        &format!(
             "channels:\n  - {{name: empties, port: {empties}, schema: empties.avsc}}\n  \
              - {{name: small, port: {small}, schema: example.avsc, config: {{socket: {{max_datagram: 64}}}}}}\n\
              socket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\n\
              outputs: {{full_rate: {{address: 127.0.0.1, port: {full}}}}}\n"
         ),
-    )
-    .unwrap();
+    );
+    std::fs::write(config.join("empties.avsc"), EMPTY_ITEMS).unwrap();
     config
 }
 

@@ -15,6 +15,8 @@ use speedrelay::archive::ArchiveWriter;
 use speedrelay::config::{ArchiveSettings, Codec, Rotation, RotationMode};
 use speedrelay::verify::{self, Repaired, TailProblem};
 
+use crate::common::{stderr, stdout};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const SCHEMA: &str = include_str!("../../config/agents/example.avsc");
@@ -86,14 +88,6 @@ fn cli(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("speedrelay runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -47,6 +47,22 @@ fn port_range(port: u16) -> (u16, u16) {
     (start, start + 200)
 }
 
+/// Runs tests/web_browser.py with `args` (bounded to 2 min), printing
+/// what it says and failing when one of its checks did.
+fn run_browser_script(python: &Path, args: &serde_json::Value) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web_browser.py");
+    let (ok, output) = run_bounded(
+        Command::new(python).arg(script).arg(args.to_string()),
+        Duration::from_secs(120),
+    );
+    println!("{output}");
+    assert!(ok, "the browser checks failed:\n{output}");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[test]
 fn the_page_is_public_with_strict_headers_and_the_api_still_needs_the_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,27 +127,6 @@ fn the_page_is_public_with_strict_headers_and_the_api_still_needs_the_token() {
     relay.stop();
 }
 
-/// Python, chromium and chromedriver; `None` (skip) outside tests/run.sh
-/// when one is missing, a failure under it.
-fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
-    let chromium = PathBuf::from("/usr/bin/chromium");
-    let driver = PathBuf::from("/usr/bin/chromedriver");
-    match python {
-        Some(p) if chromium.exists() && driver.exists() => Some((p, chromium, driver)),
-        _ => {
-            assert!(
-                !under_test_script(),
-                "tests/run.sh installs chromium, chromedriver and selenium and sets SPEEDRELAY_PYTHON"
-            );
-            eprintln!(
-                "skipped: needs SPEEDRELAY_PYTHON with selenium, /usr/bin/chromium and /usr/bin/chromedriver (tests/run.sh)"
-            );
-            None
-        }
-    }
-}
-
 #[test]
 fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
     let Some((python, chromium, chromedriver)) = browser_tools() else {
@@ -164,7 +159,7 @@ fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
         "existing_port": base_port,
         "ports": port_range(base_port),
         "schema_file": schema_file,
-        "payload_hex": record.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "payload_hex": hex(&record),
         "records": records,
         "token_url": format!("http://{api2}/"),
         "token": TOKEN,
@@ -173,13 +168,7 @@ fn the_page_lists_registers_relays_and_removes_in_a_real_browser() {
         "chromedriver": chromedriver,
         "artifacts": artifacts,
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web_browser.py");
-    let (ok, output) = run_bounded(
-        Command::new(python).arg(script).arg(args.to_string()),
-        Duration::from_secs(120),
-    );
-    println!("{output}");
-    assert!(ok, "the browser checks failed:\n{output}");
+    run_browser_script(&python, &args);
 
     // The channel registered through the form relayed, full-rate and
     // decimated with the form's factor and algorithm (2, average: five
@@ -242,19 +231,13 @@ fn the_form_sends_records_to_the_destinations_it_names() {
         "full_rate": format!("127.0.0.1:{},  [::1]:{f6}", f4.port),
         "decimated": format!("127.0.0.1:{}", d.port),
         "factor": 2,
-        "payload_hex": record.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        "payload_hex": hex(&record),
         "records": records,
         "chromium": chromium,
         "chromedriver": chromedriver,
         "artifacts": PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web_browser.py");
-    let (ok, output) = run_bounded(
-        Command::new(python).arg(script).arg(args.to_string()),
-        Duration::from_secs(120),
-    );
-    println!("{output}");
-    assert!(ok, "the browser checks failed:\n{output}");
+    run_browser_script(&python, &args);
 
     // Every record byte-identical at both full-rate destinations; the
     // decimated stream (downsample by 2: five records make two windows)

@@ -470,17 +470,12 @@ pub fn spawn_relay_command(mut cmd: std::process::Command) -> RelayProcess {
 /// decimation off, archive blocks flushed every `flush_ms`, and
 /// example.avsc beside relay.yaml.
 pub fn loopback_config(dir: &Path, flush_ms: u32) -> PathBuf {
-    let config = dir.join("config");
-    std::fs::create_dir_all(&config).expect("config dir");
-    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).expect("schema");
-    std::fs::write(
-        config.join("relay.yaml"),
-        format!(
+    example_config(
+        dir,
+        &format!(
             "channels: []\nsocket: {{bind: 127.0.0.1}}\ndecimation: {{enabled: false}}\narchive: {{flush_ms: {flush_ms}}}\n"
         ),
     )
-    .expect("relay.yaml");
-    config
 }
 
 /// Sends raw bytes as one request and returns the status of the answer
@@ -557,4 +552,186 @@ pub fn quick_empty_config(dir: &Path) -> PathBuf {
     )
     .unwrap();
     config
+}
+
+/// Records `from..from + n` of example.avsc (each carries its number).
+pub fn example_range(from: u64, n: u64) -> Vec<Vec<u8>> {
+    let s = schema(EXAMPLE_SCHEMA);
+    (from..from + n)
+        .map(|i| encode(&s, example_value(&s, i)))
+        .collect()
+}
+
+/// `sock`'s loopback address as a destination in the API's JSON.
+pub fn dest_json(sock: &UdpSocket) -> Json {
+    let port = sock.local_addr().expect("bound socket").port();
+    serde_json::json!({"address": "127.0.0.1", "port": port})
+}
+
+/// Sends `records` to a loopback `port` from a fresh socket, all at once.
+pub fn send_all(port: u16, records: &[Vec<u8>]) {
+    let tx = sender();
+    for r in records {
+        tx.send_to(r, (Ipv4Addr::LOCALHOST, port))
+            .expect("send on loopback");
+    }
+}
+
+/// [`spawn_relay`] on [`loopback_config`] (archive blocks flushed every
+/// `flush_ms`) in `dir`, with its data directory `dir/data`: the relay and
+/// that directory.
+pub fn loopback_relay(dir: &Path, flush_ms: u32) -> (RelayProcess, PathBuf) {
+    let data = dir.join("data");
+    let relay = spawn_relay(&loopback_config(dir, flush_ms), &data, &[]);
+    (relay, data)
+}
+
+/// A config directory `dir/config` holding example.avsc and `relay_yaml`
+/// as relay.yaml.
+pub fn example_config(dir: &Path, relay_yaml: &str) -> PathBuf {
+    let config = dir.join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(config.join("example.avsc"), EXAMPLE_SCHEMA).expect("schema");
+    std::fs::write(config.join("relay.yaml"), relay_yaml).expect("relay.yaml");
+    config
+}
+
+/// Whether this test may change routes or send multicast (it runs in a
+/// private network namespace); outside one, a skip that says `why`, or a
+/// failure under tests/run.sh, which always gives one.
+pub fn private_netns_or_skip(why: &str) -> bool {
+    if in_private_netns() {
+        return true;
+    }
+    assert!(
+        !under_test_script(),
+        "tests/run.sh gives a private network namespace"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// The Python tests/run.sh sets up (SPEEDRELAY_PYTHON, with fastavro,
+/// prometheus_client and selenium); `None` (a skip that says `what` is
+/// skipped) when it is unset outside tests/run.sh, a failure under it.
+pub fn python_or_skip(what: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
+    if python.is_none() {
+        assert!(!under_test_script(), "tests/run.sh sets SPEEDRELAY_PYTHON");
+        eprintln!("skipped {what}: SPEEDRELAY_PYTHON not set (tests/run.sh sets it)");
+    }
+    python
+}
+
+/// Runs `python -c script ARGS` with `stdin` as its input and asserts that
+/// it succeeds (failing with `what` and its stderr): its stdout.
+pub fn run_python<A: AsRef<std::ffi::OsStr>>(
+    python: &Path,
+    script: &str,
+    args: &[A],
+    stdin: &[u8],
+    what: &str,
+) -> String {
+    use std::process::Stdio;
+    let mut child = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python starts");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(stdin).expect("python takes its input");
+    drop(input);
+    let out = child.wait_with_output().expect("python runs");
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Python, chromium and chromedriver for the browser scripts; `None`
+/// (skip) outside tests/run.sh when one is missing, a failure under it.
+pub fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
+    let chromium = PathBuf::from("/usr/bin/chromium");
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    match python {
+        Some(p) if chromium.exists() && driver.exists() => Some((p, chromium, driver)),
+        _ => {
+            assert!(
+                !under_test_script(),
+                "tests/run.sh installs chromium, chromedriver and selenium and sets SPEEDRELAY_PYTHON"
+            );
+            eprintln!(
+                "skipped: needs SPEEDRELAY_PYTHON with selenium, /usr/bin/chromium and /usr/bin/chromedriver (tests/run.sh)"
+            );
+            None
+        }
+    }
+}
+
+/// Runs the binary with `args` and `env` added to completion, its stdout
+/// and stderr captured; a run still going after 30 s (a `serve` that
+/// started after all) is killed and fails the test.
+pub fn run_to_end<A: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[A],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("binary starts");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait on the binary").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("killed binary reaped");
+            panic!(
+                "speedrelay {args:?} did not exit; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("binary output")
+}
+
+/// A finished command's stdout as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A finished command's stderr as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `speedrelay serve --config CONFIG --data-dir DATA --api 127.0.0.1:0
+/// EXTRA` with `env` added, run to its end through [`run_to_end`]: for a
+/// start that must be refused.
+pub fn serve_to_end(
+    config: &Path,
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--api".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    run_to_end(&args, env)
 }
