@@ -12,48 +12,20 @@ with the reason when a check fails; screenshots go to `artifacts`.
 import json
 import os
 import sys
-import tempfile
 import time
 
-from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
+from selenium_common import check, headless_chromium, step
 
 ARGS = json.loads(sys.argv[1])
 ART = ARGS["artifacts"]
 
 
-def step(msg):
-    print("step:", msg, flush=True)
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = ARGS["chromium"]
-    for flag in [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,1400",
-        "--user-data-dir=" + tempfile.mkdtemp(prefix="speedrelay-chromium-"),
-    ]:
-        opts.add_argument(flag)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=ARGS["chromedriver"]), options=opts)
+    return headless_chromium(ARGS["chromium"], ARGS["chromedriver"], window="1280,1400")
 
 
 def wait(driver, what, cond, timeout=30):

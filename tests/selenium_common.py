@@ -1,4 +1,4 @@
-"""What the browser scripts (cors_browser.py, web_browser.py) share: step
+"""What the browser scripts (cors_browser.py, web_browser.py, plots_browser.py) share: step
 lines, checks, and a headless chromium driven through a given chromedriver
 (so Selenium never downloads one). They import it from this directory.
 """
@@ -18,7 +18,7 @@ def check(cond, msg):
         raise AssertionError(msg)
 
 
-def headless_chromium(chromium, chromedriver):
+def headless_chromium(chromium, chromedriver, window="1280,1200"):
     """A headless chromium with a fresh profile and its console log kept."""
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
@@ -32,7 +32,7 @@ def headless_chromium(chromium, chromedriver):
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1280,1200",
+        "--window-size=" + window,
         "--user-data-dir=" + tempfile.mkdtemp(prefix="speedrelay-chromium-"),
     ]:
         opts.add_argument(flag)

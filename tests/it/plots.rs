@@ -427,69 +427,6 @@ fn viewers_that_do_not_read_are_dropped_and_counted_with_memory_bounded() {
     relay.stop();
 }
 
-/// Python, chromium and chromedriver; `None` (skip) outside tests/run.sh
-/// when one is missing, a failure under it.
-fn browser_tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
-    let python = std::env::var_os("SPEEDRELAY_PYTHON").map(PathBuf::from);
-    let chromium = PathBuf::from("/usr/bin/chromium");
-    let driver = PathBuf::from("/usr/bin/chromedriver");
-    match python {
-        Some(p) if chromium.exists() && driver.exists() => Some((p, chromium, driver)),
-        _ => {
-            assert!(
-                !under_test_script(),
-                "tests/run.sh installs chromium, chromedriver and selenium and sets SPEEDRELAY_PYTHON"
-            );
-            eprintln!("skipped: needs SPEEDRELAY_PYTHON with selenium, chromium and chromedriver");
-            None
-        }
-    }
-}
-
-/// Runs `cmd` for at most `limit`: whether it succeeded, and its output.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the command starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!(
-        "{}{}{}",
-        out_t.join().unwrap_or_default(),
-        err_t.join().unwrap_or_default(),
-        if status.is_none() {
-            "\n(killed: took too long)"
-        } else {
-            ""
-        }
-    );
-    (status.is_some_and(|s| s.success()), text)
-}
-
 /// Where the screenshots go: target/screenshots.
 fn screenshots() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

@@ -9,10 +9,9 @@
 
 use crate::common;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -272,49 +271,4 @@ fn the_form_sends_records_to_the_destinations_it_names() {
     names.sort_unstable();
     assert_eq!(names, ["base", "outtest"]);
     relay.stop();
-}
-
-/// Runs `cmd`, killing it after `limit`; whether it succeeded and its
-/// stdout and stderr.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> (bool, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python starts");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let text = format!(
-        "{}{}{}",
-        out_t.join().unwrap_or_default(),
-        err_t.join().unwrap_or_default(),
-        if status.is_none() {
-            "\n(killed: took too long)"
-        } else {
-            ""
-        }
-    );
-    (status.is_some_and(|s| s.success()), text)
 }

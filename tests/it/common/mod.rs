@@ -638,8 +638,8 @@ pub fn run_python<A: AsRef<std::ffi::OsStr>>(
         .arg(script)
         .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("python starts");
     let mut input = child.stdin.take().expect("piped stdin");
@@ -734,4 +734,49 @@ pub fn serve_to_end(
     ];
     args.extend(extra.iter().map(std::ffi::OsStr::new));
     run_to_end(&args, env)
+}
+
+/// Runs `cmd`, killing it after `limit`; whether it succeeded and its
+/// stdout and stderr.
+pub fn run_bounded(cmd: &mut std::process::Command, limit: Duration) -> (bool, String) {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = format!(
+        "{}{}{}",
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+        if status.is_none() {
+            "\n(killed: took too long)"
+        } else {
+            ""
+        }
+    );
+    (status.is_some_and(|s| s.success()), text)
 }
