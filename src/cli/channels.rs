@@ -86,10 +86,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 /// Runs one `speedrelay channels` command; the token comes from
 /// `SPEEDRELAY_API_TOKEN` (environment only, so it never shows in `ps`).
 pub fn run(args: ChannelsArgs) -> Result<(), ClientError> {
-    let token = std::env::var("SPEEDRELAY_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-    let client = ApiClient::new(&args.url, token)?;
+    let client = ApiClient::from_env(&args.url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -68,6 +68,15 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
+    /// [`ApiClient::new`] with the token of `SPEEDRELAY_API_TOKEN`: read
+    /// from the environment only, so it never shows in `ps`.
+    pub fn from_env(url: &str) -> Result<Self, ClientError> {
+        let token = std::env::var("SPEEDRELAY_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Self::new(url, token)
+    }
+
     /// Parses `http://host[:port][/path]`; anything else is refused here,
     /// before any connection is tried.
     pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {

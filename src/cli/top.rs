@@ -168,10 +168,7 @@ async fn fetch(client: &ApiClient, shown: usize) -> Result<Vec<ChannelRow>, Clie
 
 /// Runs `speedrelay top` until q, Esc or Ctrl-C.
 pub fn run(args: TopArgs) -> Result<(), TopError> {
-    let token = std::env::var("SPEEDRELAY_API_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty());
-    let client = ApiClient::new(&args.url, token)?;
+    let client = ApiClient::from_env(&args.url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
