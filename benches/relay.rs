@@ -131,7 +131,11 @@ struct LatencyFigures {
 fn latency_matrix(runs: usize, sizes: &[usize], waits: &[u32], variants: &[&str]) {
     let mut subjects: Vec<(Subject, &str)> =
         vec![(Subject::Ceiling, "plain"), (Subject::Relay, "plain")];
-    subjects.extend(variants.iter().map(|&v| (Subject::Relay, v)));
+    // `sleep` is a ceiling variant, the others the relay's.
+    subjects.extend(variants.iter().map(|&v| match v {
+        "sleep" => (Subject::Ceiling, v),
+        _ => (Subject::Relay, v),
+    }));
     for &size in sizes {
         let record = record_of(size);
         let mut all: Vec<Vec<LatencyFigures>> = vec![Vec::new(); waits.len() * subjects.len()];
@@ -220,7 +224,7 @@ fn measure_latency(
     generator.stamp = Some(Stamp { epoch: sink.epoch });
     let mut out = LatencyFigures::default();
     for (i, &rate) in LATENCY_RATES.iter().enumerate() {
-        if variant != "plain" && rate != CPU_RATE {
+        if variant != "plain" && variant != "sleep" && rate != CPU_RATE {
             continue;
         }
         let secs = if rate == CPU_RATE {
@@ -984,6 +988,9 @@ fn serve_ceiling(args: &[String]) {
     let dec_port: u16 = args[1].parse().expect("dec port");
     let dir = Path::new(&args[2]);
     let wait = Duration::from_micros(args[5].parse().expect("coalesce_us"));
+    // `sleep`: wait out the whole wait, then receive once (one wake-up per
+    // batch) instead of polling for each datagram that arrives meanwhile.
+    let sleep = args.get(6).is_some_and(|v| v == "sleep");
     let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(8 << 20);
     let full = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
@@ -1038,23 +1045,30 @@ fn serve_ceiling(args: &[String]) {
         let mut n = n as usize;
         if n < BATCH && !wait.is_zero() {
             let deadline = Instant::now() + wait;
+            let mut slept = sleep;
+            if sleep {
+                std::thread::sleep(wait);
+            }
             while n < BATCH {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                let ts = libc::timespec {
-                    tv_sec: left.as_secs() as libc::time_t,
-                    tv_nsec: left.subsec_nanos() as libc::c_long,
-                };
-                let mut pfd = libc::pollfd {
-                    fd: rx.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd, a valid timeout, no signal mask.
-                if unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) } <= 0 {
-                    break;
+                // After the sleep, one receive of what came meanwhile.
+                if !std::mem::take(&mut slept) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let ts = libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    };
+                    let mut pfd = libc::pollfd {
+                        fd: rx.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, a valid timeout, no signal mask.
+                    if unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) } <= 0 {
+                        break;
+                    }
                 }
                 let free = rhdrs[n..].as_mut_ptr();
                 // SAFETY: headers n.. point at free slots of `buf`.
