@@ -126,9 +126,47 @@ struct LatencyFigures {
     cpu_per_million: f64,
 }
 
+/// Stamps survive a round trip through a record (which stays valid) and
+/// the histogram's buckets are within 3 %: a wrong figure would otherwise
+/// look like a plausible latency.
+fn self_check() {
+    let schema = Schema::parse_str(SCHEMA).expect("schema");
+    let mut record = record_of(80);
+    let stamp = Stamp {
+        epoch: Instant::now(),
+    };
+    let t = stamp.now() + 123_456_789;
+    Stamp::write(t, &mut record);
+    assert_eq!(
+        Stamp::read(&record),
+        Some(t - Stamp::OFFSET),
+        "stamp round trip"
+    );
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .and_then(|r| r.read_value(&mut &record[..]))
+        .expect("still valid");
+    let Value::Record(fields) = value else {
+        panic!("not a record")
+    };
+    assert_eq!(
+        fields[0].1,
+        Value::TimestampNanos(t as i64),
+        "the time field holds the stamp"
+    );
+    for v in [0u64, 31, 32, 1_000, 123_456, 10_000_000, 1 << 40] {
+        let mid = Latency::value(Latency::index(v));
+        assert!(
+            (mid - v as f64).abs() <= v as f64 / 32.0 + 0.5,
+            "bucket of {v}: {mid}"
+        );
+    }
+}
+
 /// `--latency`: per run, per wait, the ceiling and the relay (and each
 /// relay variant) in turn, each a fresh child; then medians per cell.
 fn latency_matrix(runs: usize, sizes: &[usize], waits: &[u32], variants: &[&str]) {
+    self_check();
     let mut subjects: Vec<(Subject, &str)> =
         vec![(Subject::Ceiling, "plain"), (Subject::Relay, "plain")];
     // `sleep` is a ceiling variant, the others the relay's.
