@@ -22,6 +22,13 @@
 //! private network namespace (the bench refuses to run outside one).
 //! `--many` instead floods 4 channels at once on a runtime with 1 and with
 //! 2 workers (unpinned) and reports the aggregate delivered rate.
+//! `--coalesce-us 0,300` repeats it per wait, for both subjects (the relay's
+//! `socket.coalesce_us`; the ceiling polls for the rest of the wait after a
+//! partial `recvmmsg`). `--latency` instead measures one-way latency
+//! (p50/p99/p99.9/max, generator → subject → sink, from a send time stamped
+//! into each record's `time` field) at 10k, 50k and 100k records/s with CPU
+//! at 50k; `--variants sleep,flush,patch` adds a ceiling that sleeps out the
+//! wait, and the relay with large deflate blocks or reconfigured every 10 ms.
 //! `--live` adds a third subject, the relay with one live viewer reading
 //! its decoded stream (`GET /channels/{name}/live`'s body, in-process), and
 //! prints its CPU per million records beside the relay's.
@@ -82,39 +89,231 @@ fn main() {
     let sizes: Vec<usize> = arg_value(&args, "--sizes").map_or(vec![80, 1400], |v| {
         v.split(',').map(|s| s.parse().expect("--sizes")).collect()
     });
+    let waits: Vec<u32> = arg_value(&args, "--coalesce-us").map_or(vec![0], |v| {
+        v.split(',')
+            .map(|s| s.parse().expect("--coalesce-us"))
+            .collect()
+    });
     println!(
         "cpus: {}, relay and ceiling pinned to core {RELAY_CORE}, generator and sink to core {LOAD_CORE}",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if args.iter().any(|a| a == "--latency") {
+        let variants = arg_value(&args, "--variants").map_or(vec![], |v| v.split(',').collect());
+        return latency_matrix(runs, &sizes, &waits, &variants);
+    }
     for size in sizes {
         let record = record_of(size);
-        println!("\n== {}-byte records, {runs} runs", record.len());
-        let live = args.iter().any(|a| a == "--live");
-        let mut subjects = vec![Subject::Ceiling, Subject::Relay];
-        if live {
-            subjects.push(Subject::RelayLive);
-        }
-        let mut results: [Vec<Figures>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-        for run in 1..=runs {
-            for (i, &subject) in subjects.iter().enumerate() {
-                let f = measure(subject, &record);
-                println!("run {run} {:<7} {f}", subject.name());
-                results[i].push(f);
+        for &wait in &waits {
+            println!(
+                "\n== {}-byte records, coalesce_us {wait}, {runs} runs",
+                record.len()
+            );
+            let live = args.iter().any(|a| a == "--live");
+            let mut subjects = vec![Subject::Ceiling, Subject::Relay];
+            if live {
+                subjects.push(Subject::RelayLive);
+            }
+            let mut results: [Vec<Figures>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+            for run in 1..=runs {
+                for (i, &subject) in subjects.iter().enumerate() {
+                    let f = measure(subject, &record, wait);
+                    println!("run {run} {:<7} {f}", subject.name());
+                    results[i].push(f);
+                }
+            }
+            let ceiling = Figures::median(&results[0]);
+            let relay = Figures::median(&results[1]);
+            print_table(record.len(), &ceiling, &relay);
+            if live {
+                let watched = Figures::median(&results[2]);
+                println!(
+                    "CPU s per million records at {CPU_RATE}/s: relay {:.3}, relay with a live viewer {:.3} ({:.3}x)",
+                    relay.cpu_per_million,
+                    watched.cpu_per_million,
+                    watched.cpu_per_million / relay.cpu_per_million
+                );
             }
         }
-        let ceiling = Figures::median(&results[0]);
-        let relay = Figures::median(&results[1]);
-        print_table(record.len(), &ceiling, &relay);
-        if live {
-            let watched = Figures::median(&results[2]);
-            println!(
-                "CPU s per million records at {CPU_RATE}/s: relay {:.3}, relay with a live viewer {:.3} ({:.3}x)",
-                relay.cpu_per_million,
-                watched.cpu_per_million,
-                watched.cpu_per_million / relay.cpu_per_million
-            );
+    }
+}
+
+/// Paced rates at which latency is measured; CPU is taken at `CPU_RATE`.
+const LATENCY_RATES: [f64; 3] = [10_000.0, 50_000.0, 100_000.0];
+const LATENCY_SECS: f64 = 2.0;
+
+/// One subject's figures at each of `LATENCY_RATES` (only `CPU_RATE` for a
+/// variant): latency percentiles, loss, and CPU per million records.
+#[derive(Clone, Copy, Default)]
+struct LatencyFigures {
+    at: [Percentiles; 3],
+    loss: [f64; 3],
+    cpu_per_million: f64,
+}
+
+/// Stamps survive a round trip through a record (which stays valid) and
+/// the histogram's buckets are within 3 %: a wrong figure would otherwise
+/// look like a plausible latency.
+fn self_check() {
+    let schema = Schema::parse_str(SCHEMA).expect("schema");
+    let mut record = record_of(80);
+    let stamp = Stamp {
+        epoch: Instant::now(),
+    };
+    let t = stamp.now() + 123_456_789;
+    Stamp::write(t, &mut record);
+    assert_eq!(
+        Stamp::read(&record),
+        Some(t - Stamp::OFFSET),
+        "stamp round trip"
+    );
+    let value = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .and_then(|r| r.read_value(&mut &record[..]))
+        .expect("still valid");
+    let Value::Record(fields) = value else {
+        panic!("not a record")
+    };
+    assert_eq!(
+        fields[0].1,
+        Value::TimestampNanos(t as i64),
+        "the time field holds the stamp"
+    );
+    for v in [0u64, 31, 32, 1_000, 123_456, 10_000_000, 1 << 40] {
+        let mid = Latency::value(Latency::index(v));
+        assert!(
+            (mid - v as f64).abs() <= v as f64 / 32.0 + 0.5,
+            "bucket of {v}: {mid}"
+        );
+    }
+}
+
+/// `--latency`: per run, per wait, the ceiling and the relay (and each
+/// relay variant) in turn, each a fresh child; then medians per cell.
+fn latency_matrix(runs: usize, sizes: &[usize], waits: &[u32], variants: &[&str]) {
+    self_check();
+    let mut subjects: Vec<(Subject, &str)> =
+        vec![(Subject::Ceiling, "plain"), (Subject::Relay, "plain")];
+    // `sleep` is a ceiling variant, the others the relay's.
+    subjects.extend(variants.iter().map(|&v| match v {
+        "sleep" => (Subject::Ceiling, v),
+        _ => (Subject::Relay, v),
+    }));
+    for &size in sizes {
+        let record = record_of(size);
+        let mut all: Vec<Vec<LatencyFigures>> = vec![Vec::new(); waits.len() * subjects.len()];
+        for run in 1..=runs {
+            for (w, &wait) in waits.iter().enumerate() {
+                for (s, &(subject, variant)) in subjects.iter().enumerate() {
+                    let f = measure_latency(subject, variant, &record, wait);
+                    let name = format!("{} {variant}", subject.name());
+                    for (i, rate) in LATENCY_RATES.iter().enumerate() {
+                        if f.at[i].count == 0 {
+                            continue;
+                        }
+                        let p = f.at[i];
+                        println!(
+                            "run {run} {size} B wait {wait:>4} µs {name:<15} {rate:>7.0}/s: p50 {:>7.1} p99 {:>7.1} p99.9 {:>8.1} max {:>8.1} µs, loss {:.3} %",
+                            p.p50 / 1e3,
+                            p.p99 / 1e3,
+                            p.p999 / 1e3,
+                            p.max / 1e3,
+                            f.loss[i] * 100.0
+                        );
+                    }
+                    println!(
+                        "run {run} {size} B wait {wait:>4} µs {name:<15} CPU {:.3} s per 1M rec at 50k/s",
+                        f.cpu_per_million
+                    );
+                    all[w * subjects.len() + s].push(f);
+                }
+            }
+        }
+        println!(
+            "\nmedians of {runs} runs, {}-byte records; latency in µs (one way, generator → subject → sink)",
+            record.len()
+        );
+        println!(
+            "| wait µs | subject | rate/s | p50 | p99 | p99.9 | max | loss | CPU s/1M at 50k/s |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for (w, &wait) in waits.iter().enumerate() {
+            for (s, &(subject, variant)) in subjects.iter().enumerate() {
+                let cell = &all[w * subjects.len() + s];
+                let med = |f: &dyn Fn(&LatencyFigures) -> f64| {
+                    let mut v: Vec<f64> = cell.iter().map(f).collect();
+                    v.sort_by(f64::total_cmp);
+                    v[v.len() / 2]
+                };
+                for (i, rate) in LATENCY_RATES.iter().enumerate() {
+                    if cell.iter().all(|f| f.at[i].count == 0) {
+                        continue;
+                    }
+                    println!(
+                        "| {wait} | {} {variant} | {rate:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} % | {} |",
+                        subject.name(),
+                        med(&|f| f.at[i].p50) / 1e3,
+                        med(&|f| f.at[i].p99) / 1e3,
+                        med(&|f| f.at[i].p999) / 1e3,
+                        med(&|f| f.at[i].max) / 1e3,
+                        med(&|f| f.loss[i]) * 100.0,
+                        if *rate == CPU_RATE {
+                            format!("{:.3}", med(&|f| f.cpu_per_million))
+                        } else {
+                            String::new()
+                        },
+                    );
+                }
+            }
         }
     }
+}
+
+/// A fresh child of `subject`: paced trials with stamped records at each
+/// rate (only `CPU_RATE` for a relay variant), latency at the sink.
+fn measure_latency(
+    subject: Subject,
+    variant: &str,
+    record: &[u8],
+    coalesce_us: u32,
+) -> LatencyFigures {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = Sink::start(true);
+    let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    let mut args = subject_args(subject, &sink, &dec, dir.path(), coalesce_us);
+    args.push(variant.into());
+    let served = Served::start(&args);
+    pin_to(LOAD_CORE);
+    let mut generator = Generator::new(record, &served.ports);
+    generator.stamp = Some(Stamp { epoch: sink.epoch });
+    let mut out = LatencyFigures::default();
+    for (i, &rate) in LATENCY_RATES.iter().enumerate() {
+        if variant != "plain" && variant != "sleep" && rate != CPU_RATE {
+            continue;
+        }
+        let secs = if rate == CPU_RATE {
+            CPU_SECS
+        } else {
+            LATENCY_SECS
+        };
+        sink.settle();
+        sink.latency.reset();
+        sink.latency.on.store(true, Relaxed);
+        let t = trial(
+            &served,
+            &sink,
+            &mut generator,
+            Some(rate),
+            (rate * secs) as u64,
+            Duration::from_secs_f64(secs * 2.0),
+        );
+        sink.latency.on.store(false, Relaxed);
+        out.at[i] = sink.latency.percentiles();
+        out.loss[i] = t.loss();
+        if rate == CPU_RATE {
+            out.cpu_per_million = t.cpu / (t.sent as f64 / 1e6);
+        }
+    }
+    out
 }
 
 fn arg_value<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
@@ -284,6 +483,133 @@ fn cpu_secs(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
+/// A send time carried in the record itself: its first field, the
+/// `long` `time`, as a zig-zag varint of exactly 9 bytes (every value in
+/// [2^55, 2^62) is), so stamping rewrites 9 bytes in place and the record
+/// stays valid. The value is nanoseconds since the sink's epoch (one
+/// monotonic clock: generator and sink are threads of this process) plus
+/// [`Stamp::OFFSET`], which keeps it in that range.
+#[derive(Clone, Copy)]
+struct Stamp {
+    epoch: Instant,
+}
+
+impl Stamp {
+    const OFFSET: u64 = 1 << 60;
+    const WIDTH: usize = 9;
+
+    fn now(self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + Self::OFFSET
+    }
+
+    fn write(t: u64, record: &mut [u8]) {
+        let mut v = t << 1; // zig-zag of a positive long
+        for b in record.iter_mut().take(Self::WIDTH) {
+            *b = (v as u8 & 0x7f) | if v > 0x7f { 0x80 } else { 0 };
+            v >>= 7;
+        }
+    }
+
+    fn read(record: &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for (i, &b) in record.iter().take(Self::WIDTH).enumerate() {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return (v >> 1).checked_sub(Self::OFFSET);
+            }
+        }
+        None
+    }
+}
+
+/// One-way latencies in a fixed log-linear histogram (32 buckets per
+/// power of two, so within 3 %): recording is two atomic adds, no
+/// allocation.
+struct Latency {
+    on: AtomicBool,
+    buckets: Vec<AtomicU64>,
+    max: AtomicU64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Percentiles {
+    count: u64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Latency {
+    const SUB: u32 = 5;
+
+    fn new() -> Latency {
+        Latency {
+            on: AtomicBool::new(false),
+            buckets: (0..64 << Self::SUB).map(|_| AtomicU64::new(0)).collect(),
+            max: AtomicU64::new(0),
+        }
+    }
+
+    fn index(ns: u64) -> usize {
+        if ns < 1 << Self::SUB {
+            return ns as usize;
+        }
+        let e = 63 - ns.leading_zeros();
+        let sub = (ns >> (e - Self::SUB)) & ((1 << Self::SUB) - 1);
+        (((e - Self::SUB + 1) << Self::SUB) as u64 + sub) as usize
+    }
+
+    /// The middle of bucket `i`, in nanoseconds.
+    fn value(i: usize) -> f64 {
+        let sub_n = 1usize << Self::SUB;
+        if i < sub_n {
+            return i as f64;
+        }
+        let e = (i >> Self::SUB) as u32 + Self::SUB - 1;
+        let sub = (i & (sub_n - 1)) as u64;
+        let lo = (sub_n as u64 + sub) << (e - Self::SUB);
+        lo as f64 + (1u64 << (e - Self::SUB)) as f64 / 2.0
+    }
+
+    fn record(&self, ns: u64) {
+        self.buckets[Self::index(ns)].fetch_add(1, Relaxed);
+        self.max.fetch_max(ns, Relaxed);
+    }
+
+    fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Relaxed);
+        }
+        self.max.store(0, Relaxed);
+    }
+
+    fn percentiles(&self) -> Percentiles {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let count: u64 = counts.iter().sum();
+        let max = self.max.load(Relaxed) as f64;
+        // A bucket's middle can lie above the largest sample in it.
+        let at = |q: f64| {
+            let want = ((count as f64 * q).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    return Latency::value(i).min(max);
+                }
+            }
+            0.0
+        };
+        Percentiles {
+            count,
+            p50: at(0.5),
+            p99: at(0.99),
+            p999: at(0.999),
+            max,
+        }
+    }
+}
+
 /// The full-rate destination: counts what arrives, on the load core.
 struct Sink {
     port: u16,
@@ -291,6 +617,8 @@ struct Sink {
     /// Nanoseconds since `epoch` of the last datagram.
     last_ns: Arc<AtomicU64>,
     epoch: Instant,
+    /// Latencies of stamped records, while `latency.on`.
+    latency: Arc<Latency>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -307,7 +635,14 @@ impl Sink {
         let last_ns = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let epoch = Instant::now();
-        let (r, l, s) = (received.clone(), last_ns.clone(), stop.clone());
+        let latency = Arc::new(Latency::new());
+        let (r, l, s, lat) = (
+            received.clone(),
+            last_ns.clone(),
+            stop.clone(),
+            latency.clone(),
+        );
+        let stamp = Stamp { epoch };
         let thread = std::thread::spawn(move || {
             if pin {
                 pin_to(LOAD_CORE);
@@ -342,8 +677,17 @@ impl Sink {
                     )
                 };
                 if n > 0 {
+                    let now = stamp.now();
                     r.fetch_add(n as u64, Relaxed);
-                    l.store(epoch.elapsed().as_nanos() as u64, Relaxed);
+                    l.store(now - Stamp::OFFSET, Relaxed);
+                    if lat.on.load(Relaxed) {
+                        for (h, b) in hdrs.iter().zip(bufs.chunks(2048)).take(n as usize) {
+                            let len = (h.msg_len as usize).min(b.len());
+                            if let Some(sent) = Stamp::read(&b[..len]) {
+                                lat.record(now.saturating_sub(sent + Stamp::OFFSET));
+                            }
+                        }
+                    }
                 }
             }
         });
@@ -352,6 +696,7 @@ impl Sink {
             received,
             last_ns,
             epoch,
+            latency,
             stop,
             thread: Some(thread),
         }
@@ -415,22 +760,31 @@ impl Drop for Served {
     }
 }
 
-/// Reusable `sendmmsg` headers: `BATCH` copies of one record to `to`.
+/// Reusable `sendmmsg` headers over `BATCH` copies of one record to the
+/// subject's port(s); with `stamp`, each send first writes its time into
+/// the record's leading `time` field (see [`Stamp`]).
 struct Generator {
     sock: UdpSocket,
     hdrs: Vec<libc::mmsghdr>,
     _iovs: Vec<libc::iovec>,
     _names: Vec<libc::sockaddr_in>,
+    /// `BATCH` copies of the record, `len` bytes apart.
+    copies: Vec<u8>,
+    len: usize,
+    stamp: Option<Stamp>,
 }
 
 impl Generator {
     fn new(record: &[u8], targets: &[u16]) -> Generator {
         let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind generator");
         let _ = socket2::SockRef::from(&sock).set_send_buffer_size(4 << 20);
-        let mut iovs: Vec<libc::iovec> = (0..BATCH)
-            .map(|_| libc::iovec {
-                iov_base: record.as_ptr() as *mut libc::c_void,
-                iov_len: record.len(),
+        let mut copies = record.repeat(BATCH);
+        let len = record.len();
+        let mut iovs: Vec<libc::iovec> = copies
+            .chunks_mut(len)
+            .map(|c| libc::iovec {
+                iov_base: c.as_mut_ptr().cast(),
+                iov_len: len,
             })
             .collect();
         // Target i of a batch is targets[i % len], so several channels get
@@ -461,20 +815,24 @@ impl Generator {
             hdrs,
             _iovs: iovs,
             _names: names,
+            copies,
+            len,
+            stamp: None,
         }
     }
 
     fn send(&mut self, n: usize) -> u64 {
-        // SAFETY: headers point at live iovecs (over the caller's record,
-        // which outlives the generator) and addresses.
-        let r = unsafe {
-            libc::sendmmsg(
-                self.sock.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                n.min(BATCH) as u32,
-                0,
-            )
-        };
+        let n = n.min(BATCH);
+        if let Some(stamp) = self.stamp {
+            let now = stamp.now();
+            for c in self.copies.chunks_mut(self.len).take(n) {
+                Stamp::write(now, c);
+            }
+        }
+        // SAFETY: headers point at live iovecs (over `copies`, owned by the
+        // generator and never reallocated) and addresses.
+        let r =
+            unsafe { libc::sendmmsg(self.sock.as_raw_fd(), self.hdrs.as_mut_ptr(), n as u32, 0) };
         r.max(0) as u64
     }
 
@@ -564,7 +922,13 @@ fn trial(
     }
 }
 
-fn subject_args(subject: Subject, sink: &Sink, dec: &UdpSocket, dir: &Path) -> Vec<String> {
+fn subject_args(
+    subject: Subject,
+    sink: &Sink,
+    dec: &UdpSocket,
+    dir: &Path,
+    coalesce_us: u32,
+) -> Vec<String> {
     let mode = match subject {
         Subject::Ceiling => "serve-ceiling",
         Subject::Relay | Subject::RelayLive => "serve-relay",
@@ -576,6 +940,7 @@ fn subject_args(subject: Subject, sink: &Sink, dec: &UdpSocket, dir: &Path) -> V
         dir.display().to_string(),
         "1".into(),
         "0".into(),
+        coalesce_us.to_string(),
     ];
     if subject == Subject::RelayLive {
         args.push("live".into());
@@ -583,12 +948,12 @@ fn subject_args(subject: Subject, sink: &Sink, dec: &UdpSocket, dir: &Path) -> V
     args
 }
 
-fn measure(subject: Subject, record: &[u8]) -> Figures {
+fn measure(subject: Subject, record: &[u8], coalesce_us: u32) -> Figures {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = Sink::start(true);
     // The decimated destination nobody reads, as a slow consumer would be.
     let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-    let served = Served::start(&subject_args(subject, &sink, &dec, dir.path()));
+    let served = Served::start(&subject_args(subject, &sink, &dec, dir.path(), coalesce_us));
     pin_to(LOAD_CORE);
     let mut generator = Generator::new(record, &served.ports);
 
@@ -652,7 +1017,7 @@ fn many_channels(runs: usize) {
             let dir = tempfile::tempdir().expect("tempdir");
             let sink = Sink::start(false);
             let dec = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
-            let mut args = subject_args(Subject::Relay, &sink, &dec, dir.path());
+            let mut args = subject_args(Subject::Relay, &sink, &dec, dir.path(), 0);
             args[4] = "4".into();
             args[5] = workers.to_string();
             let served = Served::start(&args);
@@ -682,12 +1047,20 @@ fn many_channels(runs: usize) {
     }
 }
 
-/// Child: `serve-ceiling SINK DEC DIR 1 0` — the ceiling relay until killed.
+/// Child: `serve-ceiling SINK DEC DIR 1 0 COALESCE_US` — the ceiling relay
+/// until killed. With COALESCE_US > 0 it waits like the relay's
+/// `socket.coalesce_us`: after a partial `recvmmsg`, `ppoll` for the rest
+/// of the wait and receive again into the free slots, until the batch is
+/// full or the wait is over.
 fn serve_ceiling(args: &[String]) {
     pin_to(RELAY_CORE);
     let full_port: u16 = args[0].parse().expect("sink port");
     let dec_port: u16 = args[1].parse().expect("dec port");
     let dir = Path::new(&args[2]);
+    let wait = Duration::from_micros(args[5].parse().expect("coalesce_us"));
+    // `sleep`: wait out the whole wait, then receive once (one wake-up per
+    // batch) instead of polling for each datagram that arrives meanwhile.
+    let sleep = args.get(6).is_some_and(|v| v == "sleep");
     let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
     let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(8 << 20);
     let full = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
@@ -739,7 +1112,50 @@ fn serve_ceiling(args: &[String]) {
         if n <= 0 {
             continue;
         }
-        let n = n as usize;
+        let mut n = n as usize;
+        if n < BATCH && !wait.is_zero() {
+            let deadline = Instant::now() + wait;
+            let mut slept = sleep;
+            if sleep {
+                std::thread::sleep(wait);
+            }
+            while n < BATCH {
+                // After the sleep, one receive of what came meanwhile.
+                if !std::mem::take(&mut slept) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let ts = libc::timespec {
+                        tv_sec: left.as_secs() as libc::time_t,
+                        tv_nsec: left.subsec_nanos() as libc::c_long,
+                    };
+                    let mut pfd = libc::pollfd {
+                        fd: rx.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, a valid timeout, no signal mask.
+                    if unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) } <= 0 {
+                        break;
+                    }
+                }
+                let free = rhdrs[n..].as_mut_ptr();
+                // SAFETY: headers n.. point at free slots of `buf`.
+                let more = unsafe {
+                    libc::recvmmsg(
+                        rx.as_raw_fd(),
+                        free,
+                        (BATCH - n) as u32,
+                        libc::MSG_DONTWAIT,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if more > 0 {
+                    n += more as usize;
+                }
+            }
+        }
         let mut d = 0;
         for i in 0..n {
             out[i] = libc::iovec {
@@ -775,7 +1191,8 @@ fn serve_relay(args: &[String]) {
     let dir = Path::new(&args[2]).to_path_buf();
     let channels: usize = args[3].parse().expect("channels");
     let workers: usize = args[4].parse().expect("workers");
-    let live = args.get(5).is_some_and(|a| a == "live");
+    let coalesce_us: u32 = args[5].parse().expect("coalesce_us");
+    let variant = args.get(6).map_or("plain", String::as_str).to_owned();
     let rt = if workers == 0 {
         pin_to(RELAY_CORE);
         tokio::runtime::Builder::new_current_thread()
@@ -790,6 +1207,7 @@ fn serve_relay(args: &[String]) {
     .expect("runtime");
     rt.block_on(async move {
         let mut handles = Vec::new();
+        let mut spec_settings = ChannelSettings::default();
         for i in 0..channels {
             let mut settings = ChannelSettings::default();
             settings.socket.bind = Ipv4Addr::LOCALHOST.into();
@@ -799,6 +1217,17 @@ fn serve_relay(args: &[String]) {
                 vec![Destination::new(Ipv4Addr::LOCALHOST.into(), dec_port)];
             settings.decimation.enabled = true;
             settings.decimation.factor = DECIMATION as u32;
+            settings.socket.coalesce_us = coalesce_us;
+            if variant == "flush" {
+                // Large deflate blocks, written by size about once a second
+                // at 50,000 80-byte records/s: the compression runs in the
+                // blocking pool, on the channel's core.
+                settings.archive.codec = speedrelay::config::Codec::Deflate;
+                settings.archive.flush_records = u32::MAX;
+                settings.archive.flush_bytes = 4 << 20;
+                settings.archive.flush_ms = 60_000;
+            }
+            spec_settings = settings.clone();
             let spec = ChannelSpec {
                 name: format!("bench{i}"),
                 port: 0,
@@ -806,7 +1235,7 @@ fn serve_relay(args: &[String]) {
                 settings,
             };
             let mut bound = BoundChannel::bind(spec, &dir).expect("bind channel");
-            if live {
+            if variant == "live" {
                 // One viewer reading every event, as a browser would.
                 let tap = Arc::new(LiveTap::default());
                 bound = bound.with_live(tap.clone());
@@ -835,6 +1264,21 @@ fn serve_relay(args: &[String]) {
             .collect();
         println!("ready {}", ports.join(" "));
         std::io::stdout().flush().expect("flush");
+        if variant == "patch" {
+            // What a PATCH does to the running channel once it is
+            // validated and committed (the HTTP request and the registry's
+            // fsync are not in it): new settings, destinations reopened,
+            // every 10 ms.
+            let mut settings = spec_settings.clone();
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for n in 0u64.. {
+                tick.tick().await;
+                settings.archive.flush_ms = 1000 + (n % 2) as u32;
+                for h in &handles {
+                    h.reconfigure(settings.clone()).expect("reconfigure");
+                }
+            }
+        }
         // Until the bench kills this process.
         std::future::pending::<()>().await;
         let _keep: Vec<SocketAddr> = handles.iter().map(|h| h.local_addr()).collect();

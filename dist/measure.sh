@@ -8,8 +8,9 @@
 # (default 3) of 300,000 records per binary, the binaries alternating.
 # Runs itself inside a fresh private network namespace (lo only).
 # INSTRUCTIONS=1 instead counts user-space instructions per record with
-# valgrind's callgrind (see below).
-# Usage: [ROUNDS=N] [INSTRUCTIONS=1] dist/measure.sh BINARY...
+# valgrind's callgrind (see below); RATE (default 2000) and COUNT (default
+# 20000) set its load. COALESCE_US=N sets the channel's socket.coalesce_us.
+# Usage: [ROUNDS=N] [INSTRUCTIONS=1 [RATE=R] [COUNT=N]] [COALESCE_US=N] dist/measure.sh BINARY...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 1 ] || { echo "usage: $0 BINARY..." >&2; exit 2; }
@@ -26,12 +27,12 @@ hz=$(getconf CLK_TCK)
 work=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/config/agents"
 cp config/agents/example.avsc "$work/config/agents/"
-cat > "$work/config/relay.yaml" <<'YAML'
+cat > "$work/config/relay.yaml" <<YAML
 channels:
   - name: "bench"
     port: 26100
     schema: "agents/example.avsc"
-socket: {bind: 127.0.0.1}
+socket: {bind: 127.0.0.1, coalesce_us: ${COALESCE_US:-0}}
 outputs:
   full_rate: {address: "127.0.0.1", port: 27100}
   decimated: null
@@ -61,18 +62,21 @@ packets() { curl -sf 127.0.0.1:18080/api/v1/channels/bench | grep -o '"packets":
 
 if [ -n "${INSTRUCTIONS:-}" ]; then
   # User-space instructions per record, counted by callgrind (so the
-  # machine's other load changes nothing): a run relaying 20,000 records at
-  # 2,000/s minus an idle run of the same length, over 20,000.
-  n=20000
+  # machine's other load changes nothing): a run relaying COUNT records at
+  # RATE/s minus an idle run of the same length, over the records taken in.
+  # Under callgrind the relay's own code runs ~50x slower (the kernel's
+  # does not), so a high RATE gathers larger batches than it would natively.
+  n=${COUNT:-20000}
+  irate=${RATE:-2000}
   for bin in "$@"; do
     for load in 0 $n; do
       wrap="valgrind --tool=callgrind --callgrind-out-file=$work/cg.$load"
       start "$bin" "$work/cg.log"
       if [ $load -gt 0 ]; then
         "$sender" send --port 26100 --schema "$work/config/agents/example.avsc" \
-          --rate 2000 --count $load > "$work/send.log" 2>&1
+          --rate $irate --count $load > "$work/send.log" 2>&1
       else
-        sleep $((n / 2000))
+        sleep $(( (n + irate - 1) / irate ))
       fi
       sleep 2
       [ $load = 0 ] || got=$(packets)
@@ -80,7 +84,7 @@ if [ -n "${INSTRUCTIONS:-}" ]; then
     done
     ir() { grep -m1 '^totals:\|^summary:' "$1" | awk '{print $2}'; }
     echo "$bin: $(( ($(ir $work/cg.$n) - $(ir $work/cg.0)) / got )) instructions per record" \
-      "(user space, callgrind; $got of $n records taken in)"
+      "(user space, callgrind; $got of $n records taken in at $irate/s; coalesce_us ${COALESCE_US:-0})"
   done
   exit
 fi
