@@ -2,9 +2,12 @@
 //! (JetStream, its store in a temporary directory, on loopback) and two
 //! real relay binaries joined to it. Built only with `--features cluster`.
 //!
-//! The relays share one network namespace here, so a channel's port can be
-//! bound by one of them at a time: the other lists the channel (the
-//! registry is shared) and shows it `failed` until the port is free.
+//! The relays share one network namespace here. With leases (the default)
+//! only a channel's owner binds its port, so they can share one address:
+//! a node that bound a port it does not own would show the channel
+//! `failed` (address in use) on the other instead of `standby`. Without
+//! leases (`lease_ms: 0`) every node tries, and the one that lost the bind
+//! shows `failed` until the port is free.
 
 use crate::common;
 
@@ -184,8 +187,20 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// A setup whose relay.yaml has `cluster:` settings `cluster` (YAML flow
+/// mapping content, e.g. `lease_ms: 1000`).
+fn setup_with(cluster: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = loopback_config(dir.path(), 50);
+    if !cluster.is_empty() {
+        let relay = config.join("relay.yaml");
+        let mut text = std::fs::read_to_string(&relay).expect("relay.yaml");
+        text.push_str(&format!("cluster: {{{cluster}}}\n"));
+        std::fs::write(&relay, text).expect("relay.yaml");
+    }
     let root = dir.path().to_path_buf();
     Setup {
         _dir: dir,
@@ -316,7 +331,10 @@ fn registry_is_shared_and_racing_writes_have_one_winner() {
 #[test]
 fn nodes_relay_through_a_nats_outage_and_catch_up() {
     let Some(bin) = nats_server_bin() else { return };
-    let s = setup();
+    // Without leases every node runs every channel, through an outage too
+    // (with leases a node that cannot renew goes to standby: see
+    // `an_owner_cut_off_from_nats_stops_before_its_lease_expires`).
+    let s = setup_with("lease_ms: 0");
     let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
     let (a_dir, b_dir) = (s.root.join("a"), s.root.join("b"));
     let a = node(&s.config, &a_dir, &nats.url(), "a");
