@@ -527,6 +527,9 @@ impl Api {
                 #[cfg(feature = "cluster")]
                 if let Some(c) = self.engine.cluster() {
                     health["cluster"] = json!({"node": c.node(), "nats": c.state()});
+                    if c.leases() {
+                        health["cluster"]["nodes"] = json!(c.live_nodes());
+                    }
                 }
                 ok(health)
             }

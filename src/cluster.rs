@@ -318,6 +318,11 @@ pub struct Cluster {
     held: Mutex<HashMap<String, Held>>,
     /// Every channel's lease as last read: (node, epoch).
     seen: Mutex<HashMap<String, (String, u64)>>,
+    /// When this node first saw a never-held lease free (unix ms): the
+    /// start of the wait of a node that is not the preferred one.
+    free_since: Mutex<HashMap<String, u64>>,
+    /// The live nodes as the last lease round read them.
+    live: Mutex<Vec<String>>,
     takeovers: AtomicU64,
 }
 
@@ -422,6 +427,8 @@ impl Cluster {
             stop: CancellationToken::new(),
             held: Mutex::default(),
             seen: Mutex::default(),
+            live: Mutex::default(),
+            free_since: Mutex::default(),
             takeovers: AtomicU64::new(0),
         }))
     }
@@ -448,6 +455,14 @@ impl Cluster {
             return Some((self.options.node.clone(), h.epoch));
         }
         lock(&self.seen).get(name).cloned()
+    }
+
+    /// The live nodes (heartbeat not expired) as last read, sorted; empty
+    /// without leases.
+    pub fn live_nodes(&self) -> Vec<String> {
+        let mut live = lock(&self.live).clone();
+        live.sort();
+        live
     }
 
     /// Leases held now and taken since start, for /metrics; None without leases.
@@ -827,7 +842,6 @@ impl Cluster {
             // Each request gets a third of a lease: a slow NATS cannot hold
             // a round past the fence unnoticed (the fence runs apart).
             let budget = lease / 3;
-            let sent = Instant::now();
             let now = unix_ms();
             let expires = now + lease.as_millis() as u64;
             let beat = encode(&Heartbeat { expires }).unwrap_or_default();
@@ -841,13 +855,13 @@ impl Cluster {
                 Ok(Ok(live)) => live,
                 _ => continue,
             };
+            lock(&self.live).clone_from(&live);
             for name in engine.names() {
                 let round = Round {
                     kv: &kv,
                     engine: &engine,
                     live: &live,
                     now,
-                    sent,
                     lease,
                     budget,
                 };
@@ -874,10 +888,13 @@ impl Cluster {
             (lease, e.revision)
         });
         let lease_ms = r.lease.as_millis() as u64;
+        // The lease runs from when this write is sent, and so does the
+        // fence: a slow round cannot leave it longer than 2/3 of a lease.
+        let sent = Instant::now();
         let mine = Lease {
             node: me.clone(),
             epoch: 0,
-            expires: r.now + lease_ms,
+            expires: unix_ms() + lease_ms,
         };
         if let Some((Some(l), revision)) = &current {
             lock(&self.seen).insert(name.to_string(), (l.node.clone(), l.epoch));
@@ -894,7 +911,7 @@ impl Cluster {
                 .await
                 {
                     Ok(Ok(_)) => {
-                        self.hold(r, name, l.epoch);
+                        self.hold(r, sent, name, l.epoch);
                         Ok(())
                     }
                     Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
@@ -917,8 +934,13 @@ impl Cluster {
         // next one a lease later, and so on, so that a preferred node that
         // is live but stuck does not keep the channel down.
         let since = match &current {
-            Some((Some(l), _)) => l.expires,
-            _ => 0,
+            Some((Some(l), _)) => {
+                lock(&self.free_since).remove(name);
+                l.expires
+            }
+            _ => *lock(&self.free_since)
+                .entry(name.to_string())
+                .or_insert(r.now),
         };
         let Some(rank) = rendezvous_rank(name, me, r.live) else {
             return Ok(());
@@ -951,8 +973,8 @@ impl Cluster {
             Ok(Ok(())) => {
                 self.takeovers.fetch_add(1, Ordering::Relaxed);
                 lock(&self.seen).insert(name.to_string(), (me.clone(), epoch));
-                tracing::info!(channel = %name, epoch, "took the channel's lease; relaying it here");
-                self.hold(r, name, epoch);
+                tracing::info!(channel = %name, epoch, live = ?r.live, "took the channel's lease; relaying it here");
+                self.hold(r, sent, name, epoch);
                 Ok(())
             }
             // Another node was quicker: its lease shows next round.
@@ -963,8 +985,8 @@ impl Cluster {
 
     /// Records a lease won or renewed and lets the channel run, unless the
     /// answer came too late to trust it.
-    fn hold(&self, r: &Round<'_>, name: &str, epoch: u64) {
-        let fence = r.sent + r.lease * 2 / 3;
+    fn hold(&self, r: &Round<'_>, sent: Instant, name: &str, epoch: u64) {
+        let fence = sent + r.lease * 2 / 3;
         if Instant::now() >= fence {
             return;
         }
@@ -1017,9 +1039,8 @@ struct Round<'a> {
     kv: &'a kv::Store,
     engine: &'a Engine,
     live: &'a [String],
-    /// Unix ms at the round's start, and the instant its first write was sent.
+    /// Unix ms at the round's start: what the leases read are compared to.
     now: u64,
-    sent: Instant,
     lease: Duration,
     budget: Duration,
 }

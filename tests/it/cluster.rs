@@ -648,6 +648,14 @@ fn each_channel_has_one_owner_and_channels_spread_over_nodes() {
     wait_connected(&a);
     wait_connected(&b);
     let nodes = [("a", a.api), ("b", b.api)];
+    // Leases go by the live nodes a node sees: both, before registering
+    // (a node that joins later takes only free or expired leases).
+    wait_for("both nodes to see each other live", T, || {
+        nodes.iter().all(|(_, api)| {
+            http(*api, "GET", "/api/v1/health", &[], None).1["cluster"]["nodes"]
+                == json!(["a", "b"])
+        })
+    });
 
     let out = listen();
     let mut ports = Vec::new();
@@ -680,7 +688,9 @@ fn each_channel_has_one_owner_and_channels_spread_over_nodes() {
     let on_a = owners.iter().filter(|o| *o == "a").count();
     assert!(
         on_a > 0 && on_a < 8,
-        "the channels did not spread: {owners:?}"
+        "the channels did not spread: {owners:?}\nA: {}\nB: {}",
+        a.log_text(),
+        b.log_text()
     );
     assert_eq!(
         metric(a.api, "speedrelay_cluster_leases_held{node=\"a\"}") as usize,
