@@ -856,7 +856,14 @@ impl Cluster {
                 _ => continue,
             };
             lock(&self.live).clone_from(&live);
-            for name in engine.names() {
+            let names = engine.names();
+            // Channels deleted since: forget their leases here (their
+            // `lease.` keys stay, and a new channel of that name takes
+            // the next epoch).
+            lock(&self.held).retain(|n, _| names.contains(n));
+            lock(&self.seen).retain(|n, _| names.contains(n));
+            lock(&self.free_since).retain(|n, _| names.contains(n));
+            for name in names {
                 let round = Round {
                     kv: &kv,
                     engine: &engine,
