@@ -1007,6 +1007,50 @@ impl Cluster {
         tracing::warn!(channel = %name, reason = why, "lease lost; standby");
     }
 
+    /// Hands this node's leases over on a graceful stop: each is marked
+    /// expired (by compare-and-set, so a lease taken meanwhile is left
+    /// alone) and the heartbeat removed, so the next node takes the
+    /// channels at its next round instead of a lease later. Call it only
+    /// once every channel has stopped: the lease is what keeps a second
+    /// node from forwarding.
+    pub async fn release_leases(&self) {
+        let Some(lease) = self.options.lease else {
+            return;
+        };
+        let Ok(kv) = self.store() else { return };
+        let budget = lease / 3;
+        let held: Vec<(String, u64)> = lock(&self.held)
+            .drain()
+            .map(|(name, h)| (name, h.epoch))
+            .collect();
+        let me = &self.options.node;
+        for (name, epoch) in held {
+            let key = lease_key(&name);
+            let Ok(Ok(Some(entry))) = tokio::time::timeout(budget, kv.entry(&key)).await else {
+                continue;
+            };
+            let ours = entry.operation == Operation::Put
+                && serde_json::from_slice::<Lease>(&entry.value)
+                    .is_ok_and(|l| l.node == *me && l.epoch == epoch);
+            if !ours {
+                continue;
+            }
+            let Ok(value) = encode(&Lease {
+                node: me.clone(),
+                epoch,
+                expires: 0,
+            }) else {
+                continue;
+            };
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(budget, kv.update(&key, value.into(), entry.revision)).await
+            {
+                tracing::info!(channel = %name, "lease handed over");
+            }
+        }
+        let _ = tokio::time::timeout(budget, kv.delete(node_key(me))).await;
+    }
+
     /// The fence: a held lease not renewed in time sends its channel to
     /// standby, a third of a lease before the lease expires.
     async fn fence(self: Arc<Self>, engine: Weak<Engine>, lease: Duration) {

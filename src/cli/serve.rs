@@ -315,6 +315,11 @@ async fn run(
         c.shutdown();
     }
     engine.shutdown().await;
+    // Every channel has stopped: its lease can go to another node now.
+    #[cfg(feature = "cluster")]
+    if let Some(c) = engine.cluster() {
+        c.release_leases().await;
+    }
     Ok(())
 }
 

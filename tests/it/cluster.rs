@@ -879,3 +879,50 @@ fn bad_lease_times_are_refused_by_config_validation() {
         );
     }
 }
+
+#[test]
+fn a_gracefully_stopped_owner_hands_its_channel_over_at_once() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    let b = node(&s.config, &s.root.join("b"), &nats.url(), "b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let nodes = [("a", a.api), ("b", b.api)];
+    let out = listen();
+    let port = free_port();
+    let (status, body) = register_example(
+        a.api,
+        "handover",
+        port,
+        json!({"outputs": {"full_rate": to(&out)}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut settled = None;
+    wait_for("one owner", T, || {
+        settled = settled_owner(&nodes, "handover");
+        settled.is_some()
+    });
+    let (owner, epoch) = settled.expect("settled");
+    let (owner_node, other) = if owner == "a" { (a, b) } else { (b, a) };
+    let log = owner_node.log.clone();
+    // SIGTERM: the owner stops its channels, then marks its leases expired.
+    assert!(owner_node.terminate().success());
+    let stopped = Instant::now();
+    let text = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(text.contains("lease handed over"), "{text}");
+    wait_for("the other node to take over", T, || {
+        let (status, who, e) = ownership(other.api, "handover");
+        status == "active" && who != owner && e > epoch
+    });
+    let took = stopped.elapsed();
+    eprintln!("hand-over {} ms after the owner exited", took.as_millis());
+    assert!(
+        took < Duration::from_millis(LEASE_MS),
+        "hand-over took {took:?}"
+    );
+    while out.recv(&mut [0u8; 2048]).is_ok() {}
+    assert!(relays(port, &out), "the new owner does not relay");
+    other.stop();
+}
