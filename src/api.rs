@@ -527,6 +527,9 @@ impl Api {
                 #[cfg(feature = "cluster")]
                 if let Some(c) = self.engine.cluster() {
                     health["cluster"] = json!({"node": c.node(), "nats": c.state()});
+                    if c.leases() {
+                        health["cluster"]["nodes"] = json!(c.live_nodes());
+                    }
                 }
                 ok(health)
             }
@@ -587,10 +590,13 @@ impl Api {
             .engine
             .cluster()
             .map(|c| (c.node(), c.state() == "connected"));
+        #[cfg(feature = "cluster")]
+        let cluster_leases = self.engine.cluster().and_then(|c| c.lease_counts());
         #[cfg(not(feature = "cluster"))]
-        let cluster = None;
+        let (cluster, cluster_leases) = (None, None);
         let text = metrics::render(&metrics::Exposition {
             cluster,
+            cluster_leases,
             channels: &channels,
             registry_channels,
             registry_file_bytes,
@@ -615,10 +621,13 @@ impl Api {
             None | Some("registered") => None,
             Some("active" | "running") => Some(Status::Active),
             Some("failed") => Some(Status::Failed),
+            Some("standby") => Some(Status::Standby),
             Some(other) => {
                 return Err(ApiError::bad(
                     "status",
-                    format!("unknown status {other:?}: use active, failed, registered or running"),
+                    format!(
+                        "unknown status {other:?}: use active, failed, standby, registered or running"
+                    ),
                 ));
             }
         };

@@ -11,17 +11,26 @@
 //!   `relay.yaml`, once, by the first node to connect;
 //! - every node watches `ch.>` and applies each change to its engine, which
 //!   writes it to the local redb: a node restarted during a NATS outage runs
-//!   from that mirror, and catches up when NATS returns.
+//!   from that mirror, and catches up when NATS returns;
+//! - with leases (`cluster.lease_ms`, on by default), `lease.<name>` says
+//!   which node relays a channel (`{node, epoch, expires}`, written by
+//!   compare-and-set on its revision) and `node.<name>` is each node's
+//!   heartbeat. The lease keeper ([`Cluster::keep_leases`]) renews what this
+//!   node holds every lease_ms/3, takes free or expired leases by rendezvous
+//!   hashing over the live nodes, and its fence sends a channel to standby
+//!   at 2/3 of lease_ms without a renewal, before the lease can expire and
+//!   another node take it.
 //!
 //! The engine calls [`Cluster::claim`], [`Cluster::replace`] and
 //! [`Cluster::release`] from its one registry write path; while NATS is
 //! unreachable they fail with [`ClusterError::Unavailable`] (HTTP 503) and
 //! nothing is written anywhere.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
 use futures_util::StreamExt;
@@ -42,6 +51,11 @@ const STALE_CLAIM: Duration = Duration::from_secs(30);
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const SEED_KEY: &str = "meta.seeded";
+/// `cluster.lease_ms` when not given.
+pub const DEFAULT_LEASE: Duration = Duration::from_millis(3000);
+/// The shortest lease: a renewal every 100 ms, a fence at 200 ms.
+pub const MIN_LEASE_MS: u64 = 300;
+pub const MAX_LEASE_MS: u64 = 600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -66,6 +80,9 @@ pub struct ClusterOptions {
     pub servers: Vec<String>,
     pub node: String,
     pub bucket: String,
+    /// How long a channel lease lasts; None: no leases (every node runs
+    /// every channel).
+    pub lease: Option<Duration>,
     auth: Auth,
     ca: Option<PathBuf>,
 }
@@ -77,6 +94,7 @@ impl std::fmt::Debug for ClusterOptions {
             .field("servers", &self.servers)
             .field("node", &self.node)
             .field("bucket", &self.bucket)
+            .field("lease", &self.lease)
             .finish_non_exhaustive()
     }
 }
@@ -203,10 +221,24 @@ impl ClusterOptions {
                 ca.display()
             )));
         }
+        let lease = match file.and_then(|f| f.lease_ms) {
+            None => Some(DEFAULT_LEASE),
+            Some(0) => None,
+            Some(ms) if (MIN_LEASE_MS..=MAX_LEASE_MS).contains(&ms) => {
+                Some(Duration::from_millis(ms))
+            }
+            Some(ms) => {
+                return Err(ClusterError::Config(format!(
+                    "cluster.lease_ms {ms}: 0 (no leases) or {MIN_LEASE_MS} to {MAX_LEASE_MS} \
+                     milliseconds"
+                )));
+            }
+        };
         Ok(Some(ClusterOptions {
             servers,
             node,
             bucket,
+            lease,
             auth,
             ca,
         }))
@@ -282,6 +314,41 @@ pub struct Cluster {
     /// (re)connection.
     synced: AtomicBool,
     stop: CancellationToken,
+    /// The leases this node holds, and until when it may relay under each.
+    held: Mutex<HashMap<String, Held>>,
+    /// Every channel's lease as last read: (node, epoch).
+    seen: Mutex<HashMap<String, (String, u64)>>,
+    /// When this node first saw a never-held lease free (unix ms): the
+    /// start of the wait of a node that is not the preferred one.
+    free_since: Mutex<HashMap<String, u64>>,
+    /// The live nodes as the last lease round read them.
+    live: Mutex<Vec<String>>,
+    takeovers: AtomicU64,
+}
+
+/// A lease this node holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    epoch: u64,
+    /// 2/3 of the lease after the last renewal was sent: past it the
+    /// channel goes to standby, a third of a lease before anyone else may
+    /// take it.
+    fence: Instant,
+}
+
+/// The value of a `lease.<name>` key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Lease {
+    node: String,
+    epoch: u64,
+    /// Unix ms after which the lease is free to take.
+    expires: u64,
+}
+
+/// The value of a `node.<name>` key: the node is live until `expires`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Heartbeat {
+    expires: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -358,11 +425,53 @@ impl Cluster {
             store: RwLock::new(None),
             synced: AtomicBool::new(false),
             stop: CancellationToken::new(),
+            held: Mutex::default(),
+            seen: Mutex::default(),
+            live: Mutex::default(),
+            free_since: Mutex::default(),
+            takeovers: AtomicU64::new(0),
         }))
     }
 
     pub fn node(&self) -> &str {
         &self.options.node
+    }
+
+    /// Whether this node uses leases (only the holder relays a channel).
+    pub fn leases(&self) -> bool {
+        self.options.lease.is_some()
+    }
+
+    /// Whether this node holds `name`'s lease now (and may relay it).
+    pub fn holds(&self, name: &str) -> bool {
+        let now = Instant::now();
+        lock(&self.held).get(name).is_some_and(|h| now < h.fence)
+    }
+
+    /// The holder and epoch of `name`'s lease, as this node last read it.
+    pub fn lease_of(&self, name: &str) -> Option<(String, u64)> {
+        self.leases().then_some(())?;
+        if let Some(h) = lock(&self.held).get(name) {
+            return Some((self.options.node.clone(), h.epoch));
+        }
+        lock(&self.seen).get(name).cloned()
+    }
+
+    /// The live nodes (heartbeat not expired) as last read, sorted; empty
+    /// without leases.
+    pub fn live_nodes(&self) -> Vec<String> {
+        let mut live = lock(&self.live).clone();
+        live.sort();
+        live
+    }
+
+    /// Leases held now and taken since start, for /metrics; None without leases.
+    pub fn lease_counts(&self) -> Option<(usize, u64)> {
+        self.leases().then_some(())?;
+        Some((
+            lock(&self.held).len(),
+            self.takeovers.load(Ordering::Relaxed),
+        ))
     }
 
     /// `connected`, `connecting` or `disconnected`, for /health and /metrics.
@@ -558,6 +667,10 @@ impl Cluster {
     /// while NATS is away), seeds it once, and mirrors every change into
     /// `engine`; after a lost connection it reconciles and mirrors again.
     pub fn spawn(self: &Arc<Self>, engine: Weak<Engine>, seeds: Vec<ChannelRecord>) {
+        if let Some(lease) = self.options.lease {
+            tokio::spawn(self.clone().keep_leases(engine.clone(), lease));
+            tokio::spawn(self.clone().fence(engine.clone(), lease));
+        }
         let cluster = self.clone();
         tokio::spawn(async move {
             let mut backoff = BACKOFF_FIRST;
@@ -708,6 +821,341 @@ impl Cluster {
         }
         Ok(())
     }
+}
+
+impl Cluster {
+    /// The lease keeper: every lease/3, a heartbeat, then each channel's
+    /// lease renewed, taken or left to its holder. A round that cannot
+    /// reach NATS does nothing; the fence then sends channels to standby.
+    async fn keep_leases(self: Arc<Self>, engine: Weak<Engine>, lease: Duration) {
+        let mut tick = tokio::time::interval(lease / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let Ok(kv) = self.store() else { continue };
+            // Each request gets a third of a lease: a slow NATS cannot hold
+            // a round past the fence unnoticed (the fence runs apart).
+            let budget = lease / 3;
+            let now = unix_ms();
+            let expires = now + lease.as_millis() as u64;
+            let beat = encode(&Heartbeat { expires }).unwrap_or_default();
+            match tokio::time::timeout(budget, kv.put(node_key(&self.options.node), beat.into()))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                _ => continue,
+            }
+            let live = match tokio::time::timeout(budget, live_nodes(&kv, now)).await {
+                Ok(Ok(live)) => live,
+                _ => continue,
+            };
+            lock(&self.live).clone_from(&live);
+            let names = engine.names();
+            // Channels deleted since: forget their leases here (their
+            // `lease.` keys stay, and a new channel of that name takes
+            // the next epoch).
+            lock(&self.held).retain(|n, _| names.contains(n));
+            lock(&self.seen).retain(|n, _| names.contains(n));
+            lock(&self.free_since).retain(|n, _| names.contains(n));
+            for name in names {
+                let round = Round {
+                    kv: &kv,
+                    engine: &engine,
+                    live: &live,
+                    now,
+                    lease,
+                    budget,
+                };
+                if self.tend(&round, &name).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One channel's lease in one round. Err when NATS did not answer:
+    /// the round ends.
+    async fn tend(&self, r: &Round<'_>, name: &str) -> Result<(), ()> {
+        let key = lease_key(name);
+        let entry = match tokio::time::timeout(r.budget, r.kv.entry(&key)).await {
+            Ok(Ok(e)) => e,
+            _ => return Err(()),
+        };
+        let me = &self.options.node;
+        let current = entry.as_ref().map(|e| {
+            let lease = (e.operation == Operation::Put)
+                .then(|| serde_json::from_slice::<Lease>(&e.value).ok())
+                .flatten();
+            (lease, e.revision)
+        });
+        let lease_ms = r.lease.as_millis() as u64;
+        // The lease runs from when this write is sent, and so does the
+        // fence: a slow round cannot leave it longer than 2/3 of a lease.
+        let sent = Instant::now();
+        let mine = Lease {
+            node: me.clone(),
+            epoch: 0,
+            expires: unix_ms() + lease_ms,
+        };
+        if let Some((Some(l), revision)) = &current {
+            lock(&self.seen).insert(name.to_string(), (l.node.clone(), l.epoch));
+            if l.node == *me && l.expires > r.now && lock(&self.held).contains_key(name) {
+                let renewal = Lease {
+                    epoch: l.epoch,
+                    ..mine
+                };
+                let value = encode(&renewal).map_err(|_| ())?;
+                return match tokio::time::timeout(
+                    r.budget,
+                    r.kv.update(&key, value.into(), *revision),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => {
+                        self.hold(r, sent, name, l.epoch);
+                        Ok(())
+                    }
+                    Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                        self.lose(r.engine, name, "the lease was taken by another node");
+                        Ok(())
+                    }
+                    _ => Err(()),
+                };
+            }
+            if l.expires > r.now {
+                // Held by another node (or by this one from before a
+                // restart, which it must not trust): leave it.
+                if lock(&self.held).contains_key(name) {
+                    self.lose(r.engine, name, "another node holds the lease");
+                }
+                return Ok(());
+            }
+        }
+        // Free or expired: the preferred live node takes it at once, the
+        // next one a lease later, and so on, so that a preferred node that
+        // is live but stuck does not keep the channel down.
+        let since = match &current {
+            Some((Some(l), _)) => {
+                lock(&self.free_since).remove(name);
+                l.expires
+            }
+            _ => *lock(&self.free_since)
+                .entry(name.to_string())
+                .or_insert(r.now),
+        };
+        let Some(rank) = rendezvous_rank(name, me, r.live) else {
+            return Ok(());
+        };
+        if r.now < since.saturating_add(rank as u64 * lease_ms) {
+            return Ok(());
+        }
+        let epoch = match &current {
+            Some((Some(l), _)) => l.epoch + 1,
+            _ => 1,
+        };
+        let value = encode(&Lease { epoch, ..mine }).map_err(|_| ())?;
+        let outcome = match &current {
+            Some((_, revision)) => {
+                tokio::time::timeout(r.budget, r.kv.update(&key, value.into(), *revision))
+                    .await
+                    .map(|o| {
+                        o.map(|_| ())
+                            .map_err(|e| e.kind() == UpdateErrorKind::WrongLastRevision)
+                    })
+            }
+            None => tokio::time::timeout(r.budget, r.kv.create(&key, value.into()))
+                .await
+                .map(|o| {
+                    o.map(|_| ())
+                        .map_err(|e| e.kind() == CreateErrorKind::AlreadyExists)
+                }),
+        };
+        match outcome {
+            Ok(Ok(())) => {
+                self.takeovers.fetch_add(1, Ordering::Relaxed);
+                lock(&self.seen).insert(name.to_string(), (me.clone(), epoch));
+                tracing::info!(channel = %name, epoch, live = ?r.live, "took the channel's lease; relaying it here");
+                self.hold(r, sent, name, epoch);
+                Ok(())
+            }
+            // Another node was quicker: its lease shows next round.
+            Ok(Err(true)) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Records a lease won or renewed and lets the channel run, unless the
+    /// answer came too late to trust it.
+    fn hold(&self, r: &Round<'_>, sent: Instant, name: &str, epoch: u64) {
+        let fence = sent + r.lease * 2 / 3;
+        if Instant::now() >= fence {
+            return;
+        }
+        lock(&self.held).insert(name.to_string(), Held { epoch, fence });
+        r.engine.set_owned(name, true);
+    }
+
+    fn lose(&self, engine: &Engine, name: &str, why: &str) {
+        lock(&self.held).remove(name);
+        engine.set_owned(name, false);
+        tracing::warn!(channel = %name, reason = why, "lease lost; standby");
+    }
+
+    /// Hands this node's leases over on a graceful stop: each is marked
+    /// expired (by compare-and-set, so a lease taken meanwhile is left
+    /// alone) and the heartbeat removed, so the next node takes the
+    /// channels at its next round instead of a lease later. Call it only
+    /// once every channel has stopped: the lease is what keeps a second
+    /// node from forwarding.
+    pub async fn release_leases(&self) {
+        let Some(lease) = self.options.lease else {
+            return;
+        };
+        let Ok(kv) = self.store() else { return };
+        let budget = lease / 3;
+        let held: Vec<(String, u64)> = lock(&self.held)
+            .drain()
+            .map(|(name, h)| (name, h.epoch))
+            .collect();
+        let me = &self.options.node;
+        for (name, epoch) in held {
+            let key = lease_key(&name);
+            let Ok(Ok(Some(entry))) = tokio::time::timeout(budget, kv.entry(&key)).await else {
+                continue;
+            };
+            let ours = entry.operation == Operation::Put
+                && serde_json::from_slice::<Lease>(&entry.value)
+                    .is_ok_and(|l| l.node == *me && l.epoch == epoch);
+            if !ours {
+                continue;
+            }
+            let Ok(value) = encode(&Lease {
+                node: me.clone(),
+                epoch,
+                expires: 0,
+            }) else {
+                continue;
+            };
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(budget, kv.update(&key, value.into(), entry.revision)).await
+            {
+                tracing::info!(channel = %name, "lease handed over");
+            }
+        }
+        let _ = tokio::time::timeout(budget, kv.delete(node_key(me))).await;
+    }
+
+    /// The fence: a held lease not renewed in time sends its channel to
+    /// standby, a third of a lease before the lease expires.
+    async fn fence(self: Arc<Self>, engine: Weak<Engine>, lease: Duration) {
+        let mut tick = tokio::time::interval(lease / 20);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let now = Instant::now();
+            let expired: Vec<String> = {
+                let mut held = lock(&self.held);
+                let gone: Vec<String> = held
+                    .iter()
+                    .filter(|(_, h)| now >= h.fence)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for n in &gone {
+                    held.remove(n);
+                }
+                gone
+            };
+            for name in expired {
+                engine.set_owned(&name, false);
+                tracing::warn!(channel = %name, "lease not renewed in time (NATS unreachable or slow); standby");
+            }
+        }
+    }
+}
+
+/// What one round of the lease keeper shares between channels.
+struct Round<'a> {
+    kv: &'a kv::Store,
+    engine: &'a Engine,
+    live: &'a [String],
+    /// Unix ms at the round's start: what the leases read are compared to.
+    now: u64,
+    lease: Duration,
+    budget: Duration,
+}
+
+/// The nodes whose heartbeat has not expired.
+async fn live_nodes(kv: &kv::Store, now: u64) -> Result<Vec<String>, String> {
+    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+    let mut nodes = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(|e| e.to_string())?;
+        if let Some(node) = key.strip_prefix("node.") {
+            nodes.push(node.to_string());
+        }
+    }
+    let mut live = Vec::new();
+    for node in nodes {
+        if let Some(value) = kv.get(node_key(&node)).await.map_err(|e| e.to_string())?
+            && serde_json::from_slice::<Heartbeat>(&value).is_ok_and(|h| h.expires > now)
+        {
+            live.push(node);
+        }
+    }
+    Ok(live)
+}
+
+/// Where `me` stands among the live nodes for `channel` (0: preferred);
+/// None when `me` is not among them. Rendezvous hashing: each (channel,
+/// node) pair gets a score, highest first, so channels spread evenly and
+/// only those of a node that leaves move.
+fn rendezvous_rank(channel: &str, me: &str, live: &[String]) -> Option<usize> {
+    let mut ranked: Vec<(u64, &str)> = live
+        .iter()
+        .map(|n| (score(channel, n), n.as_str()))
+        .collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.iter().position(|(_, n)| *n == me)
+}
+
+/// FNV-1a of `channel`, a separator and `node`, mixed: stable across
+/// builds and platforms, so every node ranks alike.
+fn score(channel: &str, node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in channel.bytes().chain([0u8]).chain(node.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // A final avalanche (splitmix64), so near names do not rank alike.
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lease_key(name: &str) -> String {
+    format!("lease.{name}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("node.{node}")
 }
 
 /// One change of the bucket, applied to this node.

@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +34,9 @@ use crate::history::{History, HistoryView};
 use crate::live::{LiveHub, LiveTap};
 use crate::registry::{ChannelRecord, Registry, RegistryError};
 use crate::validator::Validator;
+
+/// Why a channel of a cluster node was not bound at start: it waits for its lease.
+const STANDBY: &str = "standby";
 
 /// First and longest wait between two attempts to (re)start a channel.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -130,6 +133,10 @@ pub struct EngineOptions {
     /// False in a cluster: there the cluster registry is seeded instead
     /// (once, by the first node) and the local one is its mirror.
     pub seed_locally: bool,
+    /// Whether a channel waits in `standby` (registered, not bound) until
+    /// it is told it may run ([`Engine::set_owned`]): on a cluster node
+    /// with leases, where only the lease holder binds the port.
+    pub standby: bool,
 }
 
 impl EngineOptions {
@@ -141,6 +148,7 @@ impl EngineOptions {
             defaults,
             fd_reserve: crate::api::DEFAULT_MAX_CONNECTIONS as u64 + crate::descriptors::SPARE,
             seed_locally: true,
+            standby: false,
         }
     }
 }
@@ -153,6 +161,9 @@ pub enum Status {
     Active,
     /// Not running; see `error`. Being retried with backoff.
     Failed,
+    /// Registered but not bound: another node of the cluster holds its
+    /// lease (or this node could not renew it).
+    Standby,
 }
 
 /// A channel as the API shows it.
@@ -172,6 +183,12 @@ pub struct ChannelInfo {
     pub stats: ChannelStats,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// In a cluster with leases: the node holding the channel's lease, as
+    /// this node last read it, and the lease's epoch (one more per take-over).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
 }
 
 /// A registration request, already parsed from JSON.
@@ -202,6 +219,9 @@ struct Slot {
     live: Arc<LiveTap>,
     health: Arc<Mutex<Health>>,
     commands: mpsc::UnboundedSender<SupervisorCommand>,
+    /// Whether this node may run the channel (holds its lease); always
+    /// true outside a cluster with leases.
+    owned: watch::Sender<bool>,
     cancel: CancellationToken,
     supervisor: JoinHandle<()>,
 }
@@ -276,9 +296,12 @@ impl Engine {
             // Bound here, before the API starts, so every channel that can
             // run is `active` as soon as `start` returns.
             let spec = spec_of(&record, &settings);
-            let first =
+            let first = if engine.options.standby {
+                Err(STANDBY.into())
+            } else {
                 BoundChannel::bind_with_counters(spec, &engine.options.data_dir, Arc::default())
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+            };
             let name = record.name.clone();
             slots.insert(name, engine.supervise(record, settings, first));
         }
@@ -630,9 +653,12 @@ impl Engine {
                 let stored = record.clone();
                 self.blocking(move |reg| reg.mirror_put(&stored)).await?;
                 let spec = spec_of(&record, &settings);
-                let first =
+                let first = if self.may_run(&record.name) {
                     BoundChannel::bind_with_counters(spec, &self.options.data_dir, Arc::default())
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| e.to_string())
+                } else {
+                    Err(STANDBY.into())
+                };
                 let name = record.name.clone();
                 tracing::info!(channel = %name, "channel registered in the cluster; started here");
                 let slot = self.supervise(record, settings, first);
@@ -676,6 +702,13 @@ impl Engine {
         let stats = slot.counters.snapshot();
         // A failing disk leaves the channel relaying (active) but is still
         // its current fault: shown in `error` until a block is written again.
+        #[cfg(feature = "cluster")]
+        let lease = self
+            .cluster
+            .get()
+            .and_then(|c| c.lease_of(&slot.record.name));
+        #[cfg(not(feature = "cluster"))]
+        let lease: Option<(String, u64)> = None;
         let error = health.error.clone().or_else(|| {
             stats
                 .archive_error
@@ -693,6 +726,8 @@ impl Engine {
             config: slot.settings.clone(),
             stats,
             error,
+            owner: lease.as_ref().map(|l| l.0.clone()),
+            epoch: lease.map(|l| l.1),
         }
     }
 
@@ -709,7 +744,18 @@ impl Engine {
             .map(|b| b.counters().clone())
             .unwrap_or_default();
         let live = Arc::new(LiveTap::new(self.live_hub.clone()));
+        let may_run = self.may_run(&record.name);
+        let (owned, owned_rx) = watch::channel(may_run);
         let (bound, health) = match first {
+            // Bound to check the port (a registration), but not the owner:
+            // the socket is dropped and the channel waits.
+            _ if !may_run => (
+                None,
+                Health {
+                    status: Status::Standby,
+                    error: None,
+                },
+            ),
             Ok(b) => (
                 Some(b.with_live(live.clone())),
                 Health {
@@ -736,6 +782,7 @@ impl Engine {
             health: health.clone(),
             cancel: cancel.clone(),
             commands: commands_rx,
+            owned: owned_rx,
         };
         let supervisor = tokio::spawn(supervisor.run(bound));
         Slot {
@@ -746,9 +793,43 @@ impl Engine {
             live,
             health,
             commands,
+            owned,
             cancel,
             supervisor,
         }
+    }
+
+    /// Whether a channel starting now may bind its port.
+    fn may_run(&self, name: &str) -> bool {
+        if !self.options.standby {
+            return true;
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(c) = self.cluster.get() {
+            return c.holds(name);
+        }
+        let _ = name;
+        false
+    }
+
+    /// Lets the channel run (bind its port and relay) or sends it to
+    /// `standby` (stops it and releases the port); the lease keeper calls
+    /// it as leases are won, renewed or lost. False when there is no such
+    /// channel.
+    pub fn set_owned(&self, name: &str, owned: bool) -> bool {
+        match self.lock_slots().get(name) {
+            Some(slot) => {
+                slot.owned
+                    .send_if_modified(|v| std::mem::replace(v, owned) != owned);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The names of every channel, for the lease keeper.
+    pub fn names(&self) -> Vec<String> {
+        self.lock_slots().keys().cloned().collect()
     }
 }
 
@@ -762,12 +843,22 @@ struct Supervisor {
     health: Arc<Mutex<Health>>,
     cancel: CancellationToken,
     commands: mpsc::UnboundedReceiver<SupervisorCommand>,
+    owned: watch::Receiver<bool>,
 }
 
 impl Supervisor {
     async fn run(mut self, mut bound: Option<BoundChannel>) {
         let mut backoff = BACKOFF_FIRST;
         loop {
+            if !*self.owned.borrow_and_update() {
+                // Not ours: release the port and wait until it is.
+                drop(bound.take());
+                set_health(&self.health, Status::Standby, None);
+                if !self.wait_owned().await {
+                    return;
+                }
+                backoff = BACKOFF_FIRST;
+            }
             let attempt = match bound.take() {
                 Some(b) => Ok(b),
                 None => BoundChannel::bind_with_counters(
@@ -791,6 +882,7 @@ impl Supervisor {
             };
             set_health(&self.health, Status::Active, None);
             backoff = BACKOFF_FIRST;
+            let mut standby = false;
             loop {
                 tokio::select! {
                     _ = self.cancel.cancelled() => {
@@ -810,6 +902,22 @@ impl Supervisor {
                         #[cfg(feature = "testing")]
                         SupervisorCommand::InjectPanic => handle.inject_panic(),
                     },
+                    changed = self.owned.changed() => {
+                        if changed.is_ok() && *self.owned.borrow() {
+                            continue;
+                        }
+                        // Lease lost or not renewed in time: stop relaying
+                        // now, before the lease can expire elsewhere.
+                        if let Err(e) = handle.stop().await {
+                            tracing::warn!(channel = %self.spec.name, error = %e, "channel ended with an error");
+                        }
+                        if changed.is_err() {
+                            return;
+                        }
+                        tracing::info!(channel = %self.spec.name, "standby: this node does not hold the channel's lease");
+                        standby = true;
+                        break;
+                    }
                     ended = handle.finished() => {
                         let why = match ended {
                             Ok(()) => "channel task ended".to_string(),
@@ -821,10 +929,39 @@ impl Supervisor {
                     }
                 }
             }
+            if standby {
+                continue;
+            }
             if !self.wait(backoff).await {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Waits, in standby, until the channel may run; applies
+    /// reconfigurations meanwhile. False when cancelled.
+    async fn wait_owned(&mut self) -> bool {
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return false,
+                changed = self.owned.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    if *self.owned.borrow_and_update() {
+                        return true;
+                    }
+                }
+                Some(command) = self.commands.recv() => match command {
+                    SupervisorCommand::Reconfigure { settings, reply } => {
+                        self.spec.settings = *settings;
+                        let _ = reply.send(Ok(()));
+                    }
+                    #[cfg(feature = "testing")]
+                    SupervisorCommand::InjectPanic => {}
+                },
+            }
         }
     }
 

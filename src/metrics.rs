@@ -99,6 +99,9 @@ pub(crate) struct Exposition<'a> {
     /// On a node of a cluster: its name and whether its NATS registry is
     /// reachable now.
     pub cluster: Option<(&'a str, bool)>,
+    /// With leases: the channel leases this node holds now, and the leases
+    /// it has taken since it started.
+    pub cluster_leases: Option<(usize, u64)>,
 }
 
 /// Per-channel counter families: name, help, and which counter.
@@ -203,11 +206,17 @@ pub(crate) fn render(x: &Exposition<'_>) -> String {
         .filter(|c| c.status == Status::Active)
         .count();
     let _ = writeln!(out, "speedrelay_channels{{status=\"active\"}} {active}");
+    let standby = x
+        .channels
+        .iter()
+        .filter(|c| c.status == Status::Standby)
+        .count();
     let _ = writeln!(
         out,
         "speedrelay_channels{{status=\"failed\"}} {}",
-        x.channels.len() - active
+        x.channels.len() - active - standby
     );
+    let _ = writeln!(out, "speedrelay_channels{{status=\"standby\"}} {standby}");
 
     family(
         &mut out,
@@ -308,6 +317,30 @@ pub(crate) fn render(x: &Exposition<'_>) -> String {
             Escaped(node),
             u8::from(up)
         );
+        if let Some((held, taken)) = x.cluster_leases {
+            family(
+                &mut out,
+                "speedrelay_cluster_leases_held",
+                "gauge",
+                "Channel leases this node holds now: the channels it relays.",
+            );
+            let _ = writeln!(
+                out,
+                "speedrelay_cluster_leases_held{{node=\"{}\"}} {held}",
+                Escaped(node)
+            );
+            family(
+                &mut out,
+                "speedrelay_cluster_takeovers_total",
+                "counter",
+                "Channel leases this node has taken (free or expired ones), each with a new epoch.",
+            );
+            let _ = writeln!(
+                out,
+                "speedrelay_cluster_takeovers_total{{node=\"{}\"}} {taken}",
+                Escaped(node)
+            );
+        }
     }
     out
 }

@@ -251,6 +251,11 @@ async fn run(
     let mut options = EngineOptions::new(data_dir, baseline.defaults.clone());
     options.fd_reserve = api_options.max_connections as u64 + speedrelay::descriptors::SPARE;
     options.seed_locally = cluster.is_none();
+    #[cfg(feature = "cluster")]
+    {
+        // With leases a channel waits in standby until this node holds it.
+        options.standby = cluster.as_ref().is_some_and(|c| c.lease.is_some());
+    }
     let engine = Engine::start(options, &baseline.channels)
         .await
         .map_err(|e| e.to_string())?;
@@ -310,6 +315,11 @@ async fn run(
         c.shutdown();
     }
     engine.shutdown().await;
+    // Every channel has stopped: its lease can go to another node now.
+    #[cfg(feature = "cluster")]
+    if let Some(c) = engine.cluster() {
+        c.release_leases().await;
+    }
     Ok(())
 }
 

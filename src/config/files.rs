@@ -92,6 +92,9 @@ pub struct ClusterFile {
     pub bucket: Option<String>,
     pub credentials: Option<PathBuf>,
     pub ca: Option<PathBuf>,
+    /// How long a channel's lease lasts; 0: no leases, every node runs
+    /// every channel.
+    pub lease_ms: Option<u64>,
 }
 
 /// `nats: URL` or `nats: [URL, ...]`.

@@ -2,9 +2,12 @@
 //! (JetStream, its store in a temporary directory, on loopback) and two
 //! real relay binaries joined to it. Built only with `--features cluster`.
 //!
-//! The relays share one network namespace here, so a channel's port can be
-//! bound by one of them at a time: the other lists the channel (the
-//! registry is shared) and shows it `failed` until the port is free.
+//! The relays share one network namespace here. With leases (the default)
+//! only a channel's owner binds its port, so they can share one address:
+//! a node that bound a port it does not own would show the channel
+//! `failed` (address in use) on the other instead of `standby`. Without
+//! leases (`lease_ms: 0`) every node tries, and the one that lost the bind
+//! shows `failed` until the port is free.
 
 use crate::common;
 
@@ -184,8 +187,20 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with("")
+}
+
+/// A setup whose relay.yaml has `cluster:` settings `cluster` (YAML flow
+/// mapping content, e.g. `lease_ms: 1000`).
+fn setup_with(cluster: &str) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = loopback_config(dir.path(), 50);
+    if !cluster.is_empty() {
+        let relay = config.join("relay.yaml");
+        let mut text = std::fs::read_to_string(&relay).expect("relay.yaml");
+        text.push_str(&format!("cluster: {{{cluster}}}\n"));
+        std::fs::write(&relay, text).expect("relay.yaml");
+    }
     let root = dir.path().to_path_buf();
     Setup {
         _dir: dir,
@@ -316,7 +331,10 @@ fn registry_is_shared_and_racing_writes_have_one_winner() {
 #[test]
 fn nodes_relay_through_a_nats_outage_and_catch_up() {
     let Some(bin) = nats_server_bin() else { return };
-    let s = setup();
+    // Without leases every node runs every channel, through an outage too
+    // (with leases a node that cannot renew goes to standby: see
+    // `an_owner_cut_off_from_nats_stops_before_its_lease_expires`).
+    let s = setup_with("lease_ms: 0");
     let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
     let (a_dir, b_dir) = (s.root.join("a"), s.root.join("b"));
     let a = node(&s.config, &a_dir, &nats.url(), "a");
@@ -559,4 +577,352 @@ fn wrong_nats_credentials_are_named_and_right_ones_join() {
     assert_eq!(status, 201, "{body}");
     bad.stop();
     good.stop();
+}
+
+/// The lease time the ownership tests use: short, so failover is quick.
+const LEASE_MS: u64 = 1000;
+
+/// Sends records to `port` for `d` (bounded): whether `out` got one.
+fn relays_within(port: u16, out: &UdpSocket, d: Duration) -> bool {
+    let records = example_records(4);
+    let tx = sender();
+    let deadline = Instant::now() + d;
+    let mut buf = [0u8; 2048];
+    let mut i = 0;
+    out.set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("timeout");
+    while Instant::now() < deadline {
+        let _ = tx.send_to(&records[i % records.len()], (Ipv4Addr::LOCALHOST, port));
+        i += 1;
+        if let Ok(n) = out.recv(&mut buf) {
+            return records.iter().any(|r| r[..] == buf[..n]);
+        }
+    }
+    false
+}
+
+/// A channel as `api` shows it: (status, owner, epoch).
+fn ownership(api: SocketAddr, name: &str) -> (String, String, u64) {
+    // Not mirrored yet: nothing to show.
+    let (_, c) = http(api, "GET", &format!("/api/v1/channels/{name}"), &[], None);
+    (
+        c["status"].as_str().unwrap_or_default().to_string(),
+        c["owner"].as_str().unwrap_or_default().to_string(),
+        c["epoch"].as_u64().unwrap_or(0),
+    )
+}
+
+/// One of `nodes` (name, api) shows itself the owner of `name` and
+/// `active`, every other shows `standby` and the same owner and epoch:
+/// the owner's name and epoch.
+fn settled_owner(nodes: &[(&str, SocketAddr)], name: &str) -> Option<(String, u64)> {
+    let views: Vec<_> = nodes.iter().map(|(_, api)| ownership(*api, name)).collect();
+    let (_, owner, epoch) = views[0].clone();
+    if owner.is_empty() || views.iter().any(|v| v.1 != owner || v.2 != epoch) {
+        return None;
+    }
+    for ((node, _), (status, _, _)) in nodes.iter().zip(&views) {
+        let expected = if *node == owner { "active" } else { "standby" };
+        if status != expected {
+            return None;
+        }
+    }
+    Some((owner, epoch))
+}
+
+fn metric(api: SocketAddr, line_start: &str) -> u64 {
+    let text = http_get_text(api, "/metrics", &[]).2;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in /metrics:\n{text}"))
+}
+
+#[test]
+fn each_channel_has_one_owner_and_channels_spread_over_nodes() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    let b = node(&s.config, &s.root.join("b"), &nats.url(), "b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let nodes = [("a", a.api), ("b", b.api)];
+    // Leases go by the live nodes a node sees: both, before registering
+    // (a node that joins later takes only free or expired leases).
+    wait_for("both nodes to see each other live", T, || {
+        nodes.iter().all(|(_, api)| {
+            http(*api, "GET", "/api/v1/health", &[], None).1["cluster"]["nodes"]
+                == json!(["a", "b"])
+        })
+    });
+
+    let out = listen();
+    let mut ports = Vec::new();
+    for i in 0..8 {
+        let port = free_port();
+        let api = if i % 2 == 0 { a.api } else { b.api };
+        let (status, body) = register_example(
+            api,
+            &format!("c{i}"),
+            port,
+            json!({"outputs": {"full_rate": to(&out)}}),
+        );
+        assert_eq!(status, 201, "{body}");
+        ports.push(port);
+    }
+    // Every channel: one owner, active there and standby (unbound: the
+    // owner could bind the shared address) on the other.
+    let mut owners = Vec::new();
+    for i in 0..8 {
+        let name = format!("c{i}");
+        let mut settled = None;
+        wait_for(&format!("{name} to settle on one owner"), T, || {
+            settled = settled_owner(&nodes, &name);
+            settled.is_some()
+        });
+        let (owner, epoch) = settled.expect("settled");
+        assert!(epoch >= 1, "{name}: epoch {epoch}");
+        owners.push(owner);
+    }
+    let on_a = owners.iter().filter(|o| *o == "a").count();
+    assert!(
+        on_a > 0 && on_a < 8,
+        "the channels did not spread: {owners:?}\nA: {}\nB: {}",
+        a.log_text(),
+        b.log_text()
+    );
+    assert_eq!(
+        metric(a.api, "speedrelay_cluster_leases_held{node=\"a\"}") as usize,
+        on_a
+    );
+    assert_eq!(
+        metric(b.api, "speedrelay_cluster_leases_held{node=\"b\"}") as usize,
+        8 - on_a
+    );
+    assert_eq!(
+        metric(a.api, "speedrelay_channels{status=\"standby\"}") as usize,
+        8 - on_a
+    );
+    // The owner relays.
+    assert!(relays(ports[0], &out), "c0 is not relayed by its owner");
+    // The standby view of a single host's filters.
+    let (status, body) = http(a.api, "GET", "/api/v1/channels?status=standby", &[], None);
+    assert_eq!(status, 200, "{body}");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn killing_the_owner_hands_its_channel_over_within_a_lease_and_a_second() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let mut relays_by_name = std::collections::HashMap::new();
+    for n in ["a", "b", "c"] {
+        let r = node(&s.config, &s.root.join(n), &nats.url(), n);
+        wait_connected(&r);
+        relays_by_name.insert(n, r);
+    }
+    let nodes: Vec<(&str, SocketAddr)> = ["a", "b", "c"]
+        .iter()
+        .map(|n| (*n, relays_by_name[n].api))
+        .collect();
+    let out = listen();
+    let port = free_port();
+    let (status, body) = register_example(
+        nodes[0].1,
+        "failover",
+        port,
+        json!({"outputs": {"full_rate": to(&out)}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut settled = None;
+    wait_for("one owner", T, || {
+        settled = settled_owner(&nodes, "failover");
+        settled.is_some()
+    });
+    let (owner, epoch) = settled.expect("settled");
+    assert!(relays(port, &out), "the owner {owner} does not relay");
+
+    let owner_name: &str = nodes.iter().find(|(n, _)| *n == owner).expect("a node").0;
+    let killed_at = Instant::now();
+    relays_by_name.remove(owner_name).expect("owner").kill9();
+    let rest: Vec<(&str, SocketAddr)> = nodes
+        .iter()
+        .copied()
+        .filter(|(n, _)| *n != owner_name)
+        .collect();
+    let mut taken = None;
+    wait_for("another node to take the channel over", T, || {
+        taken = settled_owner(&rest, "failover").filter(|(o, _)| *o != owner);
+        taken.is_some()
+    });
+    let took = killed_at.elapsed();
+    let (new_owner, new_epoch) = taken.expect("taken");
+    eprintln!(
+        "take-over by {new_owner} {} ms after kill -9 of {owner}",
+        took.as_millis()
+    );
+    assert!(
+        took <= Duration::from_millis(LEASE_MS + 1000),
+        "take-over took {took:?} (lease {LEASE_MS} ms)"
+    );
+    assert!(new_epoch > epoch, "epoch {epoch} -> {new_epoch}");
+    // Drain what the old owner relayed, then the new owner relays.
+    while out.recv(&mut [0u8; 2048]).is_ok() {}
+    assert!(
+        relays(port, &out),
+        "the new owner {new_owner} does not relay"
+    );
+    let new_api = rest.iter().find(|(n, _)| *n == new_owner).expect("node").1;
+    assert!(
+        metric(
+            new_api,
+            &format!("speedrelay_cluster_takeovers_total{{node=\"{new_owner}\"}}")
+        ) >= 1
+    );
+    for (_, r) in relays_by_name {
+        r.stop();
+    }
+}
+
+#[test]
+fn an_owner_cut_off_from_nats_stops_before_its_lease_expires() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    let b = node(&s.config, &s.root.join("b"), &nats.url(), "b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let nodes = [("a", a.api), ("b", b.api)];
+    let out = listen();
+    let port = free_port();
+    let (status, body) = register_example(
+        a.api,
+        "fenced",
+        port,
+        json!({"outputs": {"full_rate": to(&out)}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut settled = None;
+    wait_for("one owner", T, || {
+        settled = settled_owner(&nodes, "fenced");
+        settled.is_some()
+    });
+    let (owner, _) = settled.expect("settled");
+    let owner_api = if owner == "a" { a.api } else { b.api };
+    assert!(relays(port, &out), "the owner {owner} does not relay");
+
+    // NATS goes away: the owner cannot renew, and stops forwarding before
+    // its lease would expire.
+    let stopped_at = Instant::now();
+    let _ = nats.stop();
+    wait_for("the owner to go to standby", T, || {
+        ownership(owner_api, "fenced").0 == "standby"
+    });
+    let fenced = stopped_at.elapsed();
+    eprintln!(
+        "owner {owner} in standby {} ms after NATS stopped",
+        fenced.as_millis()
+    );
+    assert!(
+        fenced < Duration::from_millis(LEASE_MS),
+        "standby only after {fenced:?} (lease {LEASE_MS} ms)"
+    );
+    // Nobody can take the lease: no node forwards, none binds.
+    while out.recv(&mut [0u8; 2048]).is_ok() {}
+    assert!(
+        !relays_within(port, &out, Duration::from_millis(2 * LEASE_MS)),
+        "a node forwards without a lease"
+    );
+    for (_, api) in nodes {
+        assert_eq!(ownership(api, "fenced").0, "standby");
+    }
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn bad_lease_times_are_refused_by_config_validation() {
+    for (value, expected) in [
+        ("100", "at least 300 milliseconds"),
+        ("-5", "-5"),
+        ("700000", "700000"),
+        ("fast", "fast"),
+    ] {
+        let s = setup_with(&format!("lease_ms: {value}"));
+        let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+            .args(["serve", "--config"])
+            .arg(&s.config)
+            .arg("--data-dir")
+            .arg(s.root.join("data"))
+            .args(["--api", "127.0.0.1:0", "--nats", "nats://127.0.0.1:4222"])
+            .args(["--node", "a"])
+            .output()
+            .expect("binary runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "lease_ms {value} accepted: {err}");
+        assert!(
+            err.contains("/cluster/lease_ms") && err.contains(expected),
+            "lease_ms {value}: {err}"
+        );
+        let check = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+            .arg("check-config")
+            .arg(&s.config)
+            .output()
+            .expect("binary runs");
+        assert!(
+            !check.status.success(),
+            "check-config took lease_ms {value}"
+        );
+    }
+}
+
+#[test]
+fn a_gracefully_stopped_owner_hands_its_channel_over_at_once() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    let b = node(&s.config, &s.root.join("b"), &nats.url(), "b");
+    wait_connected(&a);
+    wait_connected(&b);
+    let nodes = [("a", a.api), ("b", b.api)];
+    let out = listen();
+    let port = free_port();
+    let (status, body) = register_example(
+        a.api,
+        "handover",
+        port,
+        json!({"outputs": {"full_rate": to(&out)}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut settled = None;
+    wait_for("one owner", T, || {
+        settled = settled_owner(&nodes, "handover");
+        settled.is_some()
+    });
+    let (owner, epoch) = settled.expect("settled");
+    let (owner_node, other) = if owner == "a" { (a, b) } else { (b, a) };
+    let log = owner_node.log.clone();
+    // SIGTERM: the owner stops its channels, then marks its leases expired.
+    assert!(owner_node.terminate().success());
+    let stopped = Instant::now();
+    let text = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(text.contains("lease handed over"), "{text}");
+    wait_for("the other node to take over", T, || {
+        let (status, who, e) = ownership(other.api, "handover");
+        status == "active" && who != owner && e > epoch
+    });
+    let took = stopped.elapsed();
+    eprintln!("hand-over {} ms after the owner exited", took.as_millis());
+    assert!(
+        took < Duration::from_millis(LEASE_MS),
+        "hand-over took {took:?}"
+    );
+    while out.recv(&mut [0u8; 2048]).is_ok() {}
+    assert!(relays(port, &out), "the new owner does not relay");
+    other.stop();
 }
