@@ -361,6 +361,11 @@ impl Cluster {
         }))
     }
 
+    /// The node's NATS connection, shared with the NATS outputs.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
     pub fn node(&self) -> &str {
         &self.options.node
     }

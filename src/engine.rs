@@ -887,6 +887,7 @@ fn invalid_settings(e: ChannelError) -> EngineError {
         ChannelError::Destination { address, source } => {
             invalid("config.outputs", format!("destination {address}: {source}"))
         }
+        ChannelError::Nats(e) => invalid("config.outputs.nats", e.to_string()),
         other => invalid("config", other.to_string()),
     }
 }

@@ -251,6 +251,11 @@ async fn run(
     let mut options = EngineOptions::new(data_dir, baseline.defaults.clone());
     options.fd_reserve = api_options.max_connections as u64 + speedrelay::descriptors::SPARE;
     options.seed_locally = cluster.is_none();
+    // Before the channels start: a channel with outputs.nats may start here
+    // before NATS answers (its records are then counted as dropped).
+    if cluster.is_some() {
+        speedrelay::nats_out::node::enable();
+    }
     let engine = Engine::start(options, &baseline.channels)
         .await
         .map_err(|e| e.to_string())?;
@@ -261,6 +266,7 @@ async fn run(
         match speedrelay::cluster::Cluster::connect(options).await {
             Ok(c) => {
                 tracing::info!(node = %node, nats = %servers, "joining the cluster");
+                speedrelay::nats_out::node::set_client(c.client().clone());
                 engine.join(c, &baseline.channels);
             }
             Err(e) => {
