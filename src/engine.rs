@@ -377,7 +377,9 @@ impl Engine {
                     message: format!("Port already in use: port {port} cannot be bound: {source}"),
                     used_by: None,
                 },
-                e @ ChannelError::Destination { .. } => invalid_settings(e),
+                e @ (ChannelError::Destination { .. } | ChannelError::Nats(_)) => {
+                    invalid_settings(e)
+                }
                 other => invalid("schema", other.to_string()),
             })?;
         let record = ChannelRecord {
