@@ -121,6 +121,13 @@ impl Subscriber {
     }
 }
 
+impl Subscriber {
+    /// Owns `child`: killed when dropped, even if the test fails.
+    fn spawn(child: Child) -> Subscriber {
+        Subscriber(child)
+    }
+}
+
 impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -346,4 +353,100 @@ fn bad_nats_settings_are_refused_and_change_nothing() {
         register_example(a.api, "x..y", free_port(), json!({"outputs": {"nats": {}}}));
     assert_eq!(status, 400, "{body}");
     a.stop();
+}
+
+#[test]
+fn subscribe_refuses_bad_arguments_with_a_clear_error() {
+    let free = free_port();
+    let nowhere = format!("nats://127.0.0.1:{free}");
+    for (args, expect) in [
+        (vec!["s.raw", "--to", "127.0.0.1:0"], "port 0"),
+        (vec!["s.raw", "--to", "0.0.0.0:9"], "not a destination"),
+        (vec!["s.raw", "--to", "nohost"], "--to nohost"),
+        (
+            vec![
+                "s.raw",
+                "--to",
+                "127.0.0.1:9",
+                "--nats",
+                "nats://u:p@127.0.0.1:4222",
+            ],
+            "credentials never go in a URL",
+        ),
+        (
+            vec!["s.raw", "--to", "127.0.0.1:9", "--nats", &nowhere],
+            &nowhere,
+        ),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+        cmd.arg("subscribe")
+            .args(&args)
+            .env_remove("SPEEDRELAY_NATS");
+        let (ok, text) = run_bounded(&mut cmd, T);
+        assert!(!ok, "{args:?} succeeded: {text}");
+        assert!(text.contains(expect), "{args:?}: {text}");
+        assert!(!text.contains("panicked"), "{args:?}: {text}");
+    }
+}
+
+#[test]
+fn subscribe_re_emits_to_a_multicast_group() {
+    if !private_netns_or_skip("multicast on loopback") {
+        return;
+    }
+    let Some(bin) = nats_server_bin() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
+    let group = Ipv4Addr::new(239, 7, 7, 7);
+    let member = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind member");
+    member
+        .join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)
+        .expect("join group");
+    member
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let to = format!("{group}:{}", member.local_addr().expect("bound").port());
+    let mut child = Subscriber::spawn(
+        Command::new(env!("CARGO_BIN_EXE_speedrelay"))
+            .args([
+                "subscribe",
+                "lab.m.raw",
+                "--to",
+                &to,
+                "--interface",
+                "127.0.0.1",
+            ])
+            .args(["--nats", &nats.url(), "--count", "3"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("subscribe starts"),
+    );
+    let stderr = child.0.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains(" -> ") || line.contains("datagrams sent") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(T)
+        .expect("subscribe reports its subscription");
+    assert!(first.contains(&to), "{first}");
+    // Publish three messages with the text protocol.
+    let mut p = TcpStream::connect((Ipv4Addr::LOCALHOST, port_of(&nats.url()))).expect("nats");
+    let records = example_records(3);
+    let mut out = b"CONNECT {\"verbose\":false}\r\n".to_vec();
+    for r in &records {
+        out.extend_from_slice(format!("PUB lab.m.raw {}\r\n", r.len()).as_bytes());
+        out.extend_from_slice(r);
+        out.extend_from_slice(b"\r\n");
+    }
+    p.write_all(&out).expect("publish");
+    assert_eq!(recv_n(&member, 3), records);
+    let done = rx.recv_timeout(T).expect("a summary after --count");
+    assert!(done.contains("3 datagrams sent, 0 failed"), "{done}");
+    let status = child.0.wait().expect("subscribe ends");
+    assert!(status.success());
 }
