@@ -29,6 +29,7 @@ use crate::config::{ChannelSettings, Destination, MAX_COALESCE_US};
 use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
 use crate::live::{self, LiveTap};
+use crate::nats_out::{self, NatsOutError, NatsPending, NatsTap};
 use crate::udp::{self, BATCH, RecvBatch, SendReport};
 use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
 
@@ -66,6 +67,8 @@ pub enum ChannelError {
     },
     #[error("receiving on port {port} failed: {source}")]
     Receive { port: u16, source: io::Error },
+    #[error(transparent)]
+    Nats(#[from] NatsOutError),
     #[error("the channel task ended unexpectedly: {0}")]
     Task(String),
 }
@@ -79,6 +82,7 @@ pub struct BoundChannel {
     local_addr: SocketAddr,
     full_rate: Vec<StdUdpSocket>,
     decimated: Vec<StdUdpSocket>,
+    nats: Option<NatsPending>,
     data_dir: PathBuf,
     counters: Arc<ChannelCounters>,
     live: Arc<LiveTap>,
@@ -133,6 +137,7 @@ impl BoundChannel {
                 source,
             })?;
         let (full_rate, decimated) = open_destinations(&spec.settings)?;
+        let nats = open_nats(&spec, &spec.settings, &counters)?;
         let data_dir = data_dir.to_path_buf();
         Ok(Self {
             spec,
@@ -141,6 +146,7 @@ impl BoundChannel {
             local_addr,
             full_rate,
             decimated,
+            nats,
             data_dir,
             counters,
             live: Arc::default(),
@@ -204,6 +210,7 @@ impl BoundChannel {
             decimated_out: DecimatedBatch::default(),
             full_rate: self.full_rate,
             decimated: self.decimated,
+            nats: self.nats.map(NatsPending::spawn),
             archive,
             data_dir: self.data_dir,
             spec: self.spec.clone(),
@@ -224,6 +231,7 @@ impl BoundChannel {
         let join = tokio::spawn(task.run());
         Ok(ChannelHandle {
             name: self.spec.name,
+            schema_json: self.spec.schema_json,
             local_addr: self.local_addr,
             counters: self.counters,
             commands: commands_tx,
@@ -274,12 +282,30 @@ fn open_destinations(
     Ok((full_rate, decimated))
 }
 
+/// The channel's NATS output, if its settings have one (checked here so a
+/// channel this node cannot publish for is refused at registration).
+fn open_nats(
+    spec: &ChannelSpec,
+    settings: &ChannelSettings,
+    counters: &Arc<ChannelCounters>,
+) -> Result<Option<NatsPending>, ChannelError> {
+    Ok(nats_out::open(
+        &spec.name,
+        &spec.schema_json,
+        settings.outputs.nats.as_ref(),
+        counters,
+    )?)
+}
+
 /// Changes for a running channel, applied between two batches.
 enum Command {
     Reconfigure {
         settings: Box<ChannelSettings>,
         full_rate: Vec<StdUdpSocket>,
         decimated: Vec<StdUdpSocket>,
+        /// Opened from the new settings; used only if they changed, so an
+        /// unchanged output keeps its queue and sequence numbers.
+        nats: Option<NatsPending>,
     },
     /// Fault injection: the task panics, as a bug in it would.
     #[cfg(feature = "testing")]
@@ -290,6 +316,8 @@ enum Command {
 /// task; call [`ChannelHandle::stop`].
 pub struct ChannelHandle {
     name: String,
+    /// For a NATS output opened by a reconfiguration (its fingerprint).
+    schema_json: String,
     local_addr: SocketAddr,
     counters: Arc<ChannelCounters>,
     commands: mpsc::UnboundedSender<Command>,
@@ -314,10 +342,17 @@ impl ChannelHandle {
     /// leaves the running channel as it was.
     pub fn reconfigure(&self, settings: ChannelSettings) -> Result<(), ChannelError> {
         let (full_rate, decimated) = open_destinations(&settings)?;
+        let nats = nats_out::open(
+            &self.name,
+            &self.schema_json,
+            settings.outputs.nats.as_ref(),
+            &self.counters,
+        )?;
         let command = Command::Reconfigure {
             settings: Box::new(settings),
             full_rate,
             decimated,
+            nats,
         };
         self.commands
             .send(command)
@@ -377,6 +412,8 @@ struct ChannelTask {
     /// (see [`udp::send_all`]).
     full_rate: Vec<StdUdpSocket>,
     decimated: Vec<StdUdpSocket>,
+    /// The NATS output's queue (`outputs.nats`), if any.
+    nats: Option<NatsTap>,
 
     archive: Option<ArchiveHandle>,
     /// What a (re)started archive needs: the data directory, and the spec
@@ -610,6 +647,18 @@ impl ChannelTask {
                 );
             }
         }
+        if let Some(nats) = &self.nats {
+            if valid_count > 0 && nats.raw() {
+                nats.offer_raw(
+                    valid[..valid_count]
+                        .iter()
+                        .map(|&i| batch.get(usize::from(i)).0),
+                );
+            }
+            if !self.decimated_out.records.is_empty() && nats.decimated() {
+                nats.offer_decimated(self.decimated_out.iter());
+            }
+        }
         c.forwarded.fetch_add(forwarded.sent, Relaxed);
         c.decimated_sent.fetch_add(decimated.sent, Relaxed);
         let failed = forwarded.failed + decimated.failed;
@@ -662,9 +711,13 @@ impl ChannelTask {
                 settings,
                 full_rate,
                 decimated,
+                nats,
             } => {
                 self.full_rate = full_rate;
                 self.decimated = decimated;
+                if settings.outputs.nats != self.spec.settings.outputs.nats {
+                    self.nats = nats.map(NatsPending::spawn);
+                }
                 let d = &settings.decimation;
                 self.decimation_enabled = d.enabled;
                 self.decimator.reconfigure(d.algorithm, d.factor);

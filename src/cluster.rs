@@ -107,6 +107,20 @@ enum Auth {
 }
 
 impl ClusterOptions {
+    /// Adds the credentials and the TLS CA to `connect` (also used by
+    /// `speedrelay subscribe`).
+    pub fn secure(&self, connect: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        let mut connect = match self.auth.clone() {
+            Auth::None => connect,
+            Auth::Token(t) => connect.token(t),
+            Auth::UserPassword(u, p) => connect.user_and_password(u, p),
+        };
+        if let Some(ca) = &self.ca {
+            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        connect
+    }
+
     /// Layers `--nats`/`--node` (already merged with SPEEDRELAY_NATS and
     /// SPEEDRELAY_NODE by the caller) over the config file's `cluster`
     /// section, and reads the credentials. None when no server is given:
@@ -401,14 +415,7 @@ impl Cluster {
                     }
                 }
             });
-        connect = match options.auth.clone() {
-            Auth::None => connect,
-            Auth::Token(t) => connect.token(t),
-            Auth::UserPassword(u, p) => connect.user_and_password(u, p),
-        };
-        if let Some(ca) = &options.ca {
-            connect = connect.add_root_certificates(ca.clone()).require_tls(true);
-        }
+        connect = options.secure(connect);
         let addrs: Vec<async_nats::ServerAddr> = options
             .servers
             .iter()
@@ -431,6 +438,11 @@ impl Cluster {
             free_since: Mutex::default(),
             takeovers: AtomicU64::new(0),
         }))
+    }
+
+    /// The node's NATS connection, shared with the NATS outputs.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     pub fn node(&self) -> &str {

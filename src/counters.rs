@@ -47,6 +47,11 @@ pub struct ChannelCounters {
     pub batches: AtomicU64,
     /// Times a partial batch waited for more datagrams (`socket.coalesce_us`).
     pub coalesce_waits: AtomicU64,
+    /// Records published to NATS (`outputs.nats`), raw and decimated.
+    pub nats_published: AtomicU64,
+    /// Records for NATS dropped: the publish queue was full (NATS slow or
+    /// away) or the publish failed.
+    pub nats_dropped: AtomicU64,
     /// The last invalid datagram's error, packed by [`InvalidDatum::pack`]; 0 = none.
     last_invalid: AtomicU64,
     /// The last send error's errno; 0 = none.
@@ -94,6 +99,8 @@ impl ChannelCounters {
             kernel_drops: self.kernel_drops.load(Relaxed),
             batches: self.batches.load(Relaxed),
             coalesce_waits: self.coalesce_waits.load(Relaxed),
+            nats_published: self.nats_published.load(Relaxed),
+            nats_dropped: self.nats_dropped.load(Relaxed),
             last_invalid: last_invalid.map(|e| e.to_string()),
             last_send_error: (errno != 0)
                 .then(|| std::io::Error::from_raw_os_error(errno).to_string()),
@@ -119,6 +126,8 @@ pub struct ChannelStats {
     pub kernel_drops: u64,
     pub batches: u64,
     pub coalesce_waits: u64,
+    pub nats_published: u64,
+    pub nats_dropped: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_invalid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -400,7 +400,9 @@ impl Engine {
                     message: format!("Port already in use: port {port} cannot be bound: {source}"),
                     used_by: None,
                 },
-                e @ ChannelError::Destination { .. } => invalid_settings(e),
+                e @ (ChannelError::Destination { .. } | ChannelError::Nats(_)) => {
+                    invalid_settings(e)
+                }
                 other => invalid("schema", other.to_string()),
             })?;
         let record = ChannelRecord {
@@ -1024,6 +1026,7 @@ fn invalid_settings(e: ChannelError) -> EngineError {
         ChannelError::Destination { address, source } => {
             invalid("config.outputs", format!("destination {address}: {source}"))
         }
+        ChannelError::Nats(e) => invalid("config.outputs.nats", e.to_string()),
         other => invalid("config", other.to_string()),
     }
 }

@@ -42,6 +42,7 @@ pub mod live;
 pub mod loadgen;
 pub mod memory;
 mod metrics;
+pub mod nats_out;
 pub mod registry;
 mod routes;
 pub mod schema_file;

@@ -44,6 +44,12 @@ enum Command {
     /// generated up front and cycled through, sent in batches (sendmmsg).
     /// Prints the achieved rate at the end.
     Send(cli::send::SendArgs),
+    /// Re-emit a NATS subject as UDP (a build with the `cluster` feature):
+    /// each message's payload, byte-identical, as one datagram to a unicast
+    /// or multicast address — a channel's `.raw` or `.dec` stream published
+    /// by a relay's `outputs.nats`, on another host or site.
+    #[cfg(feature = "cluster")]
+    Subscribe(cli::subscribe::SubscribeArgs),
     /// Check archive files: schema, codec, blocks, records, and whether the
     /// tail is torn (a crash or a full disk). One line per file. Exit status:
     /// 0 every file healthy (or repaired with --repair), 1 a torn tail found
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Channels(args) => cli::channels::run(args).map_err(|e| e.to_string()),
         Command::Top(args) => cli::top::run(args).map_err(|e| e.to_string()),
         Command::Send(args) => cli::send::run(args).map_err(|e| e.to_string()),
+        #[cfg(feature = "cluster")]
+        Command::Subscribe(args) => cli::subscribe::run(args).map_err(|e| e.to_string()),
         Command::Verify {
             files,
             repair,

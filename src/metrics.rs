@@ -106,7 +106,7 @@ pub(crate) struct Exposition<'a> {
 
 /// Per-channel counter families: name, help, and which counter.
 type Field = fn(&ChannelStats) -> u64;
-const CHANNEL_COUNTERS: [(&str, &str, Field); 14] = [
+const CHANNEL_COUNTERS: [(&str, &str, Field); 16] = [
     (
         "speedrelay_channel_received_packets_total",
         "Datagrams received on the channel's port, valid or not.",
@@ -136,6 +136,16 @@ const CHANNEL_COUNTERS: [(&str, &str, Field); 14] = [
         "speedrelay_channel_coalesce_waits_total",
         "Times a partial batch waited for more datagrams (socket.coalesce_us).",
         |s| s.coalesce_waits,
+    ),
+    (
+        "speedrelay_channel_nats_published_total",
+        "Records published to NATS (outputs.nats), raw and decimated.",
+        |s| s.nats_published,
+    ),
+    (
+        "speedrelay_channel_nats_dropped_total",
+        "Records for NATS dropped: publish queue full (NATS slow or away) or publish failed.",
+        |s| s.nats_dropped,
     ),
     (
         "speedrelay_channel_forwarded_records_total",

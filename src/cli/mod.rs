@@ -8,5 +8,7 @@ pub mod client;
 pub mod registry;
 pub mod send;
 pub mod serve;
+#[cfg(feature = "cluster")]
+pub mod subscribe;
 pub mod top;
 pub mod verify;

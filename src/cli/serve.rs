@@ -256,6 +256,11 @@ async fn run(
         // With leases a channel waits in standby until this node holds it.
         options.standby = cluster.as_ref().is_some_and(|c| c.lease.is_some());
     }
+    // Before the channels start: a channel with outputs.nats may start here
+    // before NATS answers (its records are then counted as dropped).
+    if cluster.is_some() {
+        speedrelay::nats_out::node::enable();
+    }
     let engine = Engine::start(options, &baseline.channels)
         .await
         .map_err(|e| e.to_string())?;
@@ -266,6 +271,7 @@ async fn run(
         match speedrelay::cluster::Cluster::connect(options).await {
             Ok(c) => {
                 tracing::info!(node = %node, nats = %servers, "joining the cluster");
+                speedrelay::nats_out::node::set_client(c.client().clone());
                 engine.join(c, &baseline.channels);
             }
             Err(e) => {

@@ -140,6 +140,12 @@ mod tests {
                         Destination::new("::1".parse().unwrap(), 65535),
                     ],
                     decimated: vec![Destination::new("10.0.0.5".parse().unwrap(), 1)],
+                    nats: (i == 0).then(|| crate::config::NatsOutput {
+                        subject_prefix: "lab.a-1".into(),
+                        raw_headers: true,
+                        decimated: false,
+                        ..Default::default()
+                    }),
                 },
                 rotation: Rotation {
                     mode: [RotationMode::Time, RotationMode::Size][i % 2],

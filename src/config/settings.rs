@@ -95,6 +95,41 @@ pub struct Outputs {
     pub full_rate: Vec<Destination>,
     #[serde(deserialize_with = "one_or_many")]
     pub decimated: Vec<Destination>,
+    /// Publish the channel's records to NATS too (feature `cluster`, a
+    /// node started with `--nats`); `None` (the default) publishes nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsOutput>,
+}
+
+/// The NATS output: every valid record, byte-identical, on
+/// `<subject_prefix>.<channel>.raw` and every decimated one on
+/// `<subject_prefix>.<channel>.dec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsOutput {
+    /// The subjects' first tokens; default `speedrelay`.
+    pub subject_prefix: String,
+    /// Publish the full-rate stream on `.raw` (default true).
+    pub raw: bool,
+    /// Publish the decimated stream on `.dec` (default true).
+    pub decimated: bool,
+    /// Headers (schema fingerprint, sequence number) on `.raw` messages:
+    /// off by default, as they would double the size of small records.
+    pub raw_headers: bool,
+    /// Headers on `.dec` messages: on by default.
+    pub decimated_headers: bool,
+}
+
+impl Default for NatsOutput {
+    fn default() -> Self {
+        Self {
+            subject_prefix: "speedrelay".into(),
+            raw: true,
+            decimated: true,
+            raw_headers: false,
+            decimated_headers: true,
+        }
+    }
 }
 
 /// One UDP destination, unicast or multicast. The multicast options are

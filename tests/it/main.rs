@@ -26,6 +26,8 @@ mod hostile_http;
 mod live_patch;
 mod load;
 mod metrics;
+#[cfg(feature = "cluster")]
+mod nats_out;
 mod plots;
 mod registry;
 mod registry_cli;

@@ -1,0 +1,274 @@
+//! The NATS output (`outputs.nats`, feature `cluster`): a channel's valid
+//! records, byte-identical, on `<prefix>.<channel>.raw` and its decimated
+//! records on `<prefix>.<channel>.dec`.
+//!
+//! The receive loop never waits on NATS: per batch it copies the records it
+//! publishes into one buffer (the one payload copy this output needs: the
+//! receive buffers are reused by the next batch) and hands it to a bounded
+//! queue with `try_send`. A full queue drops the batch and counts its
+//! records in `nats_dropped`. A publisher task per channel drains the queue
+//! with the node's NATS client, so a slow or absent server only ever fills
+//! the queue.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::NatsOutput;
+use crate::counters::ChannelCounters;
+
+/// Batches (of at most one receive batch each) that may wait for NATS
+/// before new ones are dropped: 1,024 × 64 records.
+pub const QUEUE_BATCHES: usize = 1024;
+
+/// Header with the channel schema's Avro fingerprint (CRC-64-AVRO, hex).
+pub const HEADER_FINGERPRINT: &str = "Speedrelay-Fingerprint";
+/// Header with the record's sequence number on its subject, from 1 per
+/// channel task (restarts begin again at 1).
+pub const HEADER_SEQ: &str = "Speedrelay-Seq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsOutError {
+    #[error(
+        "outputs.nats needs a node in a cluster: start speedrelay with --nats \
+         (a build with the `cluster` feature)"
+    )]
+    NotJoined,
+    #[error("outputs.nats: the subject {0:?} is not a valid NATS subject")]
+    Subject(String),
+}
+
+/// Which of the two subjects a batch goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Raw,
+    Dec,
+}
+
+/// Records of one receive batch, packed back to back.
+struct Batch {
+    stream: Stream,
+    data: Bytes,
+    /// End offset of each record in `data`.
+    ends: Vec<u32>,
+}
+
+/// The channel task's end of the output: what it publishes and the queue.
+pub struct NatsTap {
+    raw: bool,
+    dec: bool,
+    tx: mpsc::Sender<Batch>,
+    counters: Arc<ChannelCounters>,
+}
+
+impl NatsTap {
+    /// Whether valid records go to `.raw`.
+    pub fn raw(&self) -> bool {
+        self.raw
+    }
+
+    /// Whether decimated records go to `.dec`.
+    pub fn decimated(&self) -> bool {
+        self.dec
+    }
+
+    /// Queues a batch of valid records for `.raw`; never waits.
+    pub fn offer_raw<'a>(&self, records: impl Iterator<Item = &'a [u8]> + Clone) {
+        self.offer(Stream::Raw, records);
+    }
+
+    /// Queues a batch of decimated records for `.dec`; never waits.
+    pub fn offer_decimated<'a>(&self, records: impl Iterator<Item = &'a [u8]> + Clone) {
+        self.offer(Stream::Dec, records);
+    }
+
+    fn offer<'a>(&self, stream: Stream, records: impl Iterator<Item = &'a [u8]> + Clone) {
+        let count = records.clone().count() as u64;
+        if count == 0 {
+            return;
+        }
+        // Full: drop before copying anything.
+        let Ok(permit) = self.tx.try_reserve() else {
+            self.counters.nats_dropped.fetch_add(count, Relaxed);
+            return;
+        };
+        let total = records.clone().map(<[u8]>::len).sum();
+        let mut data = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(count as usize);
+        for r in records {
+            data.extend_from_slice(r);
+            ends.push(data.len() as u32);
+        }
+        permit.send(Batch {
+            stream,
+            data: Bytes::from(data),
+            ends,
+        });
+    }
+}
+
+/// Opens the output of `channel`: `Ok(None)` when it has none, an error when
+/// it has one this node cannot serve (not in a cluster) or whose subjects
+/// are not valid. Starts no task: see [`NatsTap::spawn`].
+pub fn open(
+    channel: &str,
+    schema_json: &str,
+    settings: Option<&NatsOutput>,
+    counters: &Arc<ChannelCounters>,
+) -> Result<Option<NatsPending>, NatsOutError> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    if !node::enabled() {
+        return Err(NatsOutError::NotJoined);
+    }
+    let base = format!("{}.{channel}", settings.subject_prefix);
+    // Channel names may hold dots (more tokens), but no empty token.
+    if base.split('.').any(str::is_empty) {
+        return Err(NatsOutError::Subject(format!("{base}.raw")));
+    }
+    let fingerprint = apache_avro::Schema::parse_str(schema_json)
+        .map(|s| s.fingerprint::<apache_avro::rabin::Rabin>().to_string())
+        .unwrap_or_default();
+    let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    Ok(Some(NatsPending {
+        tap: NatsTap {
+            raw: settings.raw,
+            dec: settings.decimated,
+            tx,
+            counters: counters.clone(),
+        },
+        publisher: Publisher {
+            raw_subject: format!("{base}.raw"),
+            dec_subject: format!("{base}.dec"),
+            raw_headers: settings.raw_headers,
+            dec_headers: settings.decimated_headers,
+            fingerprint,
+            rx,
+            counters: counters.clone(),
+        },
+    }))
+}
+
+/// An opened output whose publisher is not running yet (no runtime needed
+/// to open one, so a channel's settings are checked before it starts).
+pub struct NatsPending {
+    tap: NatsTap,
+    publisher: Publisher,
+}
+
+impl NatsPending {
+    /// Starts the publisher task (inside a tokio runtime); it ends once the
+    /// returned tap is dropped and the queue is drained.
+    pub fn spawn(self) -> NatsTap {
+        tokio::spawn(self.publisher.run());
+        self.tap
+    }
+}
+
+struct Publisher {
+    raw_subject: String,
+    dec_subject: String,
+    raw_headers: bool,
+    dec_headers: bool,
+    fingerprint: String,
+    rx: mpsc::Receiver<Batch>,
+    counters: Arc<ChannelCounters>,
+}
+
+impl Publisher {
+    #[cfg(feature = "cluster")]
+    async fn run(mut self) {
+        use async_nats::{HeaderMap, Subject};
+        let raw_subject = Subject::from(self.raw_subject.as_str());
+        let dec_subject = Subject::from(self.dec_subject.as_str());
+        let (mut raw_seq, mut dec_seq) = (0u64, 0u64);
+        while let Some(batch) = self.rx.recv().await {
+            let (subject, headers, seq) = match batch.stream {
+                Stream::Raw => (&raw_subject, self.raw_headers, &mut raw_seq),
+                Stream::Dec => (&dec_subject, self.dec_headers, &mut dec_seq),
+            };
+            let Some(client) = node::client() else {
+                // Joined, but not connected yet.
+                let n = batch.ends.len() as u64;
+                self.counters.nats_dropped.fetch_add(n, Relaxed);
+                *seq += n;
+                continue;
+            };
+            let mut start = 0usize;
+            for &end in &batch.ends {
+                let payload = batch.data.slice(start..end as usize);
+                start = end as usize;
+                *seq += 1;
+                let sent = if headers {
+                    let mut h = HeaderMap::new();
+                    h.insert(HEADER_FINGERPRINT, self.fingerprint.as_str());
+                    h.insert(HEADER_SEQ, seq.to_string());
+                    client
+                        .publish_with_headers(subject.clone(), h, payload)
+                        .await
+                } else {
+                    client.publish(subject.clone(), payload).await
+                };
+                let counter = match sent {
+                    Ok(()) => &self.counters.nats_published,
+                    Err(_) => &self.counters.nats_dropped,
+                };
+                counter.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Without the feature no node is ever joined, so [`open`] never gets
+    /// here; the queue is drained and counted as dropped all the same.
+    #[cfg(not(feature = "cluster"))]
+    async fn run(mut self) {
+        let _ = (
+            &self.raw_subject,
+            &self.dec_subject,
+            self.raw_headers,
+            self.dec_headers,
+            &self.fingerprint,
+        );
+        while let Some(batch) = self.rx.recv().await {
+            let _ = (batch.stream, &batch.data);
+            let n = batch.ends.len() as u64;
+            self.counters.nats_dropped.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+/// This node's NATS connection, for the outputs: set once by `serve`.
+pub mod node {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+
+    #[cfg(feature = "cluster")]
+    static CLIENT: std::sync::OnceLock<async_nats::Client> = std::sync::OnceLock::new();
+
+    /// This process joins a cluster: channels may have `outputs.nats`.
+    /// Called before the engine starts its channels, which the client can
+    /// come after (start-up never waits for NATS).
+    pub fn enable() {
+        ENABLED.store(true, Relaxed);
+    }
+
+    pub(crate) fn enabled() -> bool {
+        ENABLED.load(Relaxed)
+    }
+
+    /// The client every channel's publisher uses from now on.
+    #[cfg(feature = "cluster")]
+    pub fn set_client(client: async_nats::Client) {
+        enable();
+        let _ = CLIENT.set(client);
+    }
+
+    #[cfg(feature = "cluster")]
+    pub(crate) fn client() -> Option<&'static async_nats::Client> {
+        CLIENT.get()
+    }
+}
