@@ -68,7 +68,7 @@ cargo test --offline "$@"
 # on a whole run (no test filter given).
 if [ $# -eq 0 ]; then
   export SPEEDRELAY_NATS_SERVER="$ROOT/.venv/bin/nats-server"
-  cargo test --offline --features cluster --test it cluster::
+  cargo test --offline --features cluster --test it -- cluster:: nats_out::
 fi
 INNER
 )
