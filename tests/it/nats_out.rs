@@ -151,7 +151,7 @@ fn stat(api: std::net::SocketAddr, name: &str, key: &str) -> u64 {
 fn records_reach_nats_byte_identical_and_subscribe_re_emits_them() {
     let Some(bin) = nats_server_bin() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = loopback_config(dir.path(), 50);
+    let config = nats_config(dir.path());
     let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
     let a = node(&config, &dir.path().join("a"), &nats.url(), "a");
     wait_connected(&a);
@@ -229,7 +229,7 @@ fn records_reach_nats_byte_identical_and_subscribe_re_emits_them() {
 fn nats_away_never_stops_the_udp_path_and_drops_are_counted() {
     let Some(bin) = nats_server_bin() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = loopback_config(dir.path(), 50);
+    let config = nats_config(dir.path());
     let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
     let a = node(&config, &dir.path().join("a"), &nats.url(), "a");
     wait_connected(&a);
@@ -320,7 +320,7 @@ fn bad_nats_settings_are_refused_and_change_nothing() {
     let Some(bin) = nats_server_bin() else { return };
     let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
     let a = node(
-        &loopback_config(dir.path(), 50),
+        &nats_config(dir.path()),
         &dir.path().join("a"),
         &nats.url(),
         "a",
@@ -449,4 +449,16 @@ fn subscribe_re_emits_to_a_multicast_group() {
     assert!(done.contains("3 datagrams sent, 0 failed"), "{done}");
     let status = child.0.wait().expect("subscribe ends");
     assert!(status.success());
+}
+
+/// `loopback_config` with leases off (`cluster.lease_ms: 0`): the one node
+/// relays its channels at once and through a NATS outage, which is what
+/// these tests are about; ownership is tested in `cluster`.
+fn nats_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let config = loopback_config(dir, 50);
+    let yaml = config.join("relay.yaml");
+    let mut text = std::fs::read_to_string(&yaml).expect("relay.yaml");
+    text.push_str("cluster: {lease_ms: 0}\n");
+    std::fs::write(&yaml, text).expect("relay.yaml");
+    config
 }
