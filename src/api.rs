@@ -390,7 +390,8 @@ impl Api {
     /// `conn` closes the request's connection: a live viewer that falls
     /// behind is dropped with it.
     async fn handle(&self, req: Request<Incoming>, conn: &CancellationToken) -> Response<Body> {
-        let route = Route::of(req.uri().path()).route;
+        let found = Route::of(req.uri().path());
+        let route = found.route;
         let method = req.method().clone();
         let origin = self.cors_origin(&req);
         let answer = match self.check_host(&req) {
@@ -400,8 +401,7 @@ impl Api {
             }
             // A stream, not a whole body: answered here, checked like any route.
             Ok(()) if route == Route::ChannelLive && method == Method::GET => {
-                let path = req.uri().path().to_owned();
-                self.live(&req, Route::of(&path).param, conn)
+                self.live(&req, found.param, conn)
             }
             Ok(()) => self.route(req).await.map(whole),
         };

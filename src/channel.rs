@@ -137,7 +137,12 @@ impl BoundChannel {
                 source,
             })?;
         let (full_rate, decimated) = open_destinations(&spec.settings)?;
-        let nats = open_nats(&spec, &spec.settings, &counters)?;
+        let nats = nats_out::open(
+            &spec.name,
+            &spec.schema_json,
+            spec.settings.outputs.nats.as_ref(),
+            &counters,
+        )?;
         let data_dir = data_dir.to_path_buf();
         Ok(Self {
             spec,
@@ -280,21 +285,6 @@ fn open_destinations(
         Vec::new()
     };
     Ok((full_rate, decimated))
-}
-
-/// The channel's NATS output, if its settings have one (checked here so a
-/// channel this node cannot publish for is refused at registration).
-fn open_nats(
-    spec: &ChannelSpec,
-    settings: &ChannelSettings,
-    counters: &Arc<ChannelCounters>,
-) -> Result<Option<NatsPending>, ChannelError> {
-    Ok(nats_out::open(
-        &spec.name,
-        &spec.schema_json,
-        settings.outputs.nats.as_ref(),
-        counters,
-    )?)
 }
 
 /// Changes for a running channel, applied between two batches.
