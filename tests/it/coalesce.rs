@@ -65,6 +65,26 @@ fn config_with_default(dir: &Path, coalesce_us: u64) -> std::path::PathBuf {
     config
 }
 
+/// Starts the relay on `config` with its data in `data`, and registers
+/// channel `name` on a free port forwarding to a new sink, with `socket`
+/// settings when not null: the relay, the sink and the port.
+fn channel_to_sink(
+    config: &Path,
+    data: &Path,
+    name: &str,
+    socket: Value,
+) -> (RelayProcess, UdpSocket, u16) {
+    let relay = spawn_relay(config, data, &[]);
+    let (sink, _) = receiver();
+    let port = free_port();
+    let mut body = json!({"outputs": {"full_rate": to(&sink)}});
+    if !socket.is_null() {
+        body["socket"] = socket;
+    }
+    assert_eq!(register_example(relay.api, name, port, body).0, 201);
+    (relay, sink, port)
+}
+
 /// The default from relay.yaml: the first datagram waits, those sent
 /// during the wait join it, and all go out as one batch, within the
 /// setting (plus slack for a busy machine).
@@ -72,12 +92,13 @@ fn config_with_default(dir: &Path, coalesce_us: u64) -> std::path::PathBuf {
 fn a_partial_batch_waits_and_goes_as_one() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = spawn_relay(&config_with_default(dir.path(), LONG), &data, &[]);
+    let (relay, sink, port) = channel_to_sink(
+        &config_with_default(dir.path(), LONG),
+        &data,
+        "co",
+        Value::Null,
+    );
     let api = relay.api;
-    let (sink, _) = receiver();
-    let port = free_port();
-    let config = json!({"outputs": {"full_rate": to(&sink)}});
-    assert_eq!(register_example(api, "co", port, config).0, 201);
     assert_eq!(coalesce_us(api, "co"), json!(LONG));
 
     let r = records(0, 5);
@@ -109,12 +130,13 @@ fn a_partial_batch_waits_and_goes_as_one() {
 fn zero_never_waits() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = spawn_relay(&config_with_default(dir.path(), LONG), &data, &[]);
+    let (relay, sink, port) = channel_to_sink(
+        &config_with_default(dir.path(), LONG),
+        &data,
+        "zero",
+        json!({"coalesce_us": 0}),
+    );
     let api = relay.api;
-    let (sink, _) = receiver();
-    let port = free_port();
-    let config = json!({"outputs": {"full_rate": to(&sink)}, "socket": {"coalesce_us": 0}});
-    assert_eq!(register_example(api, "zero", port, config).0, 201);
     assert_eq!(coalesce_us(api, "zero"), json!(0));
     let r = records(0, 4);
     let tx = sender();
@@ -133,12 +155,13 @@ fn zero_never_waits() {
 fn a_full_batch_is_not_held() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = spawn_relay(&config_with_default(dir.path(), LONG), &data, &[]);
+    let (relay, sink, port) = channel_to_sink(
+        &config_with_default(dir.path(), LONG),
+        &data,
+        "full",
+        Value::Null,
+    );
     let api = relay.api;
-    let (sink, _) = receiver();
-    let port = free_port();
-    let config = json!({"outputs": {"full_rate": to(&sink)}});
-    assert_eq!(register_example(api, "full", port, config).0, 201);
     let r = records(0, 64);
     let tx = sender();
     send(&tx, port, &r[..1]);
@@ -164,12 +187,13 @@ fn a_full_batch_is_not_held() {
 fn a_stop_during_a_wait_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = spawn_relay(&config_with_default(dir.path(), LONG), &data, &[]);
+    let (relay, sink, port) = channel_to_sink(
+        &config_with_default(dir.path(), LONG),
+        &data,
+        "halt",
+        Value::Null,
+    );
     let api = relay.api;
-    let (sink, _) = receiver();
-    let port = free_port();
-    let config = json!({"outputs": {"full_rate": to(&sink)}});
-    assert_eq!(register_example(api, "halt", port, config).0, 201);
     let r = records(0, 1);
     send(&sender(), port, &r);
     wait_for("the channel to start waiting", T, || {
@@ -185,12 +209,9 @@ fn a_stop_during_a_wait_loses_nothing() {
 fn patch_changes_it_live() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let relay = spawn_relay(&loopback_config(dir.path(), 20), &data, &[]);
+    let (relay, sink, port) =
+        channel_to_sink(&loopback_config(dir.path(), 20), &data, "live", Value::Null);
     let api = relay.api;
-    let (sink, _) = receiver();
-    let port = free_port();
-    let config = json!({"outputs": {"full_rate": to(&sink)}});
-    assert_eq!(register_example(api, "live", port, config).0, 201);
     assert_eq!(coalesce_us(api, "live"), json!(0), "off by default");
     let r = records(0, 4);
     let tx = sender();
