@@ -342,6 +342,9 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable { message } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
             }
+            EngineError::Refused { message } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, message)
+            }
             EngineError::Registry(e) => {
                 tracing::error!(error = %e, "api: registry fault");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("registry: {e}"))
@@ -956,11 +959,23 @@ pub fn registration_from(
     };
     Schema::parse_str(&schema_json)
         .map_err(|e| ApiError::bad("schema", format!("not an Avro schema: {e}")))?;
-    let config = match body.get("config") {
+    let mut config = match body.get("config") {
         None | Some(Value::Null) => None,
         Some(v @ Value::Object(_)) => Some(v.clone()),
         Some(_) => return Err(ApiError::bad("config", "must be a JSON object")),
     };
+    // `placement` is a channel setting; beside `config` it is taken as
+    // `config.placement` (and checked there), once.
+    if let Some(placement) = body.get("placement") {
+        let settings = config.get_or_insert_with(|| Value::Object(Default::default()));
+        if settings.get("placement").is_some() {
+            return Err(ApiError::bad(
+                "placement",
+                "given twice: beside config and in config.placement",
+            ));
+        }
+        settings["placement"] = placement.clone();
+    }
     Ok(Registration {
         name,
         port,

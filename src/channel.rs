@@ -103,7 +103,8 @@ impl BoundChannel {
         data_dir: &Path,
         counters: Arc<ChannelCounters>,
     ) -> Result<Self, ChannelError> {
-        let validator = Arc::new(Validator::from_json(&spec.schema_json)?);
+        // The schema first: a bad one binds nothing.
+        Validator::from_json(&spec.schema_json)?;
         let sock = &spec.settings.socket;
         let bound = udp::bind_receiver(sock.bind, spec.port, sock.recv_buffer as usize).map_err(
             |source| ChannelError::Bind {
@@ -111,6 +112,20 @@ impl BoundChannel {
                 source,
             },
         )?;
+        counters.binds.fetch_add(1, Relaxed);
+        Self::with_socket(spec, data_dir, counters, bound)
+    }
+
+    /// Like [`BoundChannel::bind_with_counters`] on a socket bound already:
+    /// a hot standby's, taken over without binding again.
+    pub fn with_socket(
+        spec: ChannelSpec,
+        data_dir: &Path,
+        counters: Arc<ChannelCounters>,
+        bound: udp::BoundSocket,
+    ) -> Result<Self, ChannelError> {
+        let validator = Arc::new(Validator::from_json(&spec.schema_json)?);
+        let sock = &spec.settings.socket;
         // Linux reports twice the usable size; warn only when it is below
         // the request, and once per process: the cause (net.core.rmem_max)
         // is the same for every channel.

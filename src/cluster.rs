@@ -72,6 +72,45 @@ pub enum ClusterError {
     /// The registration changed on another node between read and write.
     #[error("channel {name} was changed on another node at the same time; try again")]
     Changed { name: String },
+    /// The bucket refused the write by its limits (value size, bytes,
+    /// storage): the same request would be refused again.
+    #[error("the cluster registry refused the registration: {reason}; nothing was written")]
+    Refused { reason: String },
+}
+
+/// The server's reason when a write failed on a limit of the bucket or the
+/// account (too large a value, bucket or storage full) rather than on the
+/// connection; None for any other failure.
+fn refusal(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use async_nats::jetstream::ErrorCode as C;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if let Some(js) = err.downcast_ref::<async_nats::jetstream::Error>() {
+            let code = js.error_code();
+            let text = js.to_string();
+            let limit = [
+                C::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+                C::STREAM_HEADER_EXCEEDS_MAXIMUM,
+                C::STORAGE_RESOURCES_EXCEEDED,
+                C::MEMORY_RESOURCES_EXCEEDED,
+                C::ACCOUNT_RESOURCES_EXCEEDED,
+                C::INSUFFICIENT_RESOURCES,
+            ]
+            .contains(&code)
+                // "maximum bytes exceeded", "maximum messages exceeded";
+                // not a failing disk.
+                || (code == C::STREAM_STORE_FAILED && text.contains("maximum"));
+            return limit.then_some(text);
+        }
+        if let Some(p) = err.downcast_ref::<PublishError>()
+            && p.kind() == PublishErrorKind::MaxPayloadExceeded
+        {
+            return Some(format!("{p} (the NATS server's max_payload)"));
+        }
+        cause = err.source();
+    }
+    None
 }
 
 /// How to reach NATS; the secrets come from a file or the environment only.
@@ -83,6 +122,8 @@ pub struct ClusterOptions {
     /// How long a channel lease lasts; None: no leases (every node runs
     /// every channel).
     pub lease: Option<Duration>,
+    /// The placement groups this node belongs to (`cluster.groups`).
+    pub groups: Vec<String>,
     auth: Auth,
     ca: Option<PathBuf>,
 }
@@ -95,6 +136,7 @@ impl std::fmt::Debug for ClusterOptions {
             .field("node", &self.node)
             .field("bucket", &self.bucket)
             .field("lease", &self.lease)
+            .field("groups", &self.groups)
             .finish_non_exhaustive()
     }
 }
@@ -121,13 +163,14 @@ impl ClusterOptions {
         connect
     }
 
-    /// Layers `--nats`/`--node` (already merged with SPEEDRELAY_NATS and
-    /// SPEEDRELAY_NODE by the caller) over the config file's `cluster`
-    /// section, and reads the credentials. None when no server is given:
-    /// the relay runs alone.
+    /// Layers `--nats`/`--node`/`--group` (already merged with
+    /// SPEEDRELAY_NATS, SPEEDRELAY_NODE and SPEEDRELAY_GROUPS by the caller)
+    /// over the config file's `cluster` section, and reads the credentials.
+    /// None when no server is given: the relay runs alone.
     pub fn resolve(
         nats: &[String],
         node: Option<&str>,
+        groups: &[String],
         file: Option<&ClusterFile>,
     ) -> Result<Option<Self>, ClusterError> {
         let servers: Vec<String> = if nats.is_empty() {
@@ -161,18 +204,31 @@ impl ClusterOptions {
                 ClusterError::Config("--node is required: the host name cannot be read".into())
             })?,
         };
-        let valid = !node.is_empty()
-            && node.len() <= 64
-            && node.as_bytes()[0].is_ascii_alphanumeric()
-            && node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !valid {
+        if !valid_name(&node) {
             return Err(ClusterError::Config(format!(
                 "--node {node}: a node name is a letter or digit, then letters, digits, '_' or \
                  '-' (at most 64)"
             )));
         }
+        let trimmed = |list: &[String]| -> Vec<String> {
+            list.iter()
+                .map(|g| g.trim().to_string())
+                .filter(|g| !g.is_empty())
+                .collect()
+        };
+        let mut groups = if groups.is_empty() {
+            file.map(|f| trimmed(&f.groups)).unwrap_or_default()
+        } else {
+            trimmed(groups)
+        };
+        if let Some(bad) = groups.iter().find(|g| !valid_name(g)) {
+            return Err(ClusterError::Config(format!(
+                "--group {bad}: a group name is a letter or digit, then letters, digits, '_' or \
+                 '-' (at most 64)"
+            )));
+        }
+        groups.sort();
+        groups.dedup();
         let bucket = file
             .and_then(|f| f.bucket.clone())
             .unwrap_or_else(|| "speedrelay".into());
@@ -253,10 +309,22 @@ impl ClusterOptions {
             node,
             bucket,
             lease,
+            groups,
             auth,
             ca,
         }))
     }
+}
+
+/// Node and group names: a letter or digit, then letters, digits, '_' or
+/// '-', at most 64 (they are parts of bucket keys).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[derive(Default)]
@@ -336,8 +404,17 @@ pub struct Cluster {
     /// start of the wait of a node that is not the preferred one.
     free_since: Mutex<HashMap<String, u64>>,
     /// The live nodes as the last lease round read them.
-    live: Mutex<Vec<String>>,
+    live: Mutex<Vec<Member>>,
+    /// Channels no live node may relay (by their placement), with why.
+    unplaced: Mutex<HashMap<String, String>>,
     takeovers: AtomicU64,
+}
+
+/// A live node and its placement groups, from its heartbeat.
+#[derive(Debug, Clone)]
+struct Member {
+    node: String,
+    groups: Vec<String>,
 }
 
 /// A lease this node holds.
@@ -363,6 +440,9 @@ struct Lease {
 #[derive(Debug, Serialize, Deserialize)]
 struct Heartbeat {
     expires: u64,
+    /// Its placement groups, so that every node ranks alike.
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -435,6 +515,7 @@ impl Cluster {
             held: Mutex::default(),
             seen: Mutex::default(),
             live: Mutex::default(),
+            unplaced: Mutex::default(),
             free_since: Mutex::default(),
             takeovers: AtomicU64::new(0),
         }))
@@ -472,9 +553,14 @@ impl Cluster {
     /// The live nodes (heartbeat not expired) as last read, sorted; empty
     /// without leases.
     pub fn live_nodes(&self) -> Vec<String> {
-        let mut live = lock(&self.live).clone();
+        let mut live: Vec<String> = lock(&self.live).iter().map(|m| m.node.clone()).collect();
         live.sort();
         live
+    }
+
+    /// Why no node relays `name`, when its placement admits no live node.
+    pub fn unplaced(&self, name: &str) -> Option<String> {
+        lock(&self.unplaced).get(name).cloned()
     }
 
     /// Leases held now and taken since start, for /metrics; None without leases.
@@ -541,7 +627,10 @@ impl Cluster {
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 self.take_stale_claim(&kv, record, claim).await?
             }
-            Err(e) => return Err(self.failed("accept the port claim", e)),
+            Err(e) => match refusal(&e) {
+                Some(reason) => return Err(ClusterError::Refused { reason }),
+                None => return Err(self.failed("accept the port claim", e)),
+            },
         };
         let value = encode(record)?;
         match kv.create(channel_key(&record.name), value.into()).await {
@@ -557,6 +646,8 @@ impl Cluster {
                     Err(ClusterError::NameTaken {
                         name: record.name.clone(),
                     })
+                } else if let Some(reason) = refusal(&e) {
+                    Err(ClusterError::Refused { reason })
                 } else {
                     Err(self.failed("accept the registration", e))
                 }
@@ -636,7 +727,10 @@ impl Cluster {
         match kv.update(&key, encode(new)?.into(), entry.revision).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Err(changed()),
-            Err(e) => Err(self.failed("accept the change", e)),
+            Err(e) => match refusal(&e) {
+                Some(reason) => Err(ClusterError::Refused { reason }),
+                None => Err(self.failed("accept the change", e)),
+            },
         }
     }
 
@@ -856,7 +950,11 @@ impl Cluster {
             let budget = lease / 3;
             let now = unix_ms();
             let expires = now + lease.as_millis() as u64;
-            let beat = encode(&Heartbeat { expires }).unwrap_or_default();
+            let beat = encode(&Heartbeat {
+                expires,
+                groups: self.options.groups.clone(),
+            })
+            .unwrap_or_default();
             match tokio::time::timeout(budget, kv.put(node_key(&self.options.node), beat.into()))
                 .await
             {
@@ -875,6 +973,7 @@ impl Cluster {
             lock(&self.held).retain(|n, _| names.contains(n));
             lock(&self.seen).retain(|n, _| names.contains(n));
             lock(&self.free_since).retain(|n, _| names.contains(n));
+            lock(&self.unplaced).retain(|n, _| names.contains(n));
             for name in names {
                 let round = Round {
                     kv: &kv,
@@ -900,6 +999,35 @@ impl Cluster {
             _ => return Err(()),
         };
         let me = &self.options.node;
+        // Only the live nodes its placement admits rank for the channel.
+        let placement = r.engine.placement(name);
+        let eligible: Vec<String> = r
+            .live
+            .iter()
+            .filter(|m| {
+                placement
+                    .as_ref()
+                    .is_none_or(|p| p.admits(&m.node, &m.groups))
+            })
+            .map(|m| m.node.clone())
+            .collect();
+        let admitted = placement
+            .as_ref()
+            .is_none_or(|p| p.admits(me, &self.options.groups));
+        match (&placement, eligible.is_empty()) {
+            (Some(p), true) => {
+                lock(&self.unplaced).insert(
+                    name.to_string(),
+                    format!(
+                        "placement: no live node is {p}; the channel is relayed nowhere until \
+                         one is"
+                    ),
+                );
+            }
+            _ => {
+                lock(&self.unplaced).remove(name);
+            }
+        }
         let current = entry.as_ref().map(|e| {
             let lease = (e.operation == Operation::Put)
                 .then(|| serde_json::from_slice::<Lease>(&e.value).ok())
@@ -916,7 +1044,23 @@ impl Cluster {
             expires: unix_ms() + lease_ms,
         };
         if let Some((Some(l), revision)) = &current {
-            lock(&self.seen).insert(name.to_string(), (l.node.clone(), l.epoch));
+            // An expired lease has no owner to show.
+            if l.expires > r.now {
+                lock(&self.seen).insert(name.to_string(), (l.node.clone(), l.epoch));
+            } else {
+                lock(&self.seen).remove(name);
+            }
+            if l.node == *me && l.expires > r.now && !admitted {
+                if lock(&self.held).contains_key(name) {
+                    // Placed elsewhere now: stop relaying; the lease is
+                    // handed over once the channel has stopped (below,
+                    // next round).
+                    self.lose(r.engine, name, "placement: this node is no longer eligible");
+                } else if r.engine.is_standby(name) {
+                    self.hand_over(r, name, l, *revision).await?;
+                }
+                return Ok(());
+            }
             if l.node == *me && l.expires > r.now && lock(&self.held).contains_key(name) {
                 let renewal = Lease {
                     epoch: l.epoch,
@@ -961,7 +1105,7 @@ impl Cluster {
                 .entry(name.to_string())
                 .or_insert(r.now),
         };
-        let Some(rank) = rendezvous_rank(name, me, r.live) else {
+        let Some(rank) = rendezvous_rank(name, me, &eligible) else {
             return Ok(());
         };
         if r.now < since.saturating_add(rank as u64 * lease_ms) {
@@ -992,12 +1136,45 @@ impl Cluster {
             Ok(Ok(())) => {
                 self.takeovers.fetch_add(1, Ordering::Relaxed);
                 lock(&self.seen).insert(name.to_string(), (me.clone(), epoch));
-                tracing::info!(channel = %name, epoch, live = ?r.live, "took the channel's lease; relaying it here");
+                tracing::info!(channel = %name, epoch, eligible = ?eligible, "took the channel's lease; relaying it here");
                 self.hold(r, sent, name, epoch);
                 Ok(())
             }
             // Another node was quicker: its lease shows next round.
             Ok(Err(true)) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    /// Marks this node's lease on `name` expired now (by compare-and-set:
+    /// a lease taken meanwhile is left alone), so that an eligible node
+    /// takes it at its next round instead of a lease later. Only once the
+    /// channel has stopped here: the lease is what keeps a second node
+    /// from forwarding.
+    async fn hand_over(
+        &self,
+        r: &Round<'_>,
+        name: &str,
+        lease: &Lease,
+        revision: u64,
+    ) -> Result<(), ()> {
+        let value = encode(&Lease {
+            expires: r.now,
+            ..lease.clone()
+        })
+        .map_err(|_| ())?;
+        match tokio::time::timeout(
+            r.budget,
+            r.kv.update(lease_key(name), value.into(), revision),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {
+                lock(&self.seen).remove(name);
+                tracing::info!(channel = %name, "lease handed over (placement)");
+                Ok(())
+            }
+            Ok(Err(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(()),
             _ => Err(()),
         }
     }
@@ -1101,7 +1278,7 @@ impl Cluster {
 struct Round<'a> {
     kv: &'a kv::Store,
     engine: &'a Engine,
-    live: &'a [String],
+    live: &'a [Member],
     /// Unix ms at the round's start: what the leases read are compared to.
     now: u64,
     lease: Duration,
@@ -1109,7 +1286,7 @@ struct Round<'a> {
 }
 
 /// The nodes whose heartbeat has not expired.
-async fn live_nodes(kv: &kv::Store, now: u64) -> Result<Vec<String>, String> {
+async fn live_nodes(kv: &kv::Store, now: u64) -> Result<Vec<Member>, String> {
     let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
     let mut nodes = Vec::new();
     while let Some(key) = keys.next().await {
@@ -1121,9 +1298,13 @@ async fn live_nodes(kv: &kv::Store, now: u64) -> Result<Vec<String>, String> {
     let mut live = Vec::new();
     for node in nodes {
         if let Some(value) = kv.get(node_key(&node)).await.map_err(|e| e.to_string())?
-            && serde_json::from_slice::<Heartbeat>(&value).is_ok_and(|h| h.expires > now)
+            && let Ok(beat) = serde_json::from_slice::<Heartbeat>(&value)
+            && beat.expires > now
         {
-            live.push(node);
+            live.push(Member {
+                node,
+                groups: beat.groups,
+            });
         }
     }
     Ok(live)

@@ -52,6 +52,12 @@ pub struct ChannelCounters {
     /// Records for NATS dropped: the publish queue was full (NATS slow or
     /// away) or the publish failed.
     pub nats_dropped: AtomicU64,
+    /// Datagrams received and discarded in hot standby (a multicast
+    /// channel on a node that does not hold its lease).
+    pub standby_received: AtomicU64,
+    /// Times this node bound the channel's port: at registration, for a
+    /// hot standby, at each start; a take-over from hot standby adds none.
+    pub binds: AtomicU64,
     /// The last invalid datagram's error, packed by [`InvalidDatum::pack`]; 0 = none.
     last_invalid: AtomicU64,
     /// The last send error's errno; 0 = none.
@@ -101,6 +107,8 @@ impl ChannelCounters {
             coalesce_waits: self.coalesce_waits.load(Relaxed),
             nats_published: self.nats_published.load(Relaxed),
             nats_dropped: self.nats_dropped.load(Relaxed),
+            standby_received: self.standby_received.load(Relaxed),
+            binds: self.binds.load(Relaxed),
             last_invalid: last_invalid.map(|e| e.to_string()),
             last_send_error: (errno != 0)
                 .then(|| std::io::Error::from_raw_os_error(errno).to_string()),
@@ -128,6 +136,8 @@ pub struct ChannelStats {
     pub coalesce_waits: u64,
     pub nats_published: u64,
     pub nats_dropped: u64,
+    pub standby_received: u64,
+    pub binds: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_invalid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,7 @@ use crate::counters::{ChannelCounters, ChannelStats};
 use crate::history::{History, HistoryView};
 use crate::live::{LiveHub, LiveTap};
 use crate::registry::{ChannelRecord, Registry, RegistryError};
+use crate::standby::HotStandby;
 use crate::validator::Validator;
 
 /// Why a channel of a cluster node was not bound at start: it waits for its lease.
@@ -61,6 +62,10 @@ pub enum EngineError {
     Unavailable { message: String },
     #[error("registry: {0}")]
     Registry(RegistryError),
+    /// The cluster registry refused the write by its limits (too large a
+    /// registration, a full bucket): sending it again would not help.
+    #[error("{message}")]
+    Refused { message: String },
 }
 
 impl From<RegistryError> for EngineError {
@@ -98,6 +103,9 @@ impl From<crate::cluster::ClusterError> for EngineError {
                 used_by: None,
             },
             C::Unavailable(message) => EngineError::Unavailable { message },
+            C::Refused { .. } => EngineError::Refused {
+                message: e.to_string(),
+            },
             C::Config(message) => EngineError::Unavailable { message },
         }
     }
@@ -351,6 +359,7 @@ impl Engine {
             merge(&mut doc, expand_shorthand(overrides));
         }
         let settings = settings_from(&doc).map_err(invalid_config)?;
+        self.check_placement(&settings)?;
 
         let _guard = self.control.lock().await;
         if self.lock_slots().contains_key(&r.name) {
@@ -481,8 +490,19 @@ impl Engine {
                 slot.commands.clone(),
             )
         };
-        merge(&mut doc, expand_shorthand(patch));
+        let patch = expand_shorthand(patch);
+        // A placement is replaced whole, not merged: `{"group": ...}` over
+        // `{"node": ...}` moves the channel to the group.
+        if patch.get("placement").is_some()
+            && let Some(doc) = doc.as_object_mut()
+        {
+            doc.remove("placement");
+        }
+        merge(&mut doc, patch);
         let settings = settings_from(&doc).map_err(invalid_config)?;
+        if settings.placement != current.placement {
+            self.check_placement(&settings)?;
+        }
         if settings.socket.bind != current.socket.bind {
             return Err(invalid(
                 "config.socket.bind",
@@ -711,7 +731,14 @@ impl Engine {
             .and_then(|c| c.lease_of(&slot.record.name));
         #[cfg(not(feature = "cluster"))]
         let lease: Option<(String, u64)> = None;
-        let error = health.error.clone().or_else(|| {
+        // A channel no live node may relay (placement) says so.
+        #[cfg(feature = "cluster")]
+        let unplaced = (health.status == Status::Standby)
+            .then(|| self.cluster.get()?.unplaced(&slot.record.name))
+            .flatten();
+        #[cfg(not(feature = "cluster"))]
+        let unplaced: Option<String> = None;
+        let error = health.error.clone().or(unplaced).or_else(|| {
             stats
                 .archive_error
                 .as_ref()
@@ -785,6 +812,7 @@ impl Engine {
             cancel: cancel.clone(),
             commands: commands_rx,
             owned: owned_rx,
+            hot: self.options.standby,
         };
         let supervisor = tokio::spawn(supervisor.run(bound));
         Slot {
@@ -833,6 +861,39 @@ impl Engine {
     pub fn names(&self) -> Vec<String> {
         self.lock_slots().keys().cloned().collect()
     }
+
+    /// A channel's placement, for the lease keeper.
+    pub fn placement(&self, name: &str) -> Option<crate::config::Placement> {
+        self.lock_slots()
+            .get(name)
+            .and_then(|s| s.settings.placement.clone())
+    }
+
+    /// Whether the channel is in standby: its task has stopped (a lease
+    /// may be handed over).
+    pub fn is_standby(&self, name: &str) -> bool {
+        self.lock_slots().get(name).is_some_and(|s| {
+            s.health.lock().unwrap_or_else(|p| p.into_inner()).status == Status::Standby
+        })
+    }
+
+    /// `placement` needs a cluster with leases: elsewhere every node (or
+    /// the one relay) runs every channel, and a pin it cannot honour is
+    /// refused rather than silently ignored.
+    fn check_placement(&self, settings: &ChannelSettings) -> Result<(), EngineError> {
+        if settings.placement.is_none() {
+            return Ok(());
+        }
+        #[cfg(feature = "cluster")]
+        if self.cluster.get().is_some_and(|c| c.leases()) {
+            return Ok(());
+        }
+        Err(invalid(
+            "config.placement",
+            "placement needs a node of a cluster with leases (serve --nats, \
+             cluster.lease_ms not 0): without one every relay runs its own channels",
+        ))
+    }
 }
 
 /// Keeps one channel running: binds, runs, and after a failure waits
@@ -846,30 +907,45 @@ struct Supervisor {
     cancel: CancellationToken,
     commands: mpsc::UnboundedReceiver<SupervisorCommand>,
     owned: watch::Receiver<bool>,
+    /// Whether standby is hot for multicast channels: on a node with leases.
+    hot: bool,
 }
 
 impl Supervisor {
     async fn run(mut self, mut bound: Option<BoundChannel>) {
         let mut backoff = BACKOFF_FIRST;
         loop {
+            // A hot standby's socket, once the lease is won: taken over as is.
+            let mut taken = None;
             if !*self.owned.borrow_and_update() {
                 // Not ours: release the port and wait until it is.
                 drop(bound.take());
                 set_health(&self.health, Status::Standby, None);
-                if !self.wait_owned().await {
+                let hot = self.hot_standby();
+                let owned = self.wait_owned().await;
+                if let Some(hot) = hot {
+                    taken = hot.take().await;
+                }
+                if !owned {
                     return;
                 }
                 backoff = BACKOFF_FIRST;
             }
-            let attempt = match bound.take() {
-                Some(b) => Ok(b),
-                None => BoundChannel::bind_with_counters(
+            let attempt = match (bound.take(), taken) {
+                (Some(b), _) => Ok(b),
+                (None, Some(socket)) => BoundChannel::with_socket(
                     self.spec.clone(),
                     &self.data_dir,
                     self.counters.clone(),
-                )
-                .map(|b| b.with_live(self.live.clone())),
-            };
+                    socket,
+                ),
+                (None, None) => BoundChannel::bind_with_counters(
+                    self.spec.clone(),
+                    &self.data_dir,
+                    self.counters.clone(),
+                ),
+            }
+            .map(|b| b.with_live(self.live.clone()));
             let mut handle = match attempt.and_then(BoundChannel::spawn) {
                 Ok(h) => h,
                 Err(e) => {
@@ -938,6 +1014,27 @@ impl Supervisor {
                 return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// A multicast channel waits bound and joined (hot standby) on a node
+    /// with leases; None for any other, or when that bind fails (said in
+    /// `error`: the channel then binds at take-over, as a unicast one).
+    fn hot_standby(&self) -> Option<HotStandby> {
+        if !self.hot || !HotStandby::applies(&self.spec) {
+            return None;
+        }
+        match HotStandby::start(&self.spec, self.counters.clone()) {
+            Ok(hot) => Some(hot),
+            Err(e) => {
+                tracing::warn!(channel = %self.spec.name, error = %e, "no hot standby; the port is bound at take-over");
+                set_health(
+                    &self.health,
+                    Status::Standby,
+                    Some(format!("hot standby: {e}")),
+                );
+                None
+            }
         }
     }
 

@@ -46,6 +46,7 @@ pub mod nats_out;
 pub mod registry;
 mod routes;
 pub mod schema_file;
+mod standby;
 pub mod udp;
 pub mod validator;
 pub mod verify;

@@ -99,8 +99,14 @@ pub struct BoundSocket {
 /// the relay the other program's unicast traffic. Without them a port held
 /// by anyone else fails with `AddrInUse`, exactly when `GET
 /// /ports/{p}/status` says `in_use`. UDP has no TIME_WAIT, so a restarted
-/// relay rebinds at once without them. (Channels receive unicast only; a
-/// multicast receiver would need SO_REUSEADDR to share its group's port.)
+/// relay rebinds at once without them.
+///
+/// A multicast `addr` is the exception: the socket is bound to the group
+/// (so it receives that group's datagrams only) and joins it on the
+/// interface the routing table gives the group. It sets SO_REUSEADDR, as
+/// multicast receivers conventionally do: every receiver of a group on one
+/// host shares its port, and each gets every datagram, so sharing steals
+/// nothing (a cluster's hot standby on the same host is one of them).
 pub fn bind_receiver(addr: IpAddr, port: u16, recv_buffer: usize) -> io::Result<BoundSocket> {
     let sa = SocketAddr::new(addr, port);
     let socket = Socket::new(Domain::for_address(sa), Type::DGRAM, Some(Protocol::UDP))?;
@@ -108,7 +114,17 @@ pub fn bind_receiver(addr: IpAddr, port: u16, recv_buffer: usize) -> io::Result<
     let _ = socket.set_recv_buffer_size(recv_buffer);
     enable_drop_counter(&socket);
     socket.set_nonblocking(true)?;
+    if addr.is_multicast() {
+        socket.set_reuse_address(true)?;
+    }
     socket.bind(&sa.into())?;
+    match addr {
+        IpAddr::V4(group) if group.is_multicast() => {
+            socket.join_multicast_v4(&group, &std::net::Ipv4Addr::UNSPECIFIED)?;
+        }
+        IpAddr::V6(group) if group.is_multicast() => socket.join_multicast_v6(&group, 0)?,
+        _ => {}
+    }
     let recv_buffer_granted = socket.recv_buffer_size().unwrap_or(0);
     Ok(BoundSocket {
         socket: socket.into(),

@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// global.yaml, else the host name.
     #[arg(long, env = "SPEEDRELAY_NODE")]
     node: Option<String>,
+    /// A placement group this node belongs to (comma-separated or
+    /// repeated): channels placed in the group may run here. Replaces
+    /// cluster.groups of the config files.
+    #[arg(long = "group", env = "SPEEDRELAY_GROUPS", value_delimiter = ',')]
+    groups: Vec<String>,
 }
 
 pub fn serve(args: ServeArgs) -> Result<(), String> {
@@ -147,8 +152,13 @@ fn cluster_options(
 ) -> Result<Option<ClusterOptions>, String> {
     #[cfg(feature = "cluster")]
     {
-        ClusterOptions::resolve(&args.nats, args.node.as_deref(), baseline.cluster.as_ref())
-            .map_err(|e| e.to_string())
+        ClusterOptions::resolve(
+            &args.nats,
+            args.node.as_deref(),
+            &args.groups,
+            baseline.cluster.as_ref(),
+        )
+        .map_err(|e| e.to_string())
     }
     #[cfg(not(feature = "cluster"))]
     {

@@ -70,7 +70,7 @@ pub fn run(args: SubscribeArgs) -> Result<(), SubscribeError> {
     };
     let socket =
         speedrelay::udp::connect_destination(&dest).map_err(|e| SubscribeError::Socket(to, e))?;
-    let options = ClusterOptions::resolve(&args.nats, Some("subscribe"), None)
+    let options = ClusterOptions::resolve(&args.nats, Some("subscribe"), &[], None)
         .map_err(|e| SubscribeError::Nats(e.to_string()))?
         .ok_or_else(|| SubscribeError::Nats("--nats: no server given".into()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()

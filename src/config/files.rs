@@ -95,6 +95,9 @@ pub struct ClusterFile {
     /// How long a channel's lease lasts; 0: no leases, every node runs
     /// every channel.
     pub lease_ms: Option<u64>,
+    /// The placement groups this node belongs to.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// `nats: URL` or `nats: [URL, ...]`.

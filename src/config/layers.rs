@@ -170,6 +170,13 @@ mod tests {
                     max_datagram: 1,
                     coalesce_us: 1_000_000,
                 },
+                placement: [
+                    Some(crate::config::Placement::Node("relay-a".into())),
+                    Some(crate::config::Placement::Group("lab_b".into())),
+                    None,
+                    None,
+                ][i]
+                    .clone(),
             };
             let doc = serde_json::to_value(&settings).unwrap();
             let errors: Vec<String> = schema.iter_errors(&doc).map(|e| e.to_string()).collect();
@@ -202,6 +209,9 @@ mod tests {
             json!({"socket": {"bind": "::"}}),
             json!({"socket": {"coalesce_us": 0}}),
             json!({"socket": {"coalesce_us": 1_000_000}}),
+            json!({"placement": {"node": "relay-a"}}),
+            json!({"placement": {"group": "lab_b-2"}}),
+            json!({"placement": null}),
         ];
         for doc in accepted {
             assert_eq!(both(doc.clone()), (true, true), "{doc}");
@@ -244,6 +254,11 @@ mod tests {
             json!({"socket": {"coalesce_us": "300"}}),
             json!({"socket": {"coalesce_us": 2.5}}),
             json!({"decimation": null}),
+            json!({"placement": {}}),
+            json!({"placement": {"node": "a", "group": "b"}}),
+            json!({"placement": {"host": "a"}}),
+            json!({"placement": {"node": 7}}),
+            json!({"placement": "relay-a"}),
         ];
         for doc in refused {
             assert_eq!(both(doc.clone()), (false, false), "{doc}");
@@ -258,6 +273,8 @@ mod tests {
             json!({"socket": {"max_datagram": 65536}}),
             json!({"socket": {"coalesce_us": 1_000_001}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 1, "ttl": 256}}}),
+            json!({"placement": {"node": "relay a"}}),
+            json!({"placement": {"group": "-lab"}}),
         ];
         for doc in bounds {
             assert_eq!(both(doc.clone()), (false, false), "{doc}");

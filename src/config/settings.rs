@@ -27,6 +27,39 @@ pub struct ChannelSettings {
     /// `downsample`, which does not read records).
     pub validate: bool,
     pub socket: SocketSettings,
+    /// In a cluster with leases: which nodes may relay the channel. `None`
+    /// (the default): any node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Pins a channel to one node, or to the nodes of one group
+/// (`cluster.groups` of each node): only those rank for its lease.
+/// `{"node": "relay-a"}` or `{"group": "lab-b"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    Node(String),
+    Group(String),
+}
+
+impl Placement {
+    /// Whether the node `node`, member of `groups`, may relay the channel.
+    pub fn admits(&self, node: &str, groups: &[String]) -> bool {
+        match self {
+            Placement::Node(n) => n == node,
+            Placement::Group(g) => groups.iter().any(|x| x == g),
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Node(n) => write!(f, "node {n}"),
+            Placement::Group(g) => write!(f, "group {g}"),
+        }
+    }
 }
 
 impl Default for ChannelSettings {
@@ -39,6 +72,7 @@ impl Default for ChannelSettings {
             archive: ArchiveSettings::default(),
             validate: true,
             socket: SocketSettings::default(),
+            placement: None,
         }
     }
 }

@@ -926,3 +926,479 @@ fn a_gracefully_stopped_owner_hands_its_channel_over_at_once() {
     assert!(relays(port, &out), "the new owner does not relay");
     other.stop();
 }
+
+/// A node that belongs to the placement groups `groups` (`--group`).
+fn node_in(config: &Path, data: &Path, nats: &str, name: &str, groups: &str) -> RelayProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--api", "127.0.0.1:0", "--nats", nats, "--node", name])
+        .args(["--group", groups])
+        .env("RUST_LOG", "info");
+    spawn_relay_command(cmd)
+}
+
+/// Waits until every node of `nodes` lists exactly `live` (sorted) as live.
+fn wait_live(nodes: &[(&str, SocketAddr)], live: &[&str]) {
+    wait_for("the nodes to see each other live", T, || {
+        nodes.iter().all(|(_, api)| {
+            http(*api, "GET", "/api/v1/health", &[], None).1["cluster"]["nodes"] == json!(live)
+        })
+    });
+}
+
+fn settled(nodes: &[(&str, SocketAddr)], name: &str) -> (String, u64) {
+    let mut settled = None;
+    wait_for(&format!("{name} to settle on one owner"), T, || {
+        settled = settled_owner(nodes, name);
+        settled.is_some()
+    });
+    settled.expect("settled")
+}
+
+#[test]
+fn placement_pins_a_channel_and_a_patch_moves_it() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    let b = node_in(&s.config, &s.root.join("b"), &nats.url(), "b", "lab-b");
+    let c = node_in(
+        &s.config,
+        &s.root.join("c"),
+        &nats.url(),
+        "c",
+        "other,lab-b",
+    );
+    for n in [&a, &b, &c] {
+        wait_connected(n);
+    }
+    let nodes = [("a", a.api), ("b", b.api), ("c", c.api)];
+    wait_live(&nodes, &["a", "b", "c"]);
+
+    // Pinned to node a (`placement` beside `config` is taken as
+    // config.placement), registered on b: a relays it, the others stand by.
+    let out = listen();
+    let port = free_port();
+    let schema: Json = serde_json::from_str(EXAMPLE_SCHEMA).expect("schema");
+    let body = json!({"name": "pinned", "port": port, "schema": schema,
+        "placement": {"node": "a"}, "config": {"outputs": {"full_rate": to(&out)}}});
+    let (status, body) = post_json(b.api, "/api/v1/channels", body.to_string().as_bytes());
+    assert_eq!(status, 201, "{body}");
+    let (owner, epoch) = settled(&nodes, "pinned");
+    assert_eq!(owner, "a");
+    assert_eq!(
+        get_channel(c.api, "pinned")["config"]["placement"],
+        json!({"node": "a"})
+    );
+    assert!(
+        relays(port, &out),
+        "a does not relay the channel pinned to it"
+    );
+
+    // Pinned to a group: only its nodes take them, whatever rendezvous
+    // hashing over all three would say.
+    for i in 0..6 {
+        let (status, body) = register_example(
+            a.api,
+            &format!("g{i}"),
+            free_port(),
+            json!({"placement": {"group": "lab-b"}}),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    for i in 0..6 {
+        let (owner, _) = settled(&nodes, &format!("g{i}"));
+        assert!(owner == "b" || owner == "c", "g{i} relayed by {owner}");
+    }
+
+    // PATCHed to the group: a stops and hands the lease over, a node of
+    // the group takes it. The placement is replaced, not merged.
+    let (status, body) = patch(c.api, "pinned", json!({"placement": {"group": "lab-b"}}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["config"]["placement"], json!({"group": "lab-b"}));
+    let mut moved = None;
+    wait_for("the channel to move into the group", T, || {
+        moved = settled_owner(&nodes, "pinned").filter(|(o, _)| o != "a");
+        moved.is_some()
+    });
+    let (new_owner, new_epoch) = moved.expect("moved");
+    assert!(new_owner == "b" || new_owner == "c", "{new_owner}");
+    assert!(new_epoch > epoch, "epoch {epoch} -> {new_epoch}");
+    while out.recv(&mut [0u8; 2048]).is_ok() {}
+    assert!(relays(port, &out), "{new_owner} does not relay it");
+
+    // Every node of the group gone: nobody relays it, and a says why.
+    b.kill9();
+    c.kill9();
+    wait_for("the channel to be unplaced", T, || {
+        let ch = get_channel(a.api, "pinned");
+        ch["status"] == "standby"
+            && ch.get("owner").is_none()
+            && ch["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no live node is group lab-b"))
+    });
+    assert_eq!(get_channel(a.api, "g0")["status"], "standby");
+
+    // A node of the group returns: it takes the channels.
+    let c = node_in(&s.config, &s.root.join("c"), &nats.url(), "c", "lab-b");
+    wait_connected(&c);
+    let nodes = [("a", a.api), ("c", c.api)];
+    let (owner, _) = settled(&nodes, "pinned");
+    assert_eq!(owner, "c");
+    assert!(get_channel(a.api, "pinned").get("error").is_none());
+    let (owner, _) = settled(&nodes, "g0");
+    assert_eq!(owner, "c");
+    a.stop();
+    c.stop();
+}
+
+#[test]
+fn bad_placements_are_refused_and_placement_needs_a_cluster_with_leases() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    wait_connected(&a);
+    let schema: Json = serde_json::from_str(EXAMPLE_SCHEMA).expect("schema");
+    let post = |api, extra: Json| {
+        let mut body = json!({"name": "p", "port": free_port(), "schema": schema});
+        for (k, v) in extra.as_object().expect("an object") {
+            body[k] = v.clone();
+        }
+        post_json(api, "/api/v1/channels", body.to_string().as_bytes())
+    };
+    let cases = [
+        (
+            json!({"placement": {"node": "no spaces"}}),
+            "config.placement.node",
+            "is not a node name",
+        ),
+        (
+            json!({"config": {"placement": {"group": "-x"}}}),
+            "config.placement.group",
+            "is not a group name",
+        ),
+        (
+            json!({"placement": {"node": "a", "group": "b"}}),
+            "config.placement",
+            "gives both node and group",
+        ),
+        (
+            json!({"placement": {"rack": "r1"}}),
+            "config.placement.rack",
+            "rack",
+        ),
+        (
+            json!({"placement": {"node": "a"}, "config": {"placement": {"node": "a"}}}),
+            "placement",
+            "given twice",
+        ),
+    ];
+    for (extra, field, says) in cases {
+        let (status, body) = post(a.api, extra.clone());
+        assert_eq!(status, 400, "{extra}: {body}");
+        assert_eq!(body["field"], field, "{extra}: {body}");
+        assert!(
+            body["error"].as_str().unwrap_or_default().contains(says),
+            "{extra}: {body}"
+        );
+        assert_eq!(status_of(a.api, "p"), 404, "{extra} left a channel");
+    }
+    // A bad PATCH leaves the channel as it was.
+    let (status, body) = register_example(a.api, "q", free_port(), json!({}));
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = patch(a.api, "q", json!({"placement": {"node": "a b"}}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "config.placement.node", "{body}");
+    assert!(get_channel(a.api, "q")["config"].get("placement").is_none());
+    a.stop();
+
+    // No cluster: refused, rather than a pin nobody honours.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (alone, _) = loopback_relay(dir.path(), 50);
+    let (status, body) = post(alone.api, json!({"placement": {"node": "a"}}));
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["field"], "config.placement", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cluster"),
+        "{body}"
+    );
+    assert_eq!(status_of(alone.api, "p"), 404);
+    alone.stop();
+
+    // A cluster without leases: refused too (every node runs every channel).
+    let s = setup_with("lease_ms: 0");
+    let n = node(&s.config, &s.root.join("n"), &nats.url(), "n");
+    wait_connected(&n);
+    let (status, body) = post(n.api, json!({"placement": {"group": "g"}}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("leases"),
+        "{body}"
+    );
+    n.stop();
+
+    // A bad group name stops start-up.
+    let err = refused(
+        &[
+            "--nats",
+            "nats://127.0.0.1:4222",
+            "--node",
+            "a",
+            "--group",
+            "lab b",
+        ],
+        &[],
+    );
+    assert!(err.contains("--group lab b"), "{err}");
+}
+
+/// The `stats` counter `key` of channel `name` on `api`.
+fn stat(api: SocketAddr, name: &str, key: &str) -> u64 {
+    get_channel(api, name)["stats"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no stats.{key}"))
+}
+
+#[test]
+fn a_multicast_standby_receives_and_takes_over_without_binding_again() {
+    if !private_netns_or_skip("multicast on loopback") {
+        return;
+    }
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let mut by_name = std::collections::HashMap::new();
+    for n in ["a", "b"] {
+        let r = node(&s.config, &s.root.join(n), &nats.url(), n);
+        wait_connected(&r);
+        by_name.insert(n, r);
+    }
+    let nodes: Vec<(&str, SocketAddr)> = ["a", "b"].iter().map(|n| (*n, by_name[n].api)).collect();
+    wait_live(&nodes, &["a", "b"]);
+
+    let group = Ipv4Addr::new(239, 255, 42, 17);
+    let port = free_port();
+    let sink = listen();
+    let (status, body) = register_example(
+        nodes[0].1,
+        "hot",
+        port,
+        json!({"socket": {"bind": group.to_string()}, "outputs": {"full_rate": to(&sink)}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (owner, epoch) = settled(&nodes, "hot");
+    let (standby, standby_api) = *nodes.iter().find(|(n, _)| *n != owner).expect("other");
+
+    // Numbered records to the group, one a millisecond, at most 60 s or
+    // 60000 records; the sink keeps everything that arrives.
+    const MAX: u64 = 60_000;
+    let records = example_range(0, MAX);
+    let distinct: std::collections::HashSet<&Vec<u8>> = records.iter().collect();
+    assert_eq!(distinct.len(), records.len(), "records are not distinct");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sending = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let tx = sender();
+            let until = Instant::now() + Duration::from_secs(60);
+            let mut sent = 0;
+            for r in &records {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > until {
+                    break;
+                }
+                let _ = tx.send_to(r, (group, port));
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        })
+    };
+    let sinking = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let mut buf = [0u8; 2048];
+            let until = Instant::now() + Duration::from_secs(90);
+            // Until stopped and quiet (the read times out after 200 ms).
+            while Instant::now() < until {
+                match sink.recv(&mut buf) {
+                    Ok(n) => got.push(buf[..n].to_vec()),
+                    Err(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            got
+        })
+    };
+
+    // Both receive the group; only the owner forwards.
+    let owner_api = by_name[owner.as_str()].api;
+    wait_for("the standby to receive and the owner to forward", T, || {
+        stat(standby_api, "hot", "standby_received") >= 100
+            && stat(owner_api, "hot", "forwarded") >= 100
+    });
+    let ch = get_channel(standby_api, "hot");
+    assert_eq!(ch["status"], "standby", "{ch}");
+    assert_eq!(ch["stats"]["forwarded"], 0, "{ch}");
+    assert_eq!(ch["stats"]["packets"], 0, "{ch}");
+    let binds = stat(standby_api, "hot", "binds");
+    assert!(binds >= 1, "{ch}");
+
+    // kill -9 of the owner: the standby forwards within a lease and a
+    // second, on the socket it had: not bound again.
+    let killed_at = Instant::now();
+    by_name.remove(owner.as_str()).expect("owner").kill9();
+    wait_for("the standby to forward", T, || {
+        stat(standby_api, "hot", "forwarded") > 0
+    });
+    let took = killed_at.elapsed();
+    eprintln!(
+        "{standby} forwards {} ms after kill -9 of {owner}",
+        took.as_millis()
+    );
+    assert!(
+        took <= Duration::from_millis(LEASE_MS + 1000),
+        "take-over took {took:?} (lease {LEASE_MS} ms)"
+    );
+    let rest = [(standby, standby_api)];
+    let (new_owner, new_epoch) = settled(&rest, "hot");
+    assert_eq!(new_owner, standby);
+    assert!(new_epoch > epoch);
+    assert_eq!(
+        stat(standby_api, "hot", "binds"),
+        binds,
+        "the new owner bound the port again"
+    );
+    let forwarded = stat(standby_api, "hot", "forwarded");
+    wait_for("the new owner to forward more", T, || {
+        stat(standby_api, "hot", "forwarded") >= forwarded + 100
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = sending.join().expect("sender");
+    let got = sinking.join().expect("sink");
+
+    // Never two forwarders: each record arrived at most once (the old
+    // owner forwarded only before it died, the new one only what arrived
+    // after it won the lease; what waited in its queue then was dropped).
+    let mut seen = std::collections::HashSet::new();
+    let twice = got.iter().filter(|r| !seen.insert(*r)).count();
+    assert_eq!(twice, 0, "{twice} records arrived twice of {}", got.len());
+    assert!(
+        got.len() >= 200 && (got.len() as u64) < sent,
+        "{} of {sent}",
+        got.len()
+    );
+    for (_, r) in by_name {
+        r.stop();
+    }
+}
+
+/// Creates the bucket `speedrelay` with the given limits before any node
+/// opens it (argv: URL, max value size, max bytes).
+const SMALL_BUCKET: &str = r#"
+import asyncio, sys, nats
+async def main():
+    nc = await nats.connect(sys.argv[1])
+    js = nc.jetstream()
+    await js.create_key_value(bucket="speedrelay", history=1,
+        max_value_size=int(sys.argv[2]), max_bytes=int(sys.argv[3]))
+    await nc.close()
+asyncio.run(main())
+"#;
+
+/// The example schema with `n` more long-named fields: a larger registration.
+fn wide_schema(n: usize) -> Json {
+    let mut schema: Json = serde_json::from_str(EXAMPLE_SCHEMA).expect("schema");
+    let fields = schema["fields"].as_array_mut().expect("fields");
+    for i in 0..n {
+        fields.push(json!({"name": format!("padding_field_number_{i:04}"), "type": ["null", "long"], "default": null}));
+    }
+    schema
+}
+
+#[test]
+fn a_registration_the_bucket_refuses_is_a_413_and_leaves_nothing() {
+    let Some(bin) = nats_server_bin() else { return };
+    let Some(python) = python_or_skip("the bucket limits test") else {
+        return;
+    };
+    // Without leases: the bucket holds registrations and port claims only.
+    let s = setup_with("lease_ms: 0");
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    run_python(
+        &python,
+        SMALL_BUCKET,
+        &[nats.url().as_str(), "4096", "24576"],
+        b"",
+        "create a small bucket",
+    );
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    let b = node(&s.config, &s.root.join("b"), &nats.url(), "b");
+    wait_connected(&a);
+    wait_connected(&b);
+
+    // Larger than the bucket's largest value: 413 with the server's
+    // reason; nothing on either node, and the port claim written before
+    // the refusal is gone (a claim would hold the port for 30 s).
+    let port = free_port();
+    let body = json!({"name": "wide", "port": port, "schema": wide_schema(100)});
+    let (status, body) = post_json(a.api, "/api/v1/channels", body.to_string().as_bytes());
+    assert_eq!(status, 413, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused") && error.contains("maximum"),
+        "{body}"
+    );
+    assert_eq!(status_of(a.api, "wide"), 404);
+    assert_eq!(status_of(b.api, "wide"), 404);
+    let (status, body) = register_example(b.api, "narrow", port, json!({}));
+    assert_eq!(status, 201, "{body}");
+
+    // A PATCH the bucket refuses: 413, the settings as they were.
+    let many: Vec<Json> = (1..=150)
+        .map(|p| json!({"address": "127.0.0.1", "port": p}))
+        .collect();
+    let (status, body) = patch(a.api, "narrow", json!({"outputs": {"decimated": many}}));
+    assert_eq!(status, 413, "{body}");
+    let cfg = get_channel(a.api, "narrow")["config"].clone();
+    assert_eq!(cfg["outputs"]["decimated"], json!([]), "{cfg}");
+
+    // The bucket full: registrations succeed until one is refused, with
+    // nothing left of it on either node.
+    let mut refused_at = None;
+    for i in 0..100 {
+        let (status, body) = register_example(a.api, &format!("fill{i}"), free_port(), json!({}));
+        if status == 413 {
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("maximum"),
+                "{body}"
+            );
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(status, 201, "{body}");
+    }
+    let i = refused_at.expect("the bucket never filled up");
+    assert!(i > 0, "the first registration was refused");
+    wait_for("b to mirror the last accepted one", T, || {
+        status_of(b.api, &format!("fill{}", i - 1)) == 200
+    });
+    assert_eq!(status_of(a.api, &format!("fill{i}")), 404);
+    assert_eq!(status_of(b.api, &format!("fill{i}")), 404);
+    a.stop();
+    b.stop();
+}
