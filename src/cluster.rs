@@ -124,6 +124,9 @@ pub struct ClusterOptions {
     pub lease: Option<Duration>,
     /// The placement groups this node belongs to (`cluster.groups`).
     pub groups: Vec<String>,
+    /// Hand a channel over to the node ranking first for it
+    /// (`cluster.rebalance`).
+    pub rebalance: bool,
     auth: Auth,
     ca: Option<PathBuf>,
 }
@@ -137,6 +140,7 @@ impl std::fmt::Debug for ClusterOptions {
             .field("bucket", &self.bucket)
             .field("lease", &self.lease)
             .field("groups", &self.groups)
+            .field("rebalance", &self.rebalance)
             .finish_non_exhaustive()
     }
 }
@@ -310,6 +314,7 @@ impl ClusterOptions {
             bucket,
             lease,
             groups,
+            rebalance: file.and_then(|f| f.rebalance).unwrap_or(false),
             auth,
             ca,
         }))
@@ -407,6 +412,13 @@ pub struct Cluster {
     live: Mutex<Vec<Member>>,
     /// Channels no live node may relay (by their placement), with why.
     unplaced: Mutex<HashMap<String, String>>,
+    /// Since when (unix ms) each live node has been seen live without a
+    /// break: rebalancing hands channels only to a node live for a lease.
+    live_since: Mutex<HashMap<String, u64>>,
+    /// Rebalancing: the node each channel was last handed to, and when,
+    /// so that a node that does not take it is not handed it again and
+    /// again.
+    yielded: Mutex<HashMap<String, (String, u64)>>,
     takeovers: AtomicU64,
 }
 
@@ -516,6 +528,8 @@ impl Cluster {
             seen: Mutex::default(),
             live: Mutex::default(),
             unplaced: Mutex::default(),
+            live_since: Mutex::default(),
+            yielded: Mutex::default(),
             free_since: Mutex::default(),
             takeovers: AtomicU64::new(0),
         }))
@@ -966,6 +980,17 @@ impl Cluster {
                 _ => continue,
             };
             lock(&self.live).clone_from(&live);
+            let settled: Vec<String> = {
+                let mut since = lock(&self.live_since);
+                since.retain(|n, _| live.iter().any(|m| m.node == *n));
+                live.iter()
+                    .filter(|m| {
+                        let first = *since.entry(m.node.clone()).or_insert(now);
+                        now.saturating_sub(first) >= lease.as_millis() as u64
+                    })
+                    .map(|m| m.node.clone())
+                    .collect()
+            };
             let names = engine.names();
             // Channels deleted since: forget their leases here (their
             // `lease.` keys stay, and a new channel of that name takes
@@ -974,11 +999,13 @@ impl Cluster {
             lock(&self.seen).retain(|n, _| names.contains(n));
             lock(&self.free_since).retain(|n, _| names.contains(n));
             lock(&self.unplaced).retain(|n, _| names.contains(n));
+            lock(&self.yielded).retain(|n, _| names.contains(n));
             for name in names {
                 let round = Round {
                     kv: &kv,
                     engine: &engine,
                     live: &live,
+                    settled: &settled,
                     now,
                     lease,
                     budget,
@@ -1050,13 +1077,25 @@ impl Cluster {
             } else {
                 lock(&self.seen).remove(name);
             }
-            if l.node == *me && l.expires > r.now && !admitted {
+            let yield_to = if admitted && l.node == *me {
+                self.yield_to(r, name, &eligible)
+            } else {
+                None
+            };
+            if l.node == *me && l.expires > r.now && (!admitted || yield_to.is_some()) {
                 if lock(&self.held).contains_key(name) {
-                    // Placed elsewhere now: stop relaying; the lease is
-                    // handed over once the channel has stopped (below,
-                    // next round).
-                    self.lose(r.engine, name, "placement: this node is no longer eligible");
+                    // Placed elsewhere now, or another node ranks first:
+                    // stop relaying; the lease is handed over once the
+                    // channel has stopped (below, next round).
+                    let why = match &yield_to {
+                        None => "placement: this node is no longer eligible".to_string(),
+                        Some(first) => format!("rebalancing: node {first} ranks first"),
+                    };
+                    self.lose(r.engine, name, &why);
                 } else if r.engine.is_standby(name) {
+                    if let Some(first) = yield_to {
+                        lock(&self.yielded).insert(name.to_string(), (first, r.now));
+                    }
                     self.hand_over(r, name, l, *revision).await?;
                 }
                 return Ok(());
@@ -1144,6 +1183,32 @@ impl Cluster {
             Ok(Err(true)) => Ok(()),
             _ => Err(()),
         }
+    }
+
+    /// With `cluster.rebalance`: the node to hand `name` over to, when
+    /// another admitted node ranks first for it and has been live for a
+    /// lease (a node just started, or flapping, is not handed anything),
+    /// and it was not handed this channel in the last ten leases (it did
+    /// not take it then: it is live but stuck).
+    fn yield_to(&self, r: &Round<'_>, name: &str, eligible: &[String]) -> Option<String> {
+        if !self.options.rebalance {
+            return None;
+        }
+        // The order of [`rendezvous_rank`]: score, then name.
+        let first = eligible
+            .iter()
+            .max_by_key(|n| (score(name, n), n.as_str()))?;
+        if *first == self.options.node || !r.settled.contains(first) {
+            return None;
+        }
+        let lease_ms = r.lease.as_millis() as u64;
+        if let Some((node, at)) = lock(&self.yielded).get(name)
+            && node == first
+            && r.now.saturating_sub(*at) < 10 * lease_ms
+        {
+            return None;
+        }
+        Some(first.clone())
     }
 
     /// Marks this node's lease on `name` expired now (by compare-and-set:
@@ -1279,6 +1344,8 @@ struct Round<'a> {
     kv: &'a kv::Store,
     engine: &'a Engine,
     live: &'a [Member],
+    /// The live nodes live for a lease at least (rebalancing).
+    settled: &'a [String],
     /// Unix ms at the round's start: what the leases read are compared to.
     now: u64,
     lease: Duration,

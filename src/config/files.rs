@@ -98,6 +98,9 @@ pub struct ClusterFile {
     /// The placement groups this node belongs to.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Move a channel to the node that ranks first for it once that node
+    /// has been live for a lease (a node that joins takes its share).
+    pub rebalance: Option<bool>,
 }
 
 /// `nats: URL` or `nats: [URL, ...]`.

@@ -1425,3 +1425,44 @@ fn a_registration_the_bucket_refuses_is_a_413_and_leaves_nothing() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn with_rebalance_a_node_that_joins_takes_its_share() {
+    let Some(bin) = nats_server_bin() else { return };
+    let s = setup_with(&format!("lease_ms: {LEASE_MS}, rebalance: true"));
+    let nats = Nats::start(&bin, free_tcp_port(), &s.root.join("js"));
+    let a = node(&s.config, &s.root.join("a"), &nats.url(), "a");
+    wait_connected(&a);
+    wait_live(&[("a", a.api)], &["a"]);
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    for name in &names {
+        let (status, body) = register_example(a.api, name, free_port(), json!({}));
+        assert_eq!(status, 201, "{body}");
+    }
+    for name in &names {
+        assert_eq!(settled(&[("a", a.api)], name).0, "a");
+    }
+
+    // b joins: once it has been live for a lease, a hands it the channels
+    // b ranks first for, each once (epoch 2), and keeps the others.
+    let b = node(&s.config, &s.root.join("b"), &nats.url(), "b");
+    wait_connected(&b);
+    let nodes = [("a", a.api), ("b", b.api)];
+    let mut owners = Vec::new();
+    wait_for("b to take its share", T, || {
+        owners = names
+            .iter()
+            .map(|n| settled_owner(&nodes, n))
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
+        owners.iter().any(|(o, _)| o == "b")
+    });
+    let on_b = owners.iter().filter(|(o, _)| o == "b").count();
+    assert!(on_b < names.len(), "every channel moved: {owners:?}");
+    for (owner, epoch) in &owners {
+        let expected = if owner == "b" { 2 } else { 1 };
+        assert_eq!(*epoch, expected, "{owners:?}");
+    }
+    a.stop();
+    b.stop();
+}
