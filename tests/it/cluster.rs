@@ -1253,6 +1253,12 @@ fn a_multicast_standby_receives_and_takes_over_without_binding_again() {
     assert_eq!(ch["stats"]["packets"], 0, "{ch}");
     let b_binds = stat(b_api, "hot", "binds");
     assert!(b_binds >= 1, "{ch}");
+    assert!(
+        metric(
+            b_api,
+            "speedrelay_channel_standby_received_total{channel=\"hot\"}"
+        ) >= 100
+    );
 
     // Moved to b by a PATCH, both nodes live: b takes over on the socket
     // it had; a stands by, hot in its turn.
