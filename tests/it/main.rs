@@ -17,6 +17,9 @@ mod coalesce;
 // Real nats-server processes: with `--features cluster` only.
 #[cfg(feature = "cluster")]
 mod cluster;
+// Three hosts in network namespaces: with `--features cluster` only.
+#[cfg(feature = "cluster")]
+mod cluster_net;
 mod crash;
 mod decimation;
 mod engine;

@@ -13,6 +13,10 @@ use serde_json::Value as Json;
 use speedrelay::channel::{BoundChannel, ChannelHandle, ChannelSpec};
 use speedrelay::config::{ChannelSettings, Destination};
 
+// Hosts in network namespaces and a three-host cluster (tests/it/cluster_net.rs).
+#[cfg(feature = "cluster")]
+pub mod netns;
+
 pub const EXAMPLE_SCHEMA: &str = include_str!("../../../config/agents/example.avsc");
 
 /// A record schema with one field of each numeric type and a string.
