@@ -96,7 +96,9 @@ fn main() {
     for k in 0..kills {
         let (owner, _) = c.wait_owner(&[0, 1, 2], "takeover");
         let from = feeds.count(owner);
-        wait_for("the owner to forward", t, || feeds.count(owner) >= from + 100);
+        wait_for("the owner to forward", t, || {
+            feeds.count(owner) >= from + 100
+        });
         let killed = Instant::now();
         c.kill9(owner);
         let mut first = None;
@@ -108,7 +110,11 @@ fn main() {
         });
         let (_, at) = first.expect("a new owner");
         let ms = (at - killed).as_secs_f64() * 1e3;
-        println!("kill {}: {} -> forwarded after {ms:.0} ms", k + 1, c.names[owner]);
+        println!(
+            "kill {}: {} -> forwarded after {ms:.0} ms",
+            k + 1,
+            c.names[owner]
+        );
         took.push(ms);
         c.restart_relay(relay, owner);
     }

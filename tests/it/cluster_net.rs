@@ -387,7 +387,7 @@ fn without_leases_every_host_relays_through_a_nats_outage_and_converges_after() 
             c.health(i)["cluster"]["nats"] != "connected"
         });
     }
-    for i in 0..3 {
+    for (i, before) in before.iter().enumerate() {
         let (status, body) = register_example(c.api(i), "during", FEED_PORT + 1, json!({}));
         assert_eq!(status, 503, "{body}");
         let error = body["error"].as_str().unwrap_or_default();
@@ -397,7 +397,7 @@ fn without_leases_every_host_relays_through_a_nats_outage_and_converges_after() 
         );
         let (status, body) = patch(c.api(i), "steady", json!({"decimation": 3}));
         assert_eq!(status, 503, "{body}");
-        assert_eq!(listing(&c, i), before[i], "a refused change left a trace");
+        assert_eq!(listing(&c, i), *before, "a refused change left a trace");
     }
     // A second of outage, relayed by every host.
     for i in 0..3 {
@@ -467,7 +467,10 @@ fn with_leases_a_nats_outage_fences_every_host_until_it_returns() {
     wait_for("two leases of sending", T, || feeds.sent() >= watch_to);
     let (_, last_at) = *feeds.arrivals(owner).last().expect("forwarded");
     let fenced = last_at.saturating_duration_since(stopped);
-    eprintln!("owner's last record {} ms after NATS stopped", fenced.as_millis());
+    eprintln!(
+        "owner's last record {} ms after NATS stopped",
+        fenced.as_millis()
+    );
     assert!(
         fenced < Duration::from_millis(LEASE_MS),
         "forwarded {fenced:?} after NATS stopped (lease {LEASE_MS} ms)"

@@ -59,17 +59,22 @@ fn ip(ns: Option<RawFd>, args: &[&str]) {
     );
 }
 
+/// setns(2) into the network namespace `fd`, for the calling thread only.
+fn set_net_namespace(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: a plain system call on a namespace fd; it changes nothing
+    // but the calling thread's network namespace.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Makes `cmd` enter the network namespace `fd` between fork and exec.
 fn enter_before_exec(cmd: &mut Command, fd: RawFd) {
     // SAFETY: setns(2) is async-signal-safe and touches only the child.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
+        cmd.pre_exec(move || set_net_namespace(fd));
     }
 }
 
@@ -102,9 +107,8 @@ fn new_namespace() -> (Child, File) {
 
 /// Moves the calling thread into the network namespace `fd`.
 fn enter(fd: RawFd) {
-    // SAFETY: setns(2) on this thread with a valid namespace fd.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-        panic!("setns: {}", std::io::Error::last_os_error());
+    if let Err(e) = set_net_namespace(fd) {
+        panic!("setns: {e}");
     }
 }
 
@@ -134,7 +138,18 @@ impl Net {
         ip(fd, &["link", "set", "lo", "up"]);
         ip(fd, &["link", "add", &bridge, "type", "bridge"]);
         // No spanning tree, no forwarding delay: ports forward at once.
-        ip(fd, &["link", "set", &bridge, "type", "bridge", "forward_delay", "0"]);
+        ip(
+            fd,
+            &[
+                "link",
+                "set",
+                &bridge,
+                "type",
+                "bridge",
+                "forward_delay",
+                "0",
+            ],
+        );
         let lab_addr = format!("10.77.{index}.254/24");
         ip(fd, &["addr", "add", &lab_addr, "dev", &bridge]);
         ip(fd, &["link", "set", &bridge, "up"]);
@@ -171,7 +186,9 @@ impl Net {
         let lab = Some(self.lab.as_raw_fd());
         ip(
             lab,
-            &["link", "add", &outer, "type", "veth", "peer", "name", "eth0"],
+            &[
+                "link", "add", &outer, "type", "veth", "peer", "name", "eth0",
+            ],
         );
         ip(lab, &["link", "set", &outer, "master", &self.bridge, "up"]);
         ip(lab, &["link", "set", "eth0", "netns", &pid.to_string()]);
@@ -196,8 +213,8 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // SAFETY: setns(2) back into the namespace this thread came from.
-        unsafe { libc::setns(self.before.as_raw_fd(), libc::CLONE_NEWNET) };
+        // Back into the namespace this thread came from.
+        let _ = set_net_namespace(self.before.as_raw_fd());
         // The lab, its bridge and the veth ends on it vanish with the
         // holder (the hosts are dropped before).
         let _ = self.lab_holder.kill();
@@ -248,7 +265,10 @@ impl Host {
     /// its veth pair goes down, and the host's `eth0` loses its carrier.
     pub fn link(&self, up: bool) {
         let state = if up { "up" } else { "down" };
-        ip(Some(self.lab.as_raw_fd()), &["link", "set", &self.outer, state]);
+        ip(
+            Some(self.lab.as_raw_fd()),
+            &["link", "set", &self.outer, state],
+        );
     }
 }
 
@@ -558,11 +578,14 @@ pub fn local_destination() -> Json {
 /// multicast group would reach every host), and the arrivals at each
 /// host's destination ([`DEST_PORT`], its loopback): record number and
 /// time. Bounded: the senders stop after `limit` or on `stop`.
+/// One destination's arrivals: record number and time.
+type Arrivals = Arc<Mutex<Vec<(u64, Instant)>>>;
+
 pub struct Feeds {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    arrivals: Vec<Arc<Mutex<Vec<(u64, Instant)>>>>,
+    arrivals: Vec<Arrivals>,
 }
 
 impl Feeds {
@@ -583,7 +606,9 @@ impl Feeds {
                     if let Ok(n) = sink.recv(&mut buf) {
                         let at = Instant::now();
                         let seq = record_number(&s, &buf[..n]);
-                        got.lock().unwrap_or_else(|p| p.into_inner()).push((seq, at));
+                        got.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((seq, at));
                     }
                 }
             }));
