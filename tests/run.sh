@@ -65,10 +65,11 @@ export SPEEDRELAY_PYTHON="$ROOT/.venv/bin/python"
 cd "$ROOT"
 cargo test --offline "$@"
 # The cluster (feature `cluster`): real nats-server processes from .venv;
-# on a whole run (no test filter given).
+# on a whole run (no test filter given). cluster_net:: builds its three
+# hosts as network namespaces inside this one.
 if [ $# -eq 0 ]; then
   export SPEEDRELAY_NATS_SERVER="$ROOT/.venv/bin/nats-server"
-  cargo test --offline --features cluster --test it -- cluster:: nats_out::
+  cargo test --offline --features cluster --test it -- cluster:: nats_out:: cluster_net::
 fi
 INNER
 )
