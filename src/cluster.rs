@@ -127,6 +127,8 @@ pub struct ClusterOptions {
     /// Hand a channel over to the node ranking first for it
     /// (`cluster.rebalance`).
     pub rebalance: bool,
+    /// Copies of the bucket when this node creates it (`cluster.replicas`).
+    pub replicas: usize,
     auth: Auth,
     ca: Option<PathBuf>,
 }
@@ -141,6 +143,7 @@ impl std::fmt::Debug for ClusterOptions {
             .field("lease", &self.lease)
             .field("groups", &self.groups)
             .field("rebalance", &self.rebalance)
+            .field("replicas", &self.replicas)
             .finish_non_exhaustive()
     }
 }
@@ -308,6 +311,15 @@ impl ClusterOptions {
                 )));
             }
         };
+        let replicas = match file.and_then(|f| f.replicas) {
+            None => 1,
+            Some(n @ 1..=5) => n,
+            Some(n) => {
+                return Err(ClusterError::Config(format!(
+                    "cluster.replicas {n}: 1 to 5 copies of the bucket"
+                )));
+            }
+        };
         Ok(Some(ClusterOptions {
             servers,
             node,
@@ -315,10 +327,18 @@ impl ClusterOptions {
             lease,
             groups,
             rebalance: file.and_then(|f| f.rebalance).unwrap_or(false),
+            replicas,
             auth,
             ca,
         }))
     }
+}
+
+/// A quarter of the lease, between 250 ms and 5 s; 5 s without leases.
+fn ping_interval(lease: Option<Duration>) -> Duration {
+    lease.map_or(Duration::from_secs(5), |l| {
+        (l / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+    })
 }
 
 /// Node and group names: a letter or digit, then letters, digits, '_' or
@@ -482,6 +502,13 @@ impl Cluster {
             })
             .connection_timeout(REQUEST_TIMEOUT)
             .request_timeout(Some(REQUEST_TIMEOUT))
+            // The client notices a server gone silent (its host cut off,
+            // not a closed socket) after about three missed pings; the
+            // default of a ping a minute would leave a node blind for
+            // minutes while the servers still reachable elect and serve.
+            // A ping every quarter lease lets it move to another server
+            // within a lease or so.
+            .ping_interval(ping_interval(options.lease))
             .event_callback({
                 let servers = servers.clone();
                 move |event| {
@@ -868,6 +895,7 @@ impl Cluster {
                     // The last value per key is all that is read; a delete
                     // marker is kept (it is the tombstone).
                     history: 1,
+                    num_replicas: self.options.replicas,
                     ..Default::default()
                 })
                 .await

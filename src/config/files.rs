@@ -101,6 +101,9 @@ pub struct ClusterFile {
     /// Move a channel to the node that ranks first for it once that node
     /// has been live for a lease (a node that joins takes its share).
     pub rebalance: Option<bool>,
+    /// How many NATS servers keep a copy of the bucket when this node
+    /// creates it (1 to 5); an existing bucket keeps its own.
+    pub replicas: Option<usize>,
 }
 
 /// `nats: URL` or `nats: [URL, ...]`.

@@ -845,14 +845,17 @@ fn an_owner_cut_off_from_nats_stops_before_its_lease_expires() {
 }
 
 #[test]
-fn bad_lease_times_are_refused_by_config_validation() {
-    for (value, expected) in [
-        ("100", "at least 300 milliseconds"),
-        ("-5", "-5"),
-        ("700000", "700000"),
-        ("fast", "fast"),
+fn bad_lease_times_and_replica_counts_are_refused_by_config_validation() {
+    for (key, value, expected) in [
+        ("lease_ms", "100", "at least 300 milliseconds"),
+        ("lease_ms", "-5", "-5"),
+        ("lease_ms", "700000", "700000"),
+        ("lease_ms", "fast", "fast"),
+        ("replicas", "0", "0"),
+        ("replicas", "6", "6"),
+        ("replicas", "three", "three"),
     ] {
-        let s = setup_with(&format!("lease_ms: {value}"));
+        let s = setup_with(&format!("{key}: {value}"));
         let out = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
             .args(["serve", "--config"])
             .arg(&s.config)
@@ -863,20 +866,17 @@ fn bad_lease_times_are_refused_by_config_validation() {
             .output()
             .expect("binary runs");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "lease_ms {value} accepted: {err}");
+        assert!(!out.status.success(), "{key} {value} accepted: {err}");
         assert!(
-            err.contains("/cluster/lease_ms") && err.contains(expected),
-            "lease_ms {value}: {err}"
+            err.contains(&format!("/cluster/{key}")) && err.contains(expected),
+            "{key} {value}: {err}"
         );
         let check = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
             .arg("check-config")
             .arg(&s.config)
             .output()
             .expect("binary runs");
-        assert!(
-            !check.status.success(),
-            "check-config took lease_ms {value}"
-        );
+        assert!(!check.status.success(), "check-config took {key} {value}");
     }
 }
 

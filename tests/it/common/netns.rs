@@ -322,10 +322,10 @@ impl Drop for NatsNode {
     }
 }
 
-/// Creates the relays' bucket with `replicas` replicas through `url`,
-/// retrying until JetStream has elected its leaders (bounded by `T`);
-/// returns the replica count the server reports.
-pub fn create_bucket(url: &str, replicas: usize) -> usize {
+/// The replica count the server reports for the relays' bucket, read
+/// through `url` once a relay has created it (`cluster.replicas`),
+/// retrying until JetStream has elected its leaders (bounded by `T`).
+pub fn bucket_replicas(url: &str) -> usize {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -336,22 +336,14 @@ pub fn create_bucket(url: &str, replicas: usize) -> usize {
             let attempt = async {
                 let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
                 let js = async_nats::jetstream::new(client);
-                let kv = js
-                    .create_key_value(async_nats::jetstream::kv::Config {
-                        bucket: BUCKET.into(),
-                        history: 1,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let kv = js.get_key_value(BUCKET).await.map_err(|e| e.to_string())?;
                 let status = kv.status().await.map_err(|e| e.to_string())?;
                 Ok::<usize, String>(status.info.config.num_replicas)
             };
             match tokio::time::timeout(Duration::from_secs(5), attempt).await {
                 Ok(Ok(n)) => return n,
-                Ok(Err(e)) if Instant::now() > deadline => panic!("bucket not created: {e}"),
-                Err(_) if Instant::now() > deadline => panic!("bucket not created: timed out"),
+                Ok(Err(e)) if Instant::now() > deadline => panic!("bucket not read: {e}"),
+                Err(_) if Instant::now() > deadline => panic!("bucket not read: timed out"),
                 // The JetStream meta leader is elected a few seconds
                 // after the routes connect: try again shortly.
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -361,7 +353,7 @@ pub fn create_bucket(url: &str, replicas: usize) -> usize {
 }
 
 /// Three hosts, each with a clustered nats-server and a relay, the bucket
-/// created with three replicas before the relays join. Field order is
+/// created by the first relay with three replicas (`cluster.replicas`). Field order is
 /// drop order: relays, servers, hosts, the bridge, the files.
 pub struct Cluster3 {
     pub relays: Vec<Option<RelayProcess>>,
@@ -388,7 +380,7 @@ impl Cluster3 {
         let config = example_config(
             &root,
             &format!(
-                "channels: []\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\ncluster: {{lease_ms: {lease_ms}}}\n"
+                "channels: []\ndecimation: {{enabled: false}}\narchive: {{flush_ms: 50}}\ncluster: {{lease_ms: {lease_ms}, replicas: 3}}\n"
             ),
         );
         let net = Net::new();
@@ -406,8 +398,6 @@ impl Cluster3 {
             _dir: dir,
         };
         c.start_nats();
-        let replicas = create_bucket(&c.nats_url(0), 3);
-        assert_eq!(replicas, 3, "the bucket's replicas");
         for i in 0..3 {
             let r = c.start_relay(relay, i);
             c.relays.push(Some(r));
@@ -417,6 +407,7 @@ impl Cluster3 {
                 c.health(i)["cluster"]["nats"] == "connected"
             });
         }
+        assert_eq!(bucket_replicas(&c.nats_url(0)), 3, "the bucket's replicas");
         if lease_ms > 0 {
             // Leases go by the live nodes a node sees: all three, before
             // anything is registered.
@@ -453,13 +444,11 @@ impl Cluster3 {
         format!("nats://{}:{NATS_PORT}", self.hosts[i].addr)
     }
 
-    /// Relay `i` in its host, given only its own host's server: the NATS
-    /// cluster carries everything between hosts. (Given every server, the
-    /// client picks one at random, and one on a host that vanished is
-    /// noticed only after three unanswered pings, 60 s apart by default:
-    /// that node then sees nothing for minutes.)
+    /// Relay `i` in its host, given every server's URL as the README's
+    /// three-host set-up does: the client picks one, and moves to another
+    /// when its server goes silent (a ping every quarter lease).
     fn start_relay(&self, bin: &Path, i: usize) -> RelayProcess {
-        let urls = [self.nats_url(i)];
+        let urls: Vec<String> = (0..3).map(|j| self.nats_url(j)).collect();
         let mut cmd = self.hosts[i].command(bin);
         cmd.args(["serve", "--config"])
             .arg(&self.config)
