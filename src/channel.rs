@@ -18,7 +18,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
@@ -30,7 +29,7 @@ use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
 use crate::live::{self, LiveTap};
 use crate::nats_out::{self, NatsOutError, NatsPending, NatsTap};
-use crate::udp::{self, BATCH, RecvBatch, SendReport};
+use crate::udp::{self, BATCH, Receiver, RecvBatch, SendReport};
 use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
 
 /// Batches taken in one wake-up before the task yields to its timers and
@@ -201,9 +200,11 @@ impl BoundChannel {
     /// Starts the channel task. Must be called inside a tokio runtime.
     pub fn spawn(self) -> Result<ChannelHandle, ChannelError> {
         let port = self.spec.port;
-        let socket = UdpSocket::from_std(self.socket)
-            .map_err(|source| ChannelError::Bind { port, source })?;
         let settings = &self.spec.settings;
+        // A coalescing channel's socket is watched through its own epoll
+        // set with a timer (two more descriptors; see `udp::Receiver`).
+        let rx = Receiver::new(self.socket, settings.socket.coalesce_us > 0)
+            .map_err(|source| ChannelError::Bind { port, source })?;
         let archive = settings
             .archive
             .enabled
@@ -216,7 +217,7 @@ impl BoundChannel {
         let task = ChannelTask {
             name: self.spec.name.clone(),
             port,
-            socket,
+            rx,
             batch,
             decimator: Decimator::new(
                 self.validator.clone(),
@@ -399,7 +400,7 @@ impl ChannelHandle {
 struct ChannelTask {
     name: String,
     port: u16,
-    socket: UdpSocket,
+    rx: Receiver,
     /// Reused receive buffers: the only copy of a datagram's bytes until the
     /// archive block.
     batch: RecvBatch,
@@ -465,12 +466,12 @@ impl ChannelTask {
                 _ = self.cancel.cancelled() => return Ok(()),
                 Some(command) = self.commands.recv() => self.apply(command).await,
                 _ = &mut self.flush_timer, if self.block_count > 0 => self.ship_block(),
-                ready = self.socket.readable() => {
+                ready = self.rx.readable() => {
                     ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
                     let mut more = true;
                     for _ in 0..DRAIN_BATCHES {
                         let mut n = self.receive()?;
-                        if n > 0 && !self.batch.is_full() && self.coalesce_after() > Duration::ZERO {
+                        if n > 0 && !self.batch.is_full() && self.rx.coalescing() {
                             n = self.coalesce().await?;
                         }
                         if n > 0 {
@@ -498,7 +499,7 @@ impl ChannelTask {
         for _ in 0..STOP_DRAIN_BATCHES {
             // Straight to the kernel: a stop right after datagrams arrived
             // may come before tokio saw the socket readable.
-            match self.batch.recv_queued(&self.socket) {
+            match self.batch.recv_queued(&self.rx) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => self.process_batch().await,
             }
@@ -511,34 +512,37 @@ impl ChannelTask {
         Duration::from_micros(u64::from(us))
     }
 
-    /// Fills the partial batch with datagrams that arrive within the
-    /// coalescing wait, counted from now (just after its first receive):
-    /// returns when the batch is full, the wait is over, or the channel is
-    /// stopping (what was received is then processed and the queue
-    /// drained as usual), with the batch's length. Commands and the flush
-    /// timer wait at most this long too.
+    /// Lets the partial batch gather for `socket.coalesce_us`, counted
+    /// from now (just after its first receive): one sleep until the
+    /// deadline, during which arrivals wake nobody, then one receive into
+    /// the free slots; the batch's length. A stop ends the wait (what was
+    /// received is processed and the queue drained as usual). Commands and
+    /// the flush timer wait at most this long too. The batch's age when
+    /// the wait ended is recorded (`coalesce_waited_us`,
+    /// `coalesce_longest_us`): the relay's own account of how long a
+    /// datagram was held.
     async fn coalesce(&mut self) -> Result<usize, ChannelError> {
-        let deadline = Instant::now() + self.coalesce_after();
+        let first = std::time::Instant::now();
+        let port = self.port;
+        let failed = |source| ChannelError::Receive { port, source };
         self.counters.coalesce_waits.fetch_add(1, Relaxed);
-        while !self.batch.is_full() {
-            tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => break,
-                ready = tokio::time::timeout_at(deadline, self.socket.readable()) => {
-                    let Ok(ready) = ready else { break };
-                    ready.map_err(|source| ChannelError::Receive { port: self.port, source })?;
-                    self.batch
-                        .try_recv_more(&self.socket)
-                        .map_err(|source| ChannelError::Receive { port: self.port, source })?;
-                }
+        tokio::select! {
+            biased;
+            _ = self.cancel.cancelled() => {}
+            waited = self.rx.wait(self.coalesce_after()) => {
+                waited.map_err(failed)?;
+                self.batch.try_recv_more(&self.rx).map_err(failed)?;
             }
         }
+        let age = first.elapsed().as_micros() as u64;
+        self.counters.coalesce_waited_us.fetch_add(age, Relaxed);
+        self.counters.coalesce_longest_us.fetch_max(age, Relaxed);
         Ok(self.batch.len())
     }
 
     fn receive(&mut self) -> Result<usize, ChannelError> {
         self.batch
-            .try_recv(&self.socket)
+            .try_recv(&self.rx)
             .map_err(|source| ChannelError::Receive {
                 port: self.port,
                 source,
@@ -757,6 +761,11 @@ impl ChannelTask {
                     (None, false) => {}
                 }
                 let sock = &settings.socket;
+                if (sock.coalesce_us > 0) != self.rx.coalescing() {
+                    if let Err(e) = self.rx.set_coalescing(sock.coalesce_us > 0) {
+                        tracing::warn!(channel = %self.name, error = %e, "cannot switch coalescing; the channel does not wait");
+                    }
+                }
                 if sock.max_datagram != socket_before.max_datagram {
                     // Every datagram already received was processed: the
                     // batch is empty between two batches.
@@ -764,7 +773,7 @@ impl ChannelTask {
                     self.batch.set_limit(self.batch_limit);
                 }
                 if sock.recv_buffer != socket_before.recv_buffer {
-                    let sock_ref = socket2::SockRef::from(&self.socket);
+                    let sock_ref = socket2::SockRef::from(self.rx.socket());
                     if let Err(e) = sock_ref.set_recv_buffer_size(sock.recv_buffer as usize) {
                         tracing::warn!(channel = %self.name, error = %e, "cannot resize the receive buffer");
                     }

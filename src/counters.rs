@@ -47,6 +47,11 @@ pub struct ChannelCounters {
     pub batches: AtomicU64,
     /// Times a partial batch waited for more datagrams (`socket.coalesce_us`).
     pub coalesce_waits: AtomicU64,
+    /// Microseconds those waits held their batch, summed: from the batch's
+    /// first receive to the end of its wait.
+    pub coalesce_waited_us: AtomicU64,
+    /// The longest of those waits, in microseconds.
+    pub coalesce_longest_us: AtomicU64,
     /// Records published to NATS (`outputs.nats`), raw and decimated.
     pub nats_published: AtomicU64,
     /// Records for NATS dropped: the publish queue was full (NATS slow or
@@ -105,6 +110,8 @@ impl ChannelCounters {
             kernel_drops: self.kernel_drops.load(Relaxed),
             batches: self.batches.load(Relaxed),
             coalesce_waits: self.coalesce_waits.load(Relaxed),
+            coalesce_waited_us: self.coalesce_waited_us.load(Relaxed),
+            coalesce_longest_us: self.coalesce_longest_us.load(Relaxed),
             nats_published: self.nats_published.load(Relaxed),
             nats_dropped: self.nats_dropped.load(Relaxed),
             standby_received: self.standby_received.load(Relaxed),
@@ -134,6 +141,8 @@ pub struct ChannelStats {
     pub kernel_drops: u64,
     pub batches: u64,
     pub coalesce_waits: u64,
+    pub coalesce_waited_us: u64,
+    pub coalesce_longest_us: u64,
     pub nats_published: u64,
     pub nats_dropped: u64,
     pub standby_received: u64,

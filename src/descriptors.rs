@@ -5,7 +5,8 @@
 //! those later.
 //!
 //! A channel holds one descriptor for its port and one per destination
-//! socket; its archive holds one more while a file is open.
+//! socket, two more when it coalesces (an epoll set and a timer); its
+//! archive holds one more while a file is open.
 
 use std::io;
 

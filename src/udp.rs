@@ -14,14 +14,13 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::net::UdpSocket;
 
 use crate::config::Destination;
 
@@ -130,6 +129,238 @@ pub fn bind_receiver(addr: IpAddr, port: u16, recv_buffer: usize) -> io::Result<
         socket: socket.into(),
         recv_buffer_granted,
     })
+}
+
+/// The channel's receive socket as the runtime watches it. Without
+/// coalescing the socket itself is registered with the runtime, which
+/// wakes the channel for each arrival. With coalescing a private epoll
+/// set holding the socket and a timerfd is registered instead: for a
+/// wait the socket's interest is switched off in that set and the timer
+/// armed, so the thread sleeps until the deadline however many datagrams
+/// arrive meanwhile (one wake-up per batch), then the socket is switched
+/// back on and the free slots filled with one receive.
+pub struct Receiver {
+    /// Declared before `socket`: it is dropped first, so the socket is
+    /// deregistered before it closes. `None` only after a switch of
+    /// [`Receiver::set_coalescing`] failed half-way: every wait then fails.
+    watch: Option<AsyncFd<Watch>>,
+    socket: StdUdpSocket,
+}
+
+/// What is registered with the runtime.
+enum Watch {
+    /// The socket's own descriptor (owned by [`Receiver::socket`]).
+    Socket(RawFd),
+    /// An epoll set with the socket and [`Waiter::timer`] in it.
+    Waiter(Waiter),
+}
+
+impl AsRawFd for Watch {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Watch::Socket(fd) => *fd,
+            Watch::Waiter(w) => w.epoll.as_raw_fd(),
+        }
+    }
+}
+
+struct Waiter {
+    epoll: OwnedFd,
+    /// CLOCK_MONOTONIC, one-shot, non-blocking.
+    timer: OwnedFd,
+}
+
+/// The socket's interest in a [`Waiter`]'s set: readable, edge-triggered
+/// (the runtime's own registration of the set is edge-triggered too).
+const SOCKET_ON: u32 = (libc::EPOLLIN | libc::EPOLLET) as u32;
+/// Marks the timer's entry in the set.
+const TIMER_KEY: u64 = 1;
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `epoll_ctl` of `fd` in `epoll` with `events`.
+fn epoll_ctl(epoll: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, key: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: key };
+    // SAFETY: valid descriptors and an event struct alive for the call.
+    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut ev) }).map(|_| ())
+}
+
+impl Waiter {
+    /// An epoll set with `socket` (on) and a new timer in it: two
+    /// descriptors.
+    fn new(socket: RawFd) -> io::Result<Self> {
+        // SAFETY: creates a descriptor; no memory is touched.
+        let epoll = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: a new descriptor that nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        // SAFETY: creates a descriptor; no memory is touched.
+        let timer = cvt(unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        })?;
+        // SAFETY: a new descriptor that nothing else owns.
+        let timer = unsafe { OwnedFd::from_raw_fd(timer) };
+        epoll_ctl(&epoll, libc::EPOLL_CTL_ADD, socket, SOCKET_ON, 0)?;
+        epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            timer.as_raw_fd(),
+            SOCKET_ON,
+            TIMER_KEY,
+        )?;
+        Ok(Self { epoll, timer })
+    }
+
+    /// Arms the timer to expire once, `after` from now.
+    fn arm(&self, after: Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                // At least 1 ns: an all-zero value would disarm it.
+                tv_nsec: (after.subsec_nanos().max(u32::from(after.is_zero()))) as libc::c_long,
+            },
+        };
+        // SAFETY: a valid timer descriptor and itimerspec; no old value asked.
+        cvt(unsafe {
+            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &spec, std::ptr::null_mut())
+        })
+        .map(|_| ())
+    }
+
+    /// Whether the timer expired (its count is read, so it is no longer
+    /// readable).
+    fn expired(&self) -> io::Result<bool> {
+        let mut ticks = 0u64;
+        // SAFETY: reads at most 8 bytes into a live u64.
+        let r = unsafe {
+            libc::read(
+                self.timer.as_raw_fd(),
+                (&raw mut ticks).cast(),
+                size_of::<u64>(),
+            )
+        };
+        if r == size_of::<u64>() as isize {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+            _ => Err(e),
+        }
+    }
+}
+
+/// Registers `watch` with the runtime, for reading.
+fn register(watch: Watch) -> io::Result<AsyncFd<Watch>> {
+    // SAFETY: a `Watch` gives one descriptor for its whole life: its own
+    // epoll set, or the socket of the `Receiver` holding it, which drops
+    // the `AsyncFd` before the socket (field order) and replaces it only
+    // while the socket stays open.
+    unsafe { AsyncFd::register_with_interest(watch, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+impl Receiver {
+    /// Registers `socket` (non-blocking) with the runtime, with the
+    /// coalescing set when `coalesce`. Must be called inside a tokio
+    /// runtime.
+    pub fn new(socket: StdUdpSocket, coalesce: bool) -> io::Result<Self> {
+        let watch = if coalesce {
+            Watch::Waiter(Waiter::new(socket.as_raw_fd())?)
+        } else {
+            Watch::Socket(socket.as_raw_fd())
+        };
+        let watch = Some(register(watch)?);
+        Ok(Self { watch, socket })
+    }
+
+    pub fn socket(&self) -> &StdUdpSocket {
+        &self.socket
+    }
+
+    fn watch(&self) -> io::Result<&AsyncFd<Watch>> {
+        self.watch
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the socket is not registered with the runtime"))
+    }
+
+    pub fn coalescing(&self) -> bool {
+        matches!(
+            self.watch.as_ref().map(AsyncFd::get_ref),
+            Some(Watch::Waiter(_))
+        )
+    }
+
+    /// Switches coalescing on or off (between two batches): registers
+    /// the set or the socket instead. When no descriptor is left for the
+    /// set, the receiver stays as it was.
+    pub fn set_coalescing(&mut self, on: bool) -> io::Result<()> {
+        if on == self.coalescing() && self.watch.is_some() {
+            return Ok(());
+        }
+        let fd = self.socket.as_raw_fd();
+        let watch = if on {
+            Watch::Waiter(Waiter::new(fd)?)
+        } else {
+            Watch::Socket(fd)
+        };
+        // The old registration goes first: the socket may be in the
+        // runtime's epoll only once.
+        drop(self.watch.take());
+        self.watch = Some(register(watch)?);
+        Ok(())
+    }
+
+    /// Resolves when the runtime saw the socket (or, while coalescing,
+    /// its set) readable; a receive through [`Receiver::try_io`] then
+    /// says for certain.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.watch()?.readable().await.map(|_| ())
+    }
+
+    /// Runs `f` (a receive on the socket) if the runtime has seen the
+    /// socket readable; a `WouldBlock` from it clears that readiness.
+    pub fn try_io<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.watch()?.try_io(Interest::READABLE, |_| f())
+    }
+
+    /// The coalescing wait: with the socket's interest off, sleeps until
+    /// `after` from now, then switches it back on. Datagrams meanwhile
+    /// queue in the kernel without waking anyone. Returns at once when
+    /// not coalescing. If it is dropped (a stop), the socket stays off:
+    /// the stop drains the socket without readiness.
+    pub async fn wait(&self, after: Duration) -> io::Result<()> {
+        let watch = self.watch()?;
+        let Watch::Waiter(w) = watch.get_ref() else {
+            return Ok(());
+        };
+        let socket = self.socket.as_raw_fd();
+        epoll_ctl(&w.epoll, libc::EPOLL_CTL_MOD, socket, 0, 0)?;
+        w.arm(after)?;
+        loop {
+            let mut guard = watch.readable().await?;
+            if w.expired()? {
+                // The readiness is left set: the next receive after the
+                // batch goes to the kernel, which finds any datagram that
+                // came after the wait's last receive.
+                break;
+            }
+            // Readiness from before the socket went off.
+            guard.clear_ready();
+        }
+        epoll_ctl(&w.epoll, libc::EPOLL_CTL_MOD, socket, SOCKET_ON, 0)
+    }
 }
 
 /// Asks the kernel to attach its drop count to every received datagram.
@@ -378,8 +609,8 @@ impl RecvBatch {
     /// Like [`RecvBatch::try_recv`] but asks the kernel even when tokio has
     /// not yet seen the socket readable: for draining after a stop, which
     /// may come before the reactor reported datagrams already queued.
-    pub fn recv_queued(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        match self.recv_now(socket.as_fd(), 0) {
+    pub fn recv_queued(&mut self, rx: &Receiver) -> io::Result<usize> {
+        match self.recv_now(rx.socket().as_fd(), 0) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.len = 0;
                 Ok(0)
@@ -394,21 +625,21 @@ impl RecvBatch {
     /// is cleared then too: the next `readable().await` sleeps until new
     /// data (whose arrival wakes epoll again) instead of costing one more
     /// `recvmmsg` that finds nothing.
-    pub fn try_recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        self.try_recv_from(socket, 0)
+    pub fn try_recv(&mut self, rx: &Receiver) -> io::Result<usize> {
+        self.try_recv_from(rx, 0)
     }
 
     /// Like [`RecvBatch::try_recv`], but keeps the datagrams already in
     /// the batch and receives into the free slots after them; how many
     /// came. For coalescing a partial batch.
-    pub fn try_recv_more(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        self.try_recv_from(socket, self.len)
+    pub fn try_recv_more(&mut self, rx: &Receiver) -> io::Result<usize> {
+        self.try_recv_from(rx, self.len)
     }
 
-    fn try_recv_from(&mut self, socket: &UdpSocket, start: usize) -> io::Result<usize> {
-        let fd = socket.as_fd();
+    fn try_recv_from(&mut self, rx: &Receiver, start: usize) -> io::Result<usize> {
+        let fd = rx.socket().as_fd();
         let mut got = 0;
-        let r = socket.try_io(Interest::READABLE, || {
+        let r = rx.try_io(|| {
             got = self.recv_now(fd, start)?;
             if self.len < self.limit {
                 Err(io::ErrorKind::WouldBlock.into())
@@ -650,7 +881,7 @@ mod tests {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
         let port = rx.socket.local_addr().unwrap().port();
-        let rx = UdpSocket::from_std(rx.socket).unwrap();
+        let rx = Receiver::new(rx.socket, false).unwrap();
         let tx = connect_destination(&Destination::new(lo, port)).unwrap();
         // More than one sendmmsg takes, so the rest goes in a second call.
         let payloads: Vec<Vec<u8>> = (0..300usize).map(|i| vec![i as u8; i % 200 + 1]).collect();
@@ -675,7 +906,7 @@ mod tests {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
         let port = rx.socket.local_addr().unwrap().port();
-        let rx = UdpSocket::from_std(rx.socket).unwrap();
+        let rx = Receiver::new(rx.socket, false).unwrap();
         let tx = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let mut batch = RecvBatch::new(16);
         batch.set_limit(3);
@@ -698,12 +929,62 @@ mod tests {
         assert_eq!(batch.get(0).0, b"four");
     }
 
+    /// A coalescing wait ends at its deadline, not before, however many
+    /// datagrams arrive meanwhile; what came is then received into the
+    /// free slots with one call, and what it left queued is found by the
+    /// next receive. Switching coalescing off and on again keeps this.
+    #[tokio::test]
+    async fn a_wait_lasts_until_its_deadline_then_fills_the_batch() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
+        let port = rx.socket.local_addr().unwrap().port();
+        let mut rx = Receiver::new(rx.socket, true).unwrap();
+        let tx = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut batch = RecvBatch::new(16);
+        batch.set_limit(4);
+        for round in 0..3u8 {
+            if round == 1 {
+                rx.set_coalescing(false).unwrap();
+                assert!(!rx.coalescing());
+                rx.set_coalescing(true).unwrap();
+            }
+            assert!(rx.coalescing());
+            tx.send_to(&[round, 0], (lo, port)).unwrap();
+            rx.readable().await.unwrap();
+            assert_eq!(batch.try_recv(&rx).unwrap(), 1);
+            let after = Duration::from_millis(30);
+            let started = std::time::Instant::now();
+            let sender = {
+                let tx = tx.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    for i in 1..=5u8 {
+                        tx.send_to(&[round, i], (lo, port)).unwrap();
+                    }
+                })
+            };
+            rx.wait(after).await.unwrap();
+            assert!(started.elapsed() >= after, "the wait ended early");
+            sender.join().unwrap();
+            batch.try_recv_more(&rx).unwrap();
+            let got: Vec<&[u8]> = (0..batch.len()).map(|i| batch.get(i).0).collect();
+            assert_eq!(got, [[round, 0], [round, 1], [round, 2], [round, 3]]);
+            // Two were left queued: the socket is watched again.
+            let mut rest = Vec::new();
+            while rest.len() < 2 {
+                rx.readable().await.unwrap();
+                let n = batch.try_recv(&rx).unwrap();
+                rest.extend((0..n).map(|i| batch.get(i).0.to_vec()));
+            }
+            assert_eq!(rest, [vec![round, 4], vec![round, 5]]);
+        }
+    }
+
     #[tokio::test]
     async fn oversized_datagram_is_flagged_truncated() {
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
         let port = rx.socket.local_addr().unwrap().port();
-        let rx = UdpSocket::from_std(rx.socket).unwrap();
+        let rx = Receiver::new(rx.socket, false).unwrap();
         let tx = StdUdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         tx.send_to(&[7; 100], (Ipv4Addr::LOCALHOST, port)).unwrap();
         let mut batch = RecvBatch::new(64);
