@@ -26,8 +26,8 @@
 //! `socket.coalesce_us`; the ceiling polls for the rest of the wait after a
 //! partial `recvmmsg`). `--latency` instead measures one-way latency
 //! (p50/p99/p99.9/max, generator → subject → sink, from a send time stamped
-//! into each record's `time` field) at 10k, 50k and 100k records/s with CPU
-//! at 50k; `--variants sleep,flush,patch` adds a ceiling that sleeps out the
+//! into each record's `time` field) and CPU per record at 10k, 50k and
+//! 100k records/s; `--variants sleep,flush,patch` adds a ceiling that sleeps out the
 //! wait, and the relay with large deflate blocks or reconfigured every 10 ms.
 //! `--live` adds a third subject, the relay with one live viewer reading
 //! its decoded stream (`GET /channels/{name}/live`'s body, in-process), and
@@ -138,7 +138,8 @@ fn main() {
     }
 }
 
-/// Paced rates at which latency is measured; CPU is taken at `CPU_RATE`.
+/// Paced rates at which latency and CPU per record are measured (the
+/// relay variants run at `CPU_RATE` only).
 const LATENCY_RATES: [f64; 3] = [10_000.0, 50_000.0, 100_000.0];
 const LATENCY_SECS: f64 = 2.0;
 
@@ -148,7 +149,7 @@ const LATENCY_SECS: f64 = 2.0;
 struct LatencyFigures {
     at: [Percentiles; 3],
     loss: [f64; 3],
-    cpu_per_million: f64,
+    cpu_per_million: [f64; 3],
 }
 
 /// Stamps survive a round trip through a record (which stays valid) and
@@ -213,18 +214,15 @@ fn latency_matrix(runs: usize, sizes: &[usize], waits: &[u32], variants: &[&str]
                         }
                         let p = f.at[i];
                         println!(
-                            "run {run} {size} B wait {wait:>4} µs {name:<15} {rate:>7.0}/s: p50 {:>7.1} p99 {:>7.1} p99.9 {:>8.1} max {:>8.1} µs, loss {:.3} %",
+                            "run {run} {size} B wait {wait:>4} µs {name:<15} {rate:>7.0}/s: p50 {:>7.1} p99 {:>7.1} p99.9 {:>8.1} max {:>8.1} µs, loss {:.3} %, CPU {:.3} s per 1M rec",
                             p.p50 / 1e3,
                             p.p99 / 1e3,
                             p.p999 / 1e3,
                             p.max / 1e3,
-                            f.loss[i] * 100.0
+                            f.loss[i] * 100.0,
+                            f.cpu_per_million[i]
                         );
                     }
-                    println!(
-                        "run {run} {size} B wait {wait:>4} µs {name:<15} CPU {:.3} s per 1M rec at 50k/s",
-                        f.cpu_per_million
-                    );
                     all[w * subjects.len() + s].push(f);
                 }
             }
@@ -234,7 +232,7 @@ fn latency_matrix(runs: usize, sizes: &[usize], waits: &[u32], variants: &[&str]
             record.len()
         );
         println!(
-            "| wait µs | subject | rate/s | p50 | p99 | p99.9 | max | loss | CPU s/1M at 50k/s |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+            "| wait µs | subject | rate/s | p50 | p99 | p99.9 | max | loss | CPU s/1M |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
         );
         for (w, &wait) in waits.iter().enumerate() {
             for (s, &(subject, variant)) in subjects.iter().enumerate() {
@@ -249,18 +247,14 @@ fn latency_matrix(runs: usize, sizes: &[usize], waits: &[u32], variants: &[&str]
                         continue;
                     }
                     println!(
-                        "| {wait} | {} {variant} | {rate:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} % | {} |",
+                        "| {wait} | {} {variant} | {rate:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} % | {:.3} |",
                         subject.name(),
                         med(&|f| f.at[i].p50) / 1e3,
                         med(&|f| f.at[i].p99) / 1e3,
                         med(&|f| f.at[i].p999) / 1e3,
                         med(&|f| f.at[i].max) / 1e3,
                         med(&|f| f.loss[i]) * 100.0,
-                        if *rate == CPU_RATE {
-                            format!("{:.3}", med(&|f| f.cpu_per_million))
-                        } else {
-                            String::new()
-                        },
+                        med(&|f| f.cpu_per_million[i]),
                     );
                 }
             }
@@ -309,9 +303,7 @@ fn measure_latency(
         sink.latency.on.store(false, Relaxed);
         out.at[i] = sink.latency.percentiles();
         out.loss[i] = t.loss();
-        if rate == CPU_RATE {
-            out.cpu_per_million = t.cpu / (t.sent as f64 / 1e6);
-        }
+        out.cpu_per_million[i] = t.cpu / (t.sent.max(1) as f64 / 1e6);
     }
     out
 }

@@ -59,6 +59,7 @@ start() { # binary log: sets pid; waits for "speedrelay running"
 }
 ticks() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 packets() { curl -sf 127.0.0.1:18080/api/v1/channels/bench | grep -o '"packets":[0-9]*' | cut -d: -f2; }
+batches() { curl -sf 127.0.0.1:18080/api/v1/channels/bench | grep -o '"batches":[0-9]*' | cut -d: -f2; }
 
 if [ -n "${INSTRUCTIONS:-}" ]; then
   # User-space instructions per record, counted by callgrind (so the
@@ -79,12 +80,12 @@ if [ -n "${INSTRUCTIONS:-}" ]; then
         sleep $(( (n + irate - 1) / irate ))
       fi
       sleep 2
-      [ $load = 0 ] || got=$(packets)
+      [ $load = 0 ] || { got=$(packets); nb=$(batches); }
       kill -TERM $pid; wait $pid
     done
     ir() { grep -m1 '^totals:\|^summary:' "$1" | awk '{print $2}'; }
     echo "$bin: $(( ($(ir $work/cg.$n) - $(ir $work/cg.0)) / got )) instructions per record" \
-      "(user space, callgrind; $got of $n records taken in at $irate/s; coalesce_us ${COALESCE_US:-0})"
+      "(user space, callgrind; $got of $n records taken in at $irate/s in $nb batches; coalesce_us ${COALESCE_US:-0})"
   done
   exit
 fi

@@ -761,10 +761,10 @@ impl ChannelTask {
                     (None, false) => {}
                 }
                 let sock = &settings.socket;
-                if (sock.coalesce_us > 0) != self.rx.coalescing() {
-                    if let Err(e) = self.rx.set_coalescing(sock.coalesce_us > 0) {
-                        tracing::warn!(channel = %self.name, error = %e, "cannot switch coalescing; the channel does not wait");
-                    }
+                // Registers the socket or its coalescing set instead (a
+                // no-op when that does not change).
+                if let Err(e) = self.rx.set_coalescing(sock.coalesce_us > 0) {
+                    tracing::warn!(channel = %self.name, error = %e, "cannot switch coalescing; the channel does not wait");
                 }
                 if sock.max_datagram != socket_before.max_datagram {
                     // Every datagram already received was processed: the

@@ -218,7 +218,7 @@ fn a_paced_stream_is_never_held_longer_than_the_setting() {
     assert_eq!(recv_n(&sink, N as usize), r);
     let waits = stat(api, "paced", "coalesce_waits");
     assert_eq!(waits, stat(api, "paced", "batches"), "every batch waited");
-    assert!(waits >= 2 && waits < N, "{waits} waits for {N} records");
+    assert!((2..N).contains(&waits), "{waits} waits for {N} records");
     let waited = stat(api, "paced", "coalesce_waited_us");
     assert!(
         waited >= waits * WAIT,
