@@ -51,9 +51,9 @@ fn main() {
     );
     for size in [80usize, 1400] {
         let mut records = if size > 200 { RECORDS / 8 } else { RECORDS };
-        if work > 0 {
-            // About 2 s of work per trial.
-            records = records.min(1_000_000_000 / work / 64 * 64);
+        // About 2 s of work per trial.
+        if let Some(per_second) = 1_000_000_000u64.checked_div(work) {
+            records = records.min(per_second / 64 * 64);
         }
         let mut inline = Vec::new();
         let mut piped = Vec::new();

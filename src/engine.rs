@@ -377,17 +377,19 @@ impl Engine {
         let outputs = &settings.outputs;
         // A coalescing channel's socket is watched through an epoll set
         // with a timer: two more.
-        let needed =
-            1 + if settings.socket.coalesce_us > 0 {
-                2
+        let coalescing = if settings.socket.coalesce_us > 0 {
+            2
+        } else {
+            0
+        };
+        let needed = 1
+            + coalescing
+            + outputs.full_rate.len()
+            + if settings.decimation.enabled {
+                outputs.decimated.len()
             } else {
                 0
-            } + outputs.full_rate.len()
-                + if settings.decimation.enabled {
-                    outputs.decimated.len()
-                } else {
-                    0
-                };
+            };
         let reserve = self.options.fd_reserve + self.lock_slots().len() as u64 + 1;
         tokio::task::spawn_blocking(move || {
             crate::descriptors::check_headroom(needed as u64, reserve)
