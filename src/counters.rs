@@ -63,12 +63,17 @@ pub struct ChannelCounters {
     /// Times this node bound the channel's port: at registration, for a
     /// hot standby, at each start; a take-over from hot standby adds none.
     pub binds: AtomicU64,
+    /// Failed attempts to create or update the channel's JetStream stream
+    /// (`outputs.nats.stream`).
+    pub nats_stream_errors: AtomicU64,
     /// The last invalid datagram's error, packed by [`InvalidDatum::pack`]; 0 = none.
     last_invalid: AtomicU64,
     /// The last send error's errno; 0 = none.
     last_send_errno: AtomicU64,
     /// The last archive error, cleared when a block is written again.
     archive_error: Mutex<Option<String>>,
+    /// Why the JetStream stream could not be set up, cleared once it is.
+    nats_stream_error: Mutex<Option<String>>,
 }
 
 impl ChannelCounters {
@@ -87,6 +92,22 @@ impl ChannelCounters {
 
     pub fn archive_error(&self) -> Option<String> {
         self.archive_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Set by the NATS output's stream keeper (feature `cluster`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn set_nats_stream_error(&self, err: Option<String>) {
+        *self
+            .nats_stream_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = err;
+    }
+
+    pub fn nats_stream_error(&self) -> Option<String> {
+        self.nats_stream_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -116,10 +137,12 @@ impl ChannelCounters {
             nats_dropped: self.nats_dropped.load(Relaxed),
             standby_received: self.standby_received.load(Relaxed),
             binds: self.binds.load(Relaxed),
+            nats_stream_errors: self.nats_stream_errors.load(Relaxed),
             last_invalid: last_invalid.map(|e| e.to_string()),
             last_send_error: (errno != 0)
                 .then(|| std::io::Error::from_raw_os_error(errno).to_string()),
             archive_error: self.archive_error(),
+            nats_stream_error: self.nats_stream_error(),
         }
     }
 }
@@ -147,10 +170,13 @@ pub struct ChannelStats {
     pub nats_dropped: u64,
     pub standby_received: u64,
     pub binds: u64,
+    pub nats_stream_errors: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_invalid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_send_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub archive_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_stream_error: Option<String>,
 }

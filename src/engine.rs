@@ -746,12 +746,22 @@ impl Engine {
             .flatten();
         #[cfg(not(feature = "cluster"))]
         let unplaced: Option<String> = None;
-        let error = health.error.clone().or(unplaced).or_else(|| {
-            stats
-                .archive_error
-                .as_ref()
-                .map(|e| format!("archive: {e}"))
-        });
+        let error = health
+            .error
+            .clone()
+            .or(unplaced)
+            .or_else(|| {
+                stats
+                    .archive_error
+                    .as_ref()
+                    .map(|e| format!("archive: {e}"))
+            })
+            .or_else(|| {
+                stats
+                    .nats_stream_error
+                    .as_ref()
+                    .map(|e| format!("nats stream: {e}"))
+            });
         ChannelInfo {
             name: slot.record.name.clone(),
             port: slot.record.port,

@@ -106,7 +106,7 @@ pub(crate) struct Exposition<'a> {
 
 /// Per-channel counter families: name, help, and which counter.
 type Field = fn(&ChannelStats) -> u64;
-const CHANNEL_COUNTERS: [(&str, &str, Field); 17] = [
+const CHANNEL_COUNTERS: [(&str, &str, Field); 18] = [
     (
         "speedrelay_channel_received_packets_total",
         "Datagrams received on the channel's port, valid or not.",
@@ -151,6 +151,11 @@ const CHANNEL_COUNTERS: [(&str, &str, Field); 17] = [
         "speedrelay_channel_standby_received_total",
         "Datagrams received and discarded in hot standby (multicast channel, lease held elsewhere).",
         |s| s.standby_received,
+    ),
+    (
+        "speedrelay_channel_nats_stream_errors_total",
+        "Failed attempts to create or update the channel's JetStream stream (outputs.nats.stream).",
+        |s| s.nats_stream_errors,
     ),
     (
         "speedrelay_channel_forwarded_records_total",

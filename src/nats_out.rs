@@ -9,6 +9,19 @@
 //! records in `nats_dropped`. A publisher task per channel drains the queue
 //! with the node's NATS client, so a slow or absent server only ever fills
 //! the queue.
+//!
+//! Messages with headers carry the channel's lease epoch
+//! (`Speedrelay-Epoch`, 0 without leases), read when the output opens (the
+//! channel binds, which it does only once this node holds its lease, or its
+//! settings change): a channel that changes hands restarts on the new holder
+//! under a higher epoch, so a receiver tells a take-over (new epoch,
+//! sequence from 1) from a gap (same epoch, sequence jumps).
+//!
+//! With `stream`, the publisher first creates or updates a JetStream stream
+//! capturing the channel's two subjects (off the receive loop, once per
+//! channel start, then retried with backoff while it fails); records are
+//! still published with core NATS, which the stream captures without any
+//! acknowledgement to wait for.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,7 +29,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::config::NatsOutput;
+use crate::config::{NatsOutput, NatsStream};
 use crate::counters::ChannelCounters;
 
 /// Batches (of at most one receive batch each) that may wait for NATS
@@ -28,6 +41,9 @@ pub const HEADER_FINGERPRINT: &str = "Speedrelay-Fingerprint";
 /// Header with the record's sequence number on its subject, from 1 per
 /// channel task (restarts begin again at 1).
 pub const HEADER_SEQ: &str = "Speedrelay-Seq";
+/// Header with the channel's lease epoch when its publisher started
+/// (`cluster.lease_ms`); 0 on a node without leases.
+pub const HEADER_EPOCH: &str = "Speedrelay-Epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsOutError {
@@ -133,6 +149,14 @@ pub fn open(
         .map(|s| s.fingerprint::<apache_avro::rabin::Rabin>().to_string())
         .unwrap_or_default();
     let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+    let stream = settings.stream.map(|limits| {
+        Box::new(StreamSpec {
+            channel: channel.to_string(),
+            name: stream_name(&base),
+            subjects: vec![format!("{base}.raw"), format!("{base}.dec")],
+            limits,
+        })
+    });
     Ok(Some(NatsPending {
         tap: NatsTap {
             raw: settings.raw,
@@ -146,10 +170,29 @@ pub fn open(
             raw_headers: settings.raw_headers,
             dec_headers: settings.decimated_headers,
             fingerprint,
+            // The channel binds (and opens this) only once this node holds
+            // its lease, so the epoch is the one it relays under.
+            epoch: node::epoch(channel),
+            stream,
             rx,
             counters: counters.clone(),
         },
     }))
+}
+
+/// The JetStream stream of a channel whose subjects start with `base`: the
+/// subjects' tokens joined by `_` (stream names cannot hold dots).
+pub fn stream_name(base: &str) -> String {
+    base.replace('.', "_")
+}
+
+/// The stream a channel's publisher creates or updates.
+#[derive(Debug, Clone)]
+struct StreamSpec {
+    channel: String,
+    name: String,
+    subjects: Vec<String>,
+    limits: NatsStream,
 }
 
 /// An opened output whose publisher is not running yet (no runtime needed
@@ -174,6 +217,10 @@ struct Publisher {
     raw_headers: bool,
     dec_headers: bool,
     fingerprint: String,
+    /// The channel's lease epoch when opened (`Speedrelay-Epoch`).
+    epoch: u64,
+    /// Boxed: rarely set, and it keeps `NatsPending` small in commands.
+    stream: Option<Box<StreamSpec>>,
     rx: mpsc::Receiver<Batch>,
     counters: Arc<ChannelCounters>,
 }
@@ -185,6 +232,24 @@ impl Publisher {
         let raw_subject = Subject::from(self.raw_subject.as_str());
         let dec_subject = Subject::from(self.dec_subject.as_str());
         let (mut raw_seq, mut dec_seq) = (0u64, 0u64);
+        let epoch = self.epoch.to_string();
+        // The stream first, so that it captures the first records (they
+        // wait in the queue meanwhile); then kept trying beside publishing.
+        let _keeper = match self.stream.take() {
+            Some(spec) => {
+                let keeper = StreamKeeper {
+                    spec,
+                    counters: self.counters.clone(),
+                };
+                if keeper.attempt().await {
+                    None
+                } else {
+                    let retry = tokio::spawn(keeper.retry());
+                    Some(tokio_util::task::AbortOnDropHandle::new(retry))
+                }
+            }
+            None => None,
+        };
         while let Some(batch) = self.rx.recv().await {
             let (subject, headers, seq) = match batch.stream {
                 Stream::Raw => (&raw_subject, self.raw_headers, &mut raw_seq),
@@ -206,6 +271,7 @@ impl Publisher {
                     let mut h = HeaderMap::new();
                     h.insert(HEADER_FINGERPRINT, self.fingerprint.as_str());
                     h.insert(HEADER_SEQ, seq.to_string());
+                    h.insert(HEADER_EPOCH, epoch.as_str());
                     client
                         .publish_with_headers(subject.clone(), h, payload)
                         .await
@@ -231,12 +297,123 @@ impl Publisher {
             self.raw_headers,
             self.dec_headers,
             &self.fingerprint,
+            self.epoch,
         );
+        if let Some(s) = &self.stream {
+            let _ = (&s.channel, &s.name, &s.subjects, s.limits);
+        }
         while let Some(batch) = self.rx.recv().await {
             let _ = (batch.stream, &batch.data);
             let n = batch.ends.len() as u64;
             self.counters.nats_dropped.fetch_add(n, Relaxed);
         }
+    }
+}
+
+/// Creates or updates a channel's JetStream stream.
+#[cfg(feature = "cluster")]
+struct StreamKeeper {
+    spec: Box<StreamSpec>,
+    counters: Arc<ChannelCounters>,
+}
+
+#[cfg(feature = "cluster")]
+impl StreamKeeper {
+    /// One attempt; true once the stream is as the settings say. A failure
+    /// is logged, counted and shown in the channel's `error`.
+    async fn attempt(&self) -> bool {
+        let outcome = match node::client() {
+            Some(client) => ensure_stream(client, &self.spec).await,
+            None => Err("not connected to NATS yet".to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(channel = %self.spec.channel, stream = %self.spec.name, "JetStream stream ready");
+                self.counters.set_nats_stream_error(None);
+                true
+            }
+            Err(e) => {
+                let e = format!("stream {}: {e}", self.spec.name);
+                // Logged when it changes, not at every retry.
+                if self.counters.nats_stream_error().as_deref() != Some(e.as_str()) {
+                    tracing::warn!(channel = %self.spec.channel, error = %e, "cannot set up the JetStream stream; records are still published, retrying");
+                }
+                self.counters.nats_stream_errors.fetch_add(1, Relaxed);
+                self.counters.set_nats_stream_error(Some(e));
+                false
+            }
+        }
+    }
+
+    /// Retries every 1 s doubling to 30 s until an attempt succeeds; ends
+    /// with the publisher (dropped with it).
+    async fn retry(self) {
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(wait).await;
+            if self.attempt().await {
+                return;
+            }
+            wait = (wait * 2).min(std::time::Duration::from_secs(30));
+        }
+    }
+}
+
+/// Creates the stream, or updates its limits when it exists for these
+/// subjects; refuses to touch a stream of that name that captures others.
+#[cfg(feature = "cluster")]
+async fn ensure_stream(client: &async_nats::Client, spec: &StreamSpec) -> Result<(), String> {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy, StorageType};
+    let js = async_nats::jetstream::new(client.clone());
+    let max_age = std::time::Duration::from_secs(spec.limits.max_age_s);
+    // The schema bounds max_bytes to 1 TiB, well inside i64.
+    let max_bytes = i64::try_from(spec.limits.max_bytes).unwrap_or(i64::MAX);
+    match js.get_stream(&spec.name).await {
+        Ok(stream) => {
+            let mut config = stream.cached_info().config.clone();
+            let mut ours = spec.subjects.clone();
+            let mut theirs = config.subjects.clone();
+            ours.sort();
+            theirs.sort();
+            if ours != theirs {
+                return Err(format!(
+                    "exists and captures {theirs:?}, not this channel's {ours:?}; delete it or \
+                     change subject_prefix"
+                ));
+            }
+            if config.max_age == max_age && config.max_bytes == max_bytes {
+                return Ok(());
+            }
+            config.max_age = max_age;
+            config.max_bytes = max_bytes;
+            js.update_stream(config).await.map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(Config {
+                name: spec.name.clone(),
+                subjects: spec.subjects.clone(),
+                max_age,
+                max_bytes,
+                max_messages: -1,
+                max_messages_per_subject: -1,
+                max_consumers: -1,
+                discard: DiscardPolicy::Old,
+                storage: StorageType::File,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -270,5 +447,32 @@ pub mod node {
     #[cfg(feature = "cluster")]
     pub(crate) fn client() -> Option<&'static async_nats::Client> {
         CLIENT.get()
+    }
+
+    #[cfg(feature = "cluster")]
+    static CLUSTER: std::sync::OnceLock<std::sync::Weak<crate::cluster::Cluster>> =
+        std::sync::OnceLock::new();
+
+    /// The cluster whose leases give the epoch header; sets its client as
+    /// the publishers' one.
+    #[cfg(feature = "cluster")]
+    pub fn set_cluster(cluster: &std::sync::Arc<crate::cluster::Cluster>) {
+        set_client(cluster.client().clone());
+        let _ = CLUSTER.set(std::sync::Arc::downgrade(cluster));
+    }
+
+    /// The epoch of `channel`'s lease as this node knows it; 0 without
+    /// leases (every node relays every channel: there is no take-over).
+    pub(crate) fn epoch(channel: &str) -> u64 {
+        #[cfg(feature = "cluster")]
+        if let Some((_, epoch)) = CLUSTER
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .and_then(|c| c.lease_of(channel))
+        {
+            return epoch;
+        }
+        let _ = channel;
+        0
     }
 }

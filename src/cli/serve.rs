@@ -281,7 +281,7 @@ async fn run(
         match speedrelay::cluster::Cluster::connect(options).await {
             Ok(c) => {
                 tracing::info!(node = %node, nats = %servers, "joining the cluster");
-                speedrelay::nats_out::node::set_client(c.client().clone());
+                speedrelay::nats_out::node::set_cluster(&c);
                 engine.join(c, &baseline.channels);
             }
             Err(e) => {

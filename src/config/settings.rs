@@ -152,6 +152,32 @@ pub struct NatsOutput {
     pub raw_headers: bool,
     /// Headers on `.dec` messages: on by default.
     pub decimated_headers: bool,
+    /// A JetStream stream capturing the channel's two subjects, for replay
+    /// (`speedrelay subscribe --replay`); `None` (the default): no stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream: Option<NatsStream>,
+}
+
+/// `outputs.nats.stream`: the limits of the channel's JetStream stream
+/// (the oldest records are discarded past either). Bounded by
+/// `config/relay.schema.json`: 1 s to a year; 64 KiB (a datagram fits) to
+/// 1 TiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsStream {
+    /// Records older than this many seconds are discarded (default 3600).
+    pub max_age_s: u64,
+    /// The stream keeps at most this many bytes (default 1 GiB).
+    pub max_bytes: u64,
+}
+
+impl Default for NatsStream {
+    fn default() -> Self {
+        Self {
+            max_age_s: 3600,
+            max_bytes: 1 << 30,
+        }
+    }
 }
 
 impl Default for NatsOutput {
@@ -162,6 +188,7 @@ impl Default for NatsOutput {
             decimated: true,
             raw_headers: false,
             decimated_headers: true,
+            stream: None,
         }
     }
 }
