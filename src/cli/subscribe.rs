@@ -3,11 +3,18 @@
 //! re-emits each payload, byte-identical, as one UDP datagram to a unicast
 //! or multicast address, so consumers on another host or site receive a
 //! channel as if they were next to the relay.
+//!
+//! With `--replay` it reads the channel's JetStream stream
+//! (`outputs.nats.stream`) through an ordered consumer instead: what the
+//! stream holds (all of it, or the last SECONDS), in order, then what is
+//! published from there on, with no gap or duplicate between the two.
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use speedrelay::cluster::ClusterOptions;
 use speedrelay::config::Destination;
 
@@ -41,6 +48,29 @@ pub struct SubscribeArgs {
     /// Stop after this many messages (default: until interrupted).
     #[arg(long)]
     pub count: Option<u64>,
+    /// Replay from the JetStream stream that captures SUBJECT (a channel
+    /// with outputs.nats.stream): `all` it holds, or the last SECONDS;
+    /// then go on with new messages.
+    #[arg(long, value_name = "all|SECONDS", value_parser = parse_replay)]
+    pub replay: Option<Replay>,
+}
+
+/// Where `--replay` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    All,
+    Last(Duration),
+}
+
+/// `all`, or whole seconds from 1 to a year (a stream keeps at most a year).
+fn parse_replay(text: &str) -> Result<Replay, String> {
+    if text == "all" {
+        return Ok(Replay::All);
+    }
+    match text.parse::<u64>() {
+        Ok(s @ 1..=31_536_000) => Ok(Replay::Last(Duration::from_secs(s))),
+        _ => Err("expected `all` or whole seconds from 1 to 31536000".into()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +143,10 @@ async fn relay(
         .connect(addrs)
         .await
         .map_err(|e| SubscribeError::Nats(format!("NATS {servers}: {e}")))?;
-    let mut messages = client
-        .subscribe(args.subject.clone())
-        .await
-        .map_err(|e| SubscribeError::Nats(format!("subscribe {}: {e}", args.subject)))?;
+    let mut messages = match args.replay {
+        None => live(&client, &args.subject).await?,
+        Some(from) => replay(&client, &args.subject, from).await?,
+    };
     // The server has the subscription once a flush returns: from here no
     // message published to the subject is missed.
     client
@@ -135,7 +165,16 @@ async fn relay(
             _ = &mut ctrl_c => break,
             message = messages.next() => {
                 let Some(message) = message else { break };
-                match socket.send(&message.payload).await {
+                let payload = match message {
+                    Ok(p) => p,
+                    // The ordered consumer recreates itself after a gap
+                    // or a reconnection and goes on where it was.
+                    Err(e) => {
+                        eprintln!("speedrelay subscribe: {e}");
+                        continue;
+                    }
+                };
+                match socket.send(&payload).await {
                     Ok(_) => sent += 1,
                     // A consumer not (yet) listening on a unicast port: the
                     // next datagram may reach it; count and go on.
@@ -146,4 +185,62 @@ async fn relay(
     }
     eprintln!("speedrelay subscribe: {sent} datagrams sent, {failed} failed");
     Ok(())
+}
+
+/// The payloads published to `subject` from now on.
+async fn live(
+    client: &async_nats::Client,
+    subject: &str,
+) -> Result<BoxStream<'static, Result<Bytes, String>>, SubscribeError> {
+    let sub = client
+        .subscribe(subject.to_string())
+        .await
+        .map_err(|e| SubscribeError::Nats(format!("subscribe {subject}: {e}")))?;
+    Ok(sub.map(|m| Ok(m.payload)).boxed())
+}
+
+/// The payloads on `subject` that its JetStream stream holds from `from`,
+/// in order, then the new ones.
+async fn replay(
+    client: &async_nats::Client,
+    subject: &str,
+    from: Replay,
+) -> Result<BoxStream<'static, Result<Bytes, String>>, SubscribeError> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let js = async_nats::jetstream::new(client.clone());
+    let name = js.stream_by_subject(subject).await.map_err(|e| {
+        SubscribeError::Nats(format!(
+            "--replay: no JetStream stream captures {subject} ({e}); the channel needs \
+             outputs.nats.stream"
+        ))
+    })?;
+    let stream = js
+        .get_stream(&name)
+        .await
+        .map_err(|e| SubscribeError::Nats(format!("--replay: stream {name}: {e}")))?;
+    let deliver_policy = match from {
+        Replay::All => DeliverPolicy::All,
+        Replay::Last(d) => DeliverPolicy::ByStartTime {
+            start_time: SystemTime::now()
+                .checked_sub(d)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+                .into(),
+        },
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_string(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| SubscribeError::Nats(format!("--replay: consumer on {name}: {e}")))?;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|e| SubscribeError::Nats(format!("--replay: read {name}: {e}")))?;
+    eprintln!("speedrelay subscribe: replaying {subject} from stream {name}");
+    Ok(messages
+        .map(|m| m.map(|m| m.message.payload).map_err(|e| e.to_string()))
+        .boxed())
 }
