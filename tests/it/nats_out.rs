@@ -89,6 +89,38 @@ impl RawSub {
             payload,
         }
     }
+
+    /// A JetStream API request over the same connection (its subscription
+    /// must be the reply subject `_INBOX.test`); the reply as JSON.
+    fn request(&mut self, subject: &str, body: &serde_json::Value) -> serde_json::Value {
+        let body = body.to_string();
+        write!(
+            self.r.get_mut(),
+            "PUB {subject} _INBOX.test {}\r\n{body}\r\n",
+            body.len()
+        )
+        .expect("request");
+        serde_json::from_slice(&self.next().payload).expect("a JSON reply")
+    }
+}
+
+/// A connection for JetStream API requests.
+fn js_api(nats: &Nats) -> RawSub {
+    RawSub::new(port_of(&nats.url()), "_INBOX.test")
+}
+
+/// The stream's info (config and state), or the API's error reply.
+fn stream_info(js: &mut RawSub, name: &str) -> serde_json::Value {
+    js.request(&format!("$JS.API.STREAM.INFO.{name}"), &json!({}))
+}
+
+/// The value of a header in a header block.
+fn header(block: &str, name: &str) -> u64 {
+    block
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {name} in {block}"))
 }
 
 /// `speedrelay subscribe SUBJECT --to 127.0.0.1:PORT`, ready (subscribed)
@@ -97,11 +129,17 @@ struct Subscriber(Child);
 
 impl Subscriber {
     fn start(nats: &str, subject: &str, to: &UdpSocket) -> Subscriber {
+        Self::start_with(nats, subject, to, &[])
+    }
+
+    /// With more arguments (`--replay`, `--count`).
+    fn start_with(nats: &str, subject: &str, to: &UdpSocket, more: &[&str]) -> Subscriber {
         let port = to.local_addr().expect("bound").port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_speedrelay"))
             .args(["subscribe", subject, "--to"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["--nats", nats])
+            .args(more)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -215,6 +253,8 @@ fn records_reach_nats_byte_identical_and_subscribe_re_emits_them() {
         let h = m.headers.expect(".dec carries headers by default");
         assert!(h.contains(&format!("Speedrelay-Seq: {}", i + 1)), "{h}");
         assert!(h.contains("Speedrelay-Fingerprint: "), "{h}");
+        // Leases off: no take-over to tell, epoch 0.
+        assert_eq!(header(&h, "Speedrelay-Epoch"), 0, "{h}");
         assert_eq!(&m.payload, r);
     }
     let metrics = http_get_text(a.api, "/metrics", &[]).2;
@@ -334,6 +374,14 @@ fn bad_nats_settings_are_refused_and_change_nothing() {
         json!({"raw": "yes"}),
         json!({"queue": 5}),
         json!(7),
+        json!({"stream": {"max_age_s": 0}}),
+        json!({"stream": {"max_age_s": 31_536_001}}),
+        json!({"stream": {"max_age_s": -5}}),
+        json!({"stream": {"max_age_s": "1h"}}),
+        json!({"stream": {"max_bytes": 1000}}),
+        json!({"stream": {"max_bytes": 1_099_511_627_777u64}}),
+        json!({"stream": {"replicas": 3}}),
+        json!({"stream": true}),
     ] {
         let (status, body) =
             register_example(a.api, "bad", free_port(), json!({"outputs": {"nats": bad}}));
@@ -348,6 +396,9 @@ fn bad_nats_settings_are_refused_and_change_nothing() {
         let (status, _) = http(a.api, "GET", "/api/v1/channels/bad", &[], None);
         assert_eq!(status, 404, "{bad} left a channel");
     }
+    // A refused stream setting made no stream.
+    let info = stream_info(&mut js_api(&nats), "speedrelay_bad");
+    assert_eq!(info["error"]["err_code"], 10059, "{info}");
     // A channel name with two dots in a row would make an empty token.
     let (status, body) =
         register_example(a.api, "x..y", free_port(), json!({"outputs": {"nats": {}}}));
@@ -363,6 +414,14 @@ fn subscribe_refuses_bad_arguments_with_a_clear_error() {
         (vec!["s.raw", "--to", "127.0.0.1:0"], "port 0"),
         (vec!["s.raw", "--to", "0.0.0.0:9"], "not a destination"),
         (vec!["s.raw", "--to", "nohost"], "--to nohost"),
+        (
+            vec!["s.raw", "--to", "127.0.0.1:9", "--replay", "0"],
+            "--replay",
+        ),
+        (
+            vec!["s.raw", "--to", "127.0.0.1:9", "--replay", "last"],
+            "`all` or whole seconds",
+        ),
         (
             vec![
                 "s.raw",
@@ -449,6 +508,206 @@ fn subscribe_re_emits_to_a_multicast_group() {
     assert!(done.contains("3 datagrams sent, 0 failed"), "{done}");
     let status = child.0.wait().expect("subscribe ends");
     assert!(status.success());
+}
+
+#[test]
+fn the_epoch_header_tells_a_take_over_from_a_gap() {
+    let Some(bin) = nats_server_bin() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = loopback_config(dir.path(), 50);
+    let yaml = config.join("relay.yaml");
+    let mut text = std::fs::read_to_string(&yaml).expect("relay.yaml");
+    text.push_str("cluster: {lease_ms: 1000}\n");
+    std::fs::write(&yaml, text).expect("relay.yaml");
+    let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
+    let mut nodes = vec![
+        ("a", node(&config, &dir.path().join("a"), &nats.url(), "a")),
+        ("b", node(&config, &dir.path().join("b"), &nats.url(), "b")),
+    ];
+    for (_, n) in &nodes {
+        wait_connected(n);
+    }
+    let port = free_port();
+    let (status, body) = register_example(
+        nodes[0].1.api,
+        "ep",
+        port,
+        json!({"outputs": {"nats": {"raw_headers": true, "decimated": false}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut raw = RawSub::new(port_of(&nats.url()), "speedrelay.ep.raw");
+    // The active node relays under the epoch it shows.
+    let owner = |nodes: &[(&str, RelayProcess)]| {
+        nodes.iter().find_map(|(name, n)| {
+            let c = get_channel(n.api, "ep");
+            (c["status"] == "active" && c["owner"] == *name)
+                .then(|| (name.to_string(), c["epoch"].as_u64().unwrap_or(0)))
+        })
+    };
+    let mut first = None;
+    wait_for("a node to hold ep", T, || {
+        first = owner(&nodes);
+        first.is_some()
+    });
+    let (holder, epoch) = first.expect("held");
+    assert!(epoch >= 1, "epoch {epoch}");
+    send_all(port, &example_records(3));
+    for seq in 1..=3 {
+        let h = raw.next().headers.expect(".raw headers on");
+        assert_eq!(header(&h, "Speedrelay-Epoch"), epoch, "{h}");
+        assert_eq!(header(&h, "Speedrelay-Seq"), seq, "{h}");
+    }
+    // The holder stops; the other node takes over under a higher epoch and
+    // its sequence starts again at 1: a take-over, not a gap.
+    let i = nodes
+        .iter()
+        .position(|(n, _)| *n == holder)
+        .expect("holder");
+    nodes.remove(i).1.stop();
+    let mut second = None;
+    wait_for("the other node to take ep over", T, || {
+        second = owner(&nodes).filter(|(_, e)| *e > epoch);
+        second.is_some()
+    });
+    let (_, next) = second.expect("taken over");
+    send_all(port, &example_range(50, 2));
+    for seq in 1..=2 {
+        let h = raw.next().headers.expect(".raw headers on");
+        assert_eq!(header(&h, "Speedrelay-Epoch"), next, "{h}");
+        assert_eq!(header(&h, "Speedrelay-Seq"), seq, "{h}");
+    }
+    nodes.remove(0).1.stop();
+}
+
+#[test]
+fn a_stream_keeps_records_for_replay_within_its_limits() {
+    let Some(bin) = nats_server_bin() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = nats_config(dir.path());
+    let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
+    let a = node(&config, &dir.path().join("a"), &nats.url(), "a");
+    wait_connected(&a);
+    let mut js = js_api(&nats);
+    let port = free_port();
+    let (status, body) = register_example(
+        a.api,
+        "rp",
+        port,
+        json!({"outputs": {"nats": {"decimated": false,
+            "stream": {"max_age_s": 600, "max_bytes": 1_048_576}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let mut info = json!(null);
+    wait_for("the stream speedrelay_rp", T, || {
+        info = stream_info(&mut js, "speedrelay_rp");
+        info["config"].is_object()
+    });
+    let c = &info["config"];
+    assert_eq!(c["max_age"], 600_000_000_000u64, "{info}");
+    assert_eq!(c["max_bytes"], 1_048_576, "{info}");
+    assert_eq!(
+        c["subjects"],
+        json!(["speedrelay.rp.raw", "speedrelay.rp.dec"]),
+        "{info}"
+    );
+    let channel = get_channel(a.api, "rp");
+    assert!(channel["error"].is_null(), "{channel}");
+
+    let records = example_records(40);
+    send_all(port, &records);
+    wait_for("40 records in the stream", T, || {
+        stream_info(&mut js, "speedrelay_rp")["state"]["messages"] == 40
+    });
+    // A subscriber that comes later gets them all, in order, byte-identical,
+    // then goes on with new ones.
+    let to = sink();
+    let _replay = Subscriber::start_with(
+        &nats.url(),
+        "speedrelay.rp.raw",
+        &to,
+        &["--replay", "all", "--count", "50"],
+    );
+    assert_eq!(recv_n(&to, 40), records, "replayed");
+    let more = example_range(1000, 10);
+    send_all(port, &more);
+    assert_eq!(recv_n(&to, 10), more, "live after the replay");
+
+    // New limits update the stream; its records stay.
+    let (status, body) = patch(
+        a.api,
+        "rp",
+        json!({"outputs": {"nats": {"decimated": false,
+            "stream": {"max_age_s": 1200, "max_bytes": 2_097_152}}}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("the new limits on the stream", T, || {
+        info = stream_info(&mut js, "speedrelay_rp");
+        info["config"]["max_age"] == 1_200_000_000_000u64
+    });
+    assert_eq!(info["config"]["max_bytes"], 2_097_152, "{info}");
+    assert_eq!(info["state"]["messages"], 50, "{info}");
+
+    // No stream for a subject: a clear error.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
+    cmd.args(["subscribe", "speedrelay.none.raw", "--to", "127.0.0.1:9"])
+        .args(["--nats", &nats.url(), "--replay", "all"]);
+    let (ok, text) = run_bounded(&mut cmd, T);
+    assert!(
+        !ok && text.contains("no JetStream stream captures"),
+        "{text}"
+    );
+    a.stop();
+}
+
+#[test]
+fn a_stream_that_cannot_be_made_is_shown_and_records_still_flow() {
+    let Some(bin) = nats_server_bin() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = nats_config(dir.path());
+    let nats = Nats::start(&bin, free_port(), &dir.path().join("js"));
+    let a = node(&config, &dir.path().join("a"), &nats.url(), "a");
+    wait_connected(&a);
+    // Someone else's stream under the name the channel's would take.
+    let mut js = js_api(&nats);
+    let made = js.request(
+        "$JS.API.STREAM.CREATE.speedrelay_sc",
+        &json!({"name": "speedrelay_sc", "subjects": ["other.sc"]}),
+    );
+    assert!(made["config"].is_object(), "{made}");
+    let mut raw = RawSub::new(port_of(&nats.url()), "speedrelay.sc.raw");
+    let port = free_port();
+    let (status, body) = register_example(
+        a.api,
+        "sc",
+        port,
+        json!({"outputs": {"nats": {"stream": {}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_for("the stream error on the channel", T, || {
+        get_channel(a.api, "sc")["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nats stream") && e.contains("other.sc"))
+    });
+    let channel = get_channel(a.api, "sc");
+    assert_eq!(channel["status"], "active", "{channel}");
+    assert!(
+        channel["stats"]["nats_stream_errors"].as_u64() >= Some(1),
+        "{channel}"
+    );
+    let metrics = http_get_text(a.api, "/metrics", &[]).2;
+    assert!(
+        metrics.contains("speedrelay_channel_nats_stream_errors_total{channel=\"sc\"}"),
+        "{metrics}"
+    );
+    // Published all the same, and the other stream left as it was.
+    let records = example_records(5);
+    send_all(port, &records);
+    for r in &records {
+        assert_eq!(&raw.next().payload, r);
+    }
+    let info = stream_info(&mut js, "speedrelay_sc");
+    assert_eq!(info["config"]["subjects"], json!(["other.sc"]), "{info}");
+    a.stop();
 }
 
 /// `loopback_config` with leases off (`cluster.lease_ms: 0`): the one node
