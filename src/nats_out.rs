@@ -24,6 +24,7 @@
 //! acknowledgement to wait for.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
@@ -69,12 +70,20 @@ struct Batch {
     data: Bytes,
     /// End offset of each record in `data`.
     ends: Vec<u32>,
+    /// Records of this subject dropped at the full queue just before this
+    /// batch: the publisher skips their sequence numbers, so a receiver
+    /// sees the loss as a jump.
+    skipped: u64,
 }
 
 /// The channel task's end of the output: what it publishes and the queue.
 pub struct NatsTap {
     raw: bool,
     dec: bool,
+    /// Records dropped since the last batch queued, per subject (only the
+    /// channel task touches them; atomics keep the tap `Sync`).
+    raw_skipped: AtomicU64,
+    dec_skipped: AtomicU64,
     tx: mpsc::Sender<Batch>,
     counters: Arc<ChannelCounters>,
 }
@@ -105,9 +114,14 @@ impl NatsTap {
         if count == 0 {
             return;
         }
+        let skipped = match stream {
+            Stream::Raw => &self.raw_skipped,
+            Stream::Dec => &self.dec_skipped,
+        };
         // Full: drop before copying anything.
         let Ok(permit) = self.tx.try_reserve() else {
             self.counters.nats_dropped.fetch_add(count, Relaxed);
+            skipped.fetch_add(count, Relaxed);
             return;
         };
         let total = records.clone().map(<[u8]>::len).sum();
@@ -121,6 +135,7 @@ impl NatsTap {
             stream,
             data: Bytes::from(data),
             ends,
+            skipped: skipped.swap(0, Relaxed),
         });
     }
 }
@@ -161,15 +176,17 @@ pub fn open(
         tap: NatsTap {
             raw: settings.raw,
             dec: settings.decimated,
+            raw_skipped: AtomicU64::new(0),
+            dec_skipped: AtomicU64::new(0),
             tx,
             counters: counters.clone(),
         },
         publisher: Publisher {
-            raw_subject: format!("{base}.raw"),
-            dec_subject: format!("{base}.dec"),
+            raw_subject: format!("{base}.raw").into(),
+            dec_subject: format!("{base}.dec").into(),
             raw_headers: settings.raw_headers,
             dec_headers: settings.decimated_headers,
-            fingerprint,
+            fingerprint: fingerprint.into(),
             // The channel binds (and opens this) only once this node holds
             // its lease, so the epoch is the one it relays under.
             epoch: node::epoch(channel),
@@ -211,12 +228,14 @@ impl NatsPending {
     }
 }
 
+/// Strings boxed (`Box<str>`): an opened output travels in the channel's
+/// reconfigure command, which clippy keeps small.
 struct Publisher {
-    raw_subject: String,
-    dec_subject: String,
+    raw_subject: Box<str>,
+    dec_subject: Box<str>,
     raw_headers: bool,
     dec_headers: bool,
-    fingerprint: String,
+    fingerprint: Box<str>,
     /// The channel's lease epoch when opened (`Speedrelay-Epoch`).
     epoch: u64,
     /// Boxed: rarely set, and it keeps `NatsPending` small in commands.
@@ -229,8 +248,8 @@ impl Publisher {
     #[cfg(feature = "cluster")]
     async fn run(mut self) {
         use async_nats::{HeaderMap, Subject};
-        let raw_subject = Subject::from(self.raw_subject.as_str());
-        let dec_subject = Subject::from(self.dec_subject.as_str());
+        let raw_subject = Subject::from(&*self.raw_subject);
+        let dec_subject = Subject::from(&*self.dec_subject);
         let (mut raw_seq, mut dec_seq) = (0u64, 0u64);
         let epoch = self.epoch.to_string();
         // The stream first, so that it captures the first records (they
@@ -255,6 +274,7 @@ impl Publisher {
                 Stream::Raw => (&raw_subject, self.raw_headers, &mut raw_seq),
                 Stream::Dec => (&dec_subject, self.dec_headers, &mut dec_seq),
             };
+            *seq += batch.skipped;
             let Some(client) = node::client() else {
                 // Joined, but not connected yet.
                 let n = batch.ends.len() as u64;
@@ -269,7 +289,7 @@ impl Publisher {
                 *seq += 1;
                 let sent = if headers {
                     let mut h = HeaderMap::new();
-                    h.insert(HEADER_FINGERPRINT, self.fingerprint.as_str());
+                    h.insert(HEADER_FINGERPRINT, &*self.fingerprint);
                     h.insert(HEADER_SEQ, seq.to_string());
                     h.insert(HEADER_EPOCH, epoch.as_str());
                     client
@@ -303,7 +323,7 @@ impl Publisher {
             let _ = (&s.channel, &s.name, &s.subjects, s.limits);
         }
         while let Some(batch) = self.rx.recv().await {
-            let _ = (batch.stream, &batch.data);
+            let _ = (batch.stream, &batch.data, batch.skipped);
             let n = batch.ends.len() as u64;
             self.counters.nats_dropped.fetch_add(n, Relaxed);
         }
@@ -474,5 +494,50 @@ pub mod node {
         }
         let _ = channel;
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records dropped at the full queue are numbered all the same: the
+    /// next batch queued carries their count, and the publisher skips
+    /// their sequence numbers (a receiver sees a jump, not a silent loss).
+    #[test]
+    fn records_dropped_at_the_queue_leave_a_jump_in_the_sequence() {
+        node::enable();
+        let counters = Arc::new(ChannelCounters::default());
+        let settings = NatsOutput::default();
+        let schema = r#"{"type": "record", "name": "r", "fields": [{"name": "a", "type": "int"}]}"#;
+        let mut pending = open("c", schema, Some(&settings), &counters)
+            .expect("opens")
+            .expect("an output");
+        let tap = &pending.tap;
+        let one: [&[u8]; 1] = [b"x"];
+        for _ in 0..QUEUE_BATCHES {
+            tap.offer_raw(one.iter().copied());
+        }
+        // Full: 3 raw and 1 decimated record dropped.
+        tap.offer_raw([&b"a"[..], b"b", b"c"].into_iter());
+        tap.offer_decimated(one.iter().copied());
+        assert_eq!(counters.nats_dropped.load(Relaxed), 4);
+        // Room for two more.
+        for _ in 0..2 {
+            let b = pending.publisher.rx.try_recv().expect("queued");
+            assert_eq!(b.skipped, 0);
+        }
+        tap.offer_raw(one.iter().copied());
+        tap.offer_decimated(one.iter().copied());
+        let mut rest = Vec::new();
+        while let Ok(b) = pending.publisher.rx.try_recv() {
+            rest.push(b);
+        }
+        let skips: Vec<_> = rest[QUEUE_BATCHES - 2..]
+            .iter()
+            .map(|b| (b.stream, b.skipped))
+            .collect();
+        assert_eq!(skips, [(Stream::Raw, 3), (Stream::Dec, 1)]);
+        assert!(rest[..QUEUE_BATCHES - 2].iter().all(|b| b.skipped == 0));
     }
 }
