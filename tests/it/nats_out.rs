@@ -631,6 +631,7 @@ fn a_stream_keeps_records_for_replay_within_its_limits() {
     let more = example_range(1000, 10);
     send_all(port, &more);
     assert_eq!(recv_n(&to, 10), more, "live after the replay");
+    let last_sent = Instant::now();
 
     // New limits update the stream; its records stay.
     let (status, body) = patch(
@@ -646,6 +647,26 @@ fn a_stream_keeps_records_for_replay_within_its_limits() {
     });
     assert_eq!(info["config"]["max_bytes"], 2_097_152, "{info}");
     assert_eq!(info["state"]["messages"], 50, "{info}");
+
+    // --replay SECONDS: only what the stream got in the last SECONDS. The
+    // 50 are made at least 6 s old (a wait on the clock: age is what is
+    // tested), then 5 more are sent and replayed from the last 3 s.
+    while last_sent.elapsed() < Duration::from_secs(6) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let recent = example_range(2000, 5);
+    send_all(port, &recent);
+    wait_for("55 records in the stream", T, || {
+        stream_info(&mut js, "speedrelay_rp")["state"]["messages"] == 55
+    });
+    let to = sink();
+    let _recent = Subscriber::start_with(
+        &nats.url(),
+        "speedrelay.rp.raw",
+        &to,
+        &["--replay", "3", "--count", "5"],
+    );
+    assert_eq!(recv_n(&to, 5), recent, "only the last 3 s replayed");
 
     // No stream for a subject: a clear error.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_speedrelay"));
