@@ -1,11 +1,12 @@
 //! The NATS output (`outputs.nats`, feature `cluster`) against a local
 //! nats-server, with the real `speedrelay serve --nats` binary.
 //!
-//! (a) **Publish rate**: one channel flooded (at most 1,000,000 records or
-//!     3 s per run) with 80-byte records on `.raw` without and with headers,
-//!     and 1400-byte records without: the relay's `nats_published` per
-//!     second over the flood, what it dropped (`nats_dropped`) and what a
-//!     subscriber on the subject received per second.
+//! (a) **Publish rate**: one channel paced at 25,000 to 200,000 records/s
+//!     for 1.5 s per trial, 80-byte records on `.raw` without and with
+//!     headers and 1400-byte records without: what the relay received, its
+//!     `nats_published` per second, what it dropped (`nats_dropped`), and
+//!     what a subscriber on the subject received per second and per message
+//!     (bytes as delivered, headers included).
 //! (b) **CPU per record**: two relays, each with one channel at 50,000
 //!     records/s (150,000 per trial) to a full-rate and a decimated UDP
 //!     destination (factor 10); one also has `outputs.nats` (`.raw` without
@@ -14,7 +15,8 @@
 //!     (/proc/PID/task/*/schedstat); medians and the ratio NATS / UDP-only.
 //!
 //! The relays run pinned to core 0; nats-server, the generator and the
-//! subscribers to core 1. `benches/run.sh nats [--runs N]` (default 3):
+//! subscribers to core 1. `benches/nats.sh [--runs N] [--cpu-only]`
+//! (default 3 runs; `--cpu-only` skips (a)):
 //! inside a private network namespace (it refuses to run outside one);
 //! nats-server from SPEEDRELAY_NATS_SERVER or the PATH.
 
@@ -31,8 +33,8 @@ use apache_avro::types::{Record, Value};
 use serde_json::{Value as Json, json};
 
 const SCHEMA: &str = include_str!("../config/agents/example.avsc");
-const FLOOD_RECORDS: u64 = 1_000_000;
-const FLOOD_LIMIT: Duration = Duration::from_secs(3);
+const PACED_RATES: [u64; 4] = [25_000, 50_000, 100_000, 200_000];
+const PACED_SECS: f64 = 1.5;
 const CPU_RATE: u64 = 50_000;
 const CPU_RECORDS: u64 = 150_000;
 const RELAY_CORE: usize = 0;
@@ -48,7 +50,7 @@ fn main() {
         .map(|s| s.lines().skip(2).all(|l| l.trim_start().starts_with("lo:")))
         .unwrap_or(false);
     if !in_netns {
-        eprintln!("nats bench: run it through benches/run.sh nats (a private network namespace)");
+        eprintln!("nats bench: run it through benches/nats.sh (a private network namespace)");
         return;
     }
     let Some(nats_bin) = nats_server() else {
@@ -87,18 +89,28 @@ fn main() {
         online_cpus()
     );
 
-    publish_rate(&with_nats, nats_port, runs);
+    if !args.iter().any(|a| a == "--cpu-only") {
+        publish_rate(&with_nats, nats_port, runs);
+    }
     cpu_per_record(&udp_only, &with_nats, nats_port, runs);
 }
 
-/// (a) The rate one channel publishes at, flooded.
+/// (a) What one channel publishes at paced rates: the highest rate with
+/// no drop is its sustained publish rate on this machine.
 fn publish_rate(relay: &Relay, nats_port: u16, runs: usize) {
     println!(
-        "\n== (a) one channel flooded, .raw only (at most {FLOOD_RECORDS} records or {FLOOD_LIMIT:?} per run)"
+        "\n== (a) one channel, .raw only, paced for {PACED_SECS} s per trial; medians of {runs}"
     );
     println!(
-        "{:>6} {:>8} | {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "bytes", "headers", "sent/s", "published/s", "received/s", "dropped %", "B/message"
+        "{:>6} {:>8} {:>8} | {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "bytes",
+        "headers",
+        "rate/s",
+        "relayed/s",
+        "published/s",
+        "received/s",
+        "dropped %",
+        "B/message"
     );
     for (i, (size, headers)) in [(80, false), (80, true), (1400, false)]
         .into_iter()
@@ -112,47 +124,46 @@ fn publish_rate(relay: &Relay, nats_port: u16, runs: usize) {
             port,
             json!({"outputs": {"nats": {"raw_headers": headers, "decimated": false}}}),
         );
-        let (mut offered, mut published, mut received, mut dropped, mut size) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for _ in 0..runs {
-            let sub = Counter::subscribe(nats_port, &format!("speedrelay.{name}.raw"));
-            let before = relay.stats(&name);
-            let t0 = Instant::now();
-            let sent = flood(port, &record);
-            offered.push(sent as f64 / t0.elapsed().as_secs_f64());
-            // Drained: the publisher's counters stop moving.
-            let mut last = (u64::MAX, u64::MAX);
-            let settled_at = loop {
-                std::thread::sleep(Duration::from_millis(100));
-                let s = relay.stats(&name);
-                let now = (s.0, s.1);
-                if now == last || t0.elapsed() > T {
-                    break Instant::now();
+        for rate in PACED_RATES {
+            let count = (rate as f64 * PACED_SECS) as u64;
+            let (mut relayed, mut published, mut received, mut dropped, mut size) =
+                (vec![], vec![], vec![], vec![], vec![]);
+            for _ in 0..runs {
+                let sub = Counter::subscribe(nats_port, &format!("speedrelay.{name}.raw"));
+                let before = relay.stats(&name);
+                let t0 = Instant::now();
+                paced(port, &record, rate, count);
+                let secs = t0.elapsed().as_secs_f64();
+                // Drained: the counters stop moving (bounded by T).
+                let mut last = before;
+                loop {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let now = relay.stats(&name);
+                    if now == last || t0.elapsed() > T {
+                        break;
+                    }
+                    last = now;
                 }
-                last = now;
-            };
-            let after = relay.stats(&name);
-            // The flood's own duration, plus the drain, minus the 100 ms the
-            // drain check takes to see nothing moved.
-            let secs = (settled_at - t0).as_secs_f64() - 0.1;
-            let p = after.0 - before.0;
-            let d = after.1 - before.1;
-            let (got, bytes) = sub.stop();
-            published.push(p as f64 / secs);
-            received.push(got as f64 / secs);
-            size.push(bytes as f64 / got.max(1) as f64);
-            dropped.push(100.0 * d as f64 / sent.max(1) as f64);
+                let after = relay.stats(&name);
+                let (got, bytes) = sub.stop();
+                relayed.push((after.2 - before.2) as f64 / secs);
+                published.push((after.0 - before.0) as f64 / secs);
+                received.push(got as f64 / secs);
+                size.push(bytes as f64 / got.max(1) as f64);
+                dropped.push(100.0 * (after.1 - before.1) as f64 / count as f64);
+            }
+            println!(
+                "{:>6} {:>8} {:>8} | {:>12.0} {:>12.0} {:>12.0} {:>10.2} {:>10.1}",
+                record.len(),
+                if headers { "yes" } else { "no" },
+                rate,
+                median(&mut relayed),
+                median(&mut published),
+                median(&mut received),
+                median(&mut dropped),
+                median(&mut size)
+            );
         }
-        println!(
-            "{:>6} {:>8} | {:>12.0} {:>12.0} {:>12.0} {:>10.2} {:>10.1}",
-            record.len(),
-            if headers { "yes" } else { "no" },
-            median(&mut offered),
-            median(&mut published),
-            median(&mut received),
-            median(&mut dropped),
-            median(&mut size)
-        );
         relay.delete(&name);
     }
 }
@@ -175,19 +186,9 @@ fn cpu_per_record(udp_only: &Relay, with_nats: &Relay, nats_port: u16, runs: usi
         json!({"outputs": outputs, "decimation": decimation}),
     );
     with_nats.register("c", pn, json!({"outputs": with, "decimation": decimation}));
-    // Sinks drained by a thread, so the relays' sends never find them full.
-    let stop = Arc::new(AtomicBool::new(false));
-    for s in [full, dec] {
-        let stop = stop.clone();
-        s.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            while !stop.load(Relaxed) {
-                let _ = s.recv(&mut buf);
-            }
-        });
-    }
+    // The sinks are never read: loopback drops what overflows them at no
+    // cost to the relays, and core 1 stays free for nats-server (a thread
+    // draining them there made nats-server the bottleneck).
     let sub = Counter::subscribe(nats_port, "speedrelay.c.raw");
     println!(
         "\n== (b) CPU s per million records at {CPU_RATE}/s ({CPU_RECORDS} per trial), UDP full-rate + decimated, interleaved"
@@ -195,20 +196,32 @@ fn cpu_per_record(udp_only: &Relay, with_nats: &Relay, nats_port: u16, runs: usi
     for size in [80, 1400] {
         let record = record_of(size);
         let (mut u, mut n) = (vec![], vec![]);
+        // Records the relays did not receive (kernel drops), and records
+        // the NATS output dropped, over the trials.
+        let (mut lost, mut nats_dropped) = ([0u64; 2], 0u64);
         for _ in 0..runs {
-            for (relay, port, out) in [(udp_only, pu, &mut u), (with_nats, pn, &mut n)] {
+            for (i, (relay, port, out)) in [(udp_only, pu, &mut u), (with_nats, pn, &mut n)]
+                .into_iter()
+                .enumerate()
+            {
+                let before = relay.stats("c");
                 let c0 = cpu_secs(relay.pid());
                 paced(port, &record, CPU_RATE, CPU_RECORDS);
                 // The batches in flight: a moment for the last to be relayed.
                 std::thread::sleep(Duration::from_millis(200));
                 out.push((cpu_secs(relay.pid()) - c0) * 1e6 / CPU_RECORDS as f64);
+                let after = relay.stats("c");
+                lost[i] += CPU_RECORDS.saturating_sub(after.2 - before.2);
+                nats_dropped += after.1 - before.1;
             }
         }
         let (mu, mn) = (median(&mut u), median(&mut n));
         println!(
-            "{:>5} B: UDP only {mu:.3} s, with NATS {mn:.3} s per million records: ratio {:.2} (runs: {u:.3?} / {n:.3?})",
+            "{:>5} B: UDP only {mu:.3} s, with NATS {mn:.3} s per million records: ratio {:.2} (runs: {u:.3?} / {n:.3?}); not received: {} / {}, NATS dropped: {nats_dropped}",
             record.len(),
             mn / mu,
+            lost[0],
+            lost[1],
         );
     }
     let s = with_nats.stats("c");
@@ -218,7 +231,7 @@ fn cpu_per_record(udp_only: &Relay, with_nats: &Relay, nats_port: u16, runs: usi
         s.1,
         sub.stop().0
     );
-    stop.store(true, Relaxed);
+    drop((full, dec));
 }
 
 /// `speedrelay serve --nats` with leases off (the one node relays).
@@ -295,11 +308,11 @@ impl Relay {
         http(self.api, "GET", path, None).1
     }
 
-    /// (nats_published, nats_dropped) of a channel.
-    fn stats(&self, name: &str) -> (u64, u64) {
+    /// (nats_published, nats_dropped, packets) of a channel.
+    fn stats(&self, name: &str) -> (u64, u64, u64) {
         let c = self.get(&format!("/api/v1/channels/{name}"));
         let n = |k: &str| c["stats"][k].as_u64().unwrap_or(0);
-        (n("nats_published"), n("nats_dropped"))
+        (n("nats_published"), n("nats_dropped"), n("packets"))
     }
 }
 
@@ -399,22 +412,6 @@ impl Counter {
         let _ = self.thread.join();
         (self.count.load(Relaxed), self.bytes.load(Relaxed))
     }
-}
-
-/// Sends `record` as fast as one thread can, bounded by count and time.
-fn flood(port: u16, record: &[u8]) -> u64 {
-    let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("sender");
-    tx.connect((Ipv4Addr::LOCALHOST, port)).expect("connect");
-    let t0 = Instant::now();
-    let mut sent = 0;
-    while sent < FLOOD_RECORDS && t0.elapsed() < FLOOD_LIMIT {
-        for _ in 0..256 {
-            if tx.send(record).is_ok() {
-                sent += 1;
-            }
-        }
-    }
-    sent
 }
 
 /// Sends `count` records at `rate` per second, in 1 ms bursts.
