@@ -211,22 +211,35 @@ pub fn under_test_script() -> bool {
 }
 
 /// A UDP port nothing is bound to, and no TCP listener either, never the
-/// same twice in this process (the kernel may hand a just-released
-/// ephemeral port out again).
+/// same twice in this process (as long as the range lasts). Taken below the kernel's ephemeral range
+/// (32768-60999 in a fresh namespace): a port from that range, released
+/// and handed to a relay a moment later, can meanwhile become the source
+/// port of another test's HTTP connection, and the relay's listen then
+/// fails with "address in use".
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    const FIRST: u16 = 27_100; // above SpeedData's default range 26000-27000
+    const LAST: u16 = 32_700;
+    static NEXT: std::sync::Mutex<u16> = std::sync::Mutex::new(FIRST);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    while *next <= LAST {
+        let port = *next;
+        *next += 1;
         // A TCP listener on the same number (the API under test) would make
         // the registration a 400 for "the API's own port".
-        let tcp_free = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
-        if tcp_free && !given.contains(&port) {
-            given.push(port);
+        let udp_free = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok();
+        let tcp_free = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok();
+        if udp_free && tcp_free {
+            return port;
+        }
+    }
+    // Past the range (not reached by today's suite): the kernel's choice.
+    loop {
+        let port = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .expect("bind a UDP socket")
+            .local_addr()
+            .expect("its address")
+            .port();
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
             return port;
         }
     }
