@@ -29,7 +29,7 @@ use crate::counters::ChannelCounters;
 use crate::decimator::{DecimatedBatch, Decimator};
 use crate::live::{self, LiveTap};
 use crate::nats_out::{self, NatsOutError, NatsPending, NatsTap};
-use crate::udp::{self, BATCH, Receiver, RecvBatch, SendReport};
+use crate::udp::{self, BATCH, DestSocket, Receiver, RecvBatch, SendReport};
 use crate::validator::{Captured, InvalidDatum, InvalidKind, SchemaError, Validator};
 
 /// Batches taken in one wake-up before the task yields to its timers and
@@ -79,8 +79,8 @@ pub struct BoundChannel {
     validator: Arc<Validator>,
     socket: StdUdpSocket,
     local_addr: SocketAddr,
-    full_rate: Vec<StdUdpSocket>,
-    decimated: Vec<StdUdpSocket>,
+    full_rate: Vec<DestSocket>,
+    decimated: Vec<DestSocket>,
     nats: Option<NatsPending>,
     data_dir: PathBuf,
     counters: Arc<ChannelCounters>,
@@ -282,15 +282,17 @@ fn start_archive(
 
 fn open_destinations(
     settings: &ChannelSettings,
-) -> Result<(Vec<StdUdpSocket>, Vec<StdUdpSocket>), ChannelError> {
+) -> Result<(Vec<DestSocket>, Vec<DestSocket>), ChannelError> {
     let open = |dests: &[Destination]| {
         dests
             .iter()
             .map(|d| {
-                udp::connect_destination(d).map_err(|source| ChannelError::Destination {
-                    address: SocketAddr::new(d.address, d.port),
-                    source,
-                })
+                udp::connect_destination(d)
+                    .map(|socket| DestSocket::new(socket, settings.outputs.gso))
+                    .map_err(|source| ChannelError::Destination {
+                        address: SocketAddr::new(d.address, d.port),
+                        source,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()
     };
@@ -307,8 +309,8 @@ fn open_destinations(
 enum Command {
     Reconfigure {
         settings: Box<ChannelSettings>,
-        full_rate: Vec<StdUdpSocket>,
-        decimated: Vec<StdUdpSocket>,
+        full_rate: Vec<DestSocket>,
+        decimated: Vec<DestSocket>,
         /// Opened from the new settings; used only if they changed, so an
         /// unchanged output keeps its queue and sequence numbers.
         nats: Option<NatsPending>,
@@ -416,8 +418,8 @@ struct ChannelTask {
 
     /// Destination sockets: non-blocking, not registered with the runtime
     /// (see [`udp::send_all`]).
-    full_rate: Vec<StdUdpSocket>,
-    decimated: Vec<StdUdpSocket>,
+    full_rate: Vec<DestSocket>,
+    decimated: Vec<DestSocket>,
     /// The NATS output's queue (`outputs.nats`), if any.
     nats: Option<NatsTap>,
 

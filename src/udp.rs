@@ -16,6 +16,8 @@ use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -801,10 +803,202 @@ pub fn sendmmsg<'a>(
     })
 }
 
-/// Sends every one of `datagrams` to the connected `socket`, in order, in
-/// as few `sendmmsg` calls as the kernel allows. A full socket buffer is
-/// waited on for at most [`SEND_STALL`]; any other error skips that
-/// datagram and is counted.
+/// `UDP_SEGMENT` (linux/udp.h): the cmsg, at level `SOL_UDP`, that asks
+/// the kernel to cut one send into segments of the given size (GSO).
+const UDP_SEGMENT: libc::c_int = 103;
+
+/// Most segments one GSO send may hold: the kernel's `UDP_MAX_SEGMENTS`
+/// (64 up to Linux 6.8, 128 since; the lower one is safe on both).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most payload bytes one GSO send may hold: a UDP payload in an IPv4
+/// packet (65,535 − 20 − 8); the kernel refuses a larger send (EMSGSIZE).
+pub const GSO_MAX_BYTES: usize = 65_507;
+
+/// Room for the `UDP_SEGMENT` cmsg (a u16 payload).
+const GSO_CMSG_ROOM: usize = 24;
+const GSO_CMSG_NEEDED: usize = {
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    unsafe { libc::CMSG_SPACE(size_of::<u16>() as libc::c_uint) as usize }
+};
+const _: () = assert!(GSO_CMSG_ROOM >= GSO_CMSG_NEEDED);
+
+/// The `UDP_SEGMENT` control buffer, aligned as a `cmsghdr`.
+#[repr(C)]
+union GsoCmsg {
+    _align: libc::cmsghdr,
+    bytes: [u8; GSO_CMSG_ROOM],
+}
+
+const _: () = assert!(align_of::<GsoCmsg>() >= align_of::<libc::cmsghdr>());
+
+/// A connected destination socket with its GSO state: whether runs of
+/// equal-length datagrams go out as one `sendmsg` with `UDP_SEGMENT`
+/// (`outputs.gso`), and the largest segment the route takes unfragmented.
+/// The flag turns off for good (for this socket) the first time the kernel
+/// refuses GSO on its route (EIO, EINVAL); a reconfiguration opens new
+/// sockets, which try again.
+pub struct DestSocket {
+    socket: StdUdpSocket,
+    gso: AtomicBool,
+    /// Largest GSO segment: the route's MTU less the IP and UDP headers.
+    /// Longer datagrams are sent one by one (and fragmented), as GSO
+    /// refuses segments over the MTU.
+    max_segment: usize,
+}
+
+impl DestSocket {
+    /// Wraps a socket from [`connect_destination`]; GSO is tried when `gso`.
+    pub fn new(socket: StdUdpSocket, gso: bool) -> Self {
+        let max_segment = route_mtu(&socket)
+            .map(|(mtu, headers)| mtu.saturating_sub(headers))
+            // Unknown: let the kernel say (EINVAL turns GSO off).
+            .unwrap_or(GSO_MAX_BYTES);
+        Self {
+            socket,
+            gso: AtomicBool::new(gso),
+            max_segment,
+        }
+    }
+
+    pub fn socket(&self) -> &StdUdpSocket {
+        &self.socket
+    }
+
+    /// Whether runs are still sent with GSO (false once it fell back).
+    pub fn gso(&self) -> bool {
+        self.gso.load(Relaxed)
+    }
+
+    /// Longest datagram a GSO run may hold now; 0 when GSO is off.
+    fn gso_segment_limit(&self) -> usize {
+        if self.gso() { self.max_segment } else { 0 }
+    }
+}
+
+/// The connected socket's path MTU (`IP_MTU`, `IPV6_MTU`) and the IP + UDP
+/// header bytes of one packet on it.
+fn route_mtu(socket: &StdUdpSocket) -> Option<(usize, usize)> {
+    let (level, name, headers) = match socket.peer_addr().ok()? {
+        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_MTU, 28),
+        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_MTU, 48),
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid fd, and an option buffer of the length given.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&raw mut mtu).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then(|| (usize::try_from(mtu).unwrap_or(0), headers))
+}
+
+/// What [`send_all`] sends next from the front of what is left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// This many datagrams of one length, at least two: one GSO send.
+    Run(usize),
+    /// This many datagrams before the next run: a `sendmmsg`.
+    Singles(usize),
+}
+
+/// Splits the front of `rest` (not empty) into the next [`Chunk`]: a run
+/// of consecutive datagrams of equal length (at most [`GSO_MAX_SEGMENTS`],
+/// [`GSO_MAX_BYTES`] in all, each non-empty and at most `max_segment`
+/// long), or the datagrams before the next run. `max_segment` 0: no runs.
+/// Reads no further than the end of the first run.
+fn next_chunk<'a>(rest: impl Iterator<Item = &'a [u8]>, max_segment: usize) -> Chunk {
+    let eligible = |len: usize| len > 0 && len <= max_segment && 2 * len <= GSO_MAX_BYTES;
+    // Datagrams before the current candidate run, its length, its segment.
+    let mut singles = 0;
+    let mut run = 0;
+    let mut segment = 0;
+    for d in rest {
+        let len = d.len();
+        if run > 0 && len == segment && run < GSO_MAX_SEGMENTS && (run + 1) * len <= GSO_MAX_BYTES {
+            run += 1;
+            continue;
+        }
+        if run >= 2 {
+            break;
+        }
+        singles += run;
+        if eligible(len) {
+            segment = len;
+            run = 1;
+        } else {
+            singles += 1;
+            run = 0;
+        }
+    }
+    match (run >= 2, singles) {
+        (true, 0) => Chunk::Run(run),
+        (true, s) => Chunk::Singles(s),
+        (false, s) => Chunk::Singles(s + run),
+    }
+}
+
+/// One `sendmsg` of the `count` first of `run` (each `segment` bytes long,
+/// at most [`GSO_MAX_SEGMENTS`]) with a `UDP_SEGMENT` cmsg: the kernel sends
+/// them as `count` datagrams, in order. All or nothing; `count` when sent.
+fn send_segments<'a>(
+    socket: &impl AsFd,
+    run: impl Iterator<Item = &'a [u8]>,
+    count: usize,
+    segment: usize,
+) -> io::Result<usize> {
+    let gso_size =
+        u16::try_from(segment).map_err(|_| io::Error::from_raw_os_error(libc::EMSGSIZE))?;
+    let mut iovs = [const { MaybeUninit::<libc::iovec>::uninit() }; GSO_MAX_SEGMENTS];
+    let mut n = 0;
+    for (d, iov) in run.take(count.min(GSO_MAX_SEGMENTS)).zip(iovs.iter_mut()) {
+        // Read only by the kernel; `*mut` because the struct serves receives too.
+        iov.write(libc::iovec {
+            iov_base: d.as_ptr().cast_mut().cast(),
+            iov_len: d.len(),
+        });
+        n += 1;
+    }
+    let mut control = GsoCmsg {
+        bytes: [0; GSO_CMSG_ROOM],
+    };
+    let mut msg = empty_msghdr();
+    msg.msg_iov = iovs.as_mut_ptr().cast();
+    msg.msg_iovlen = n as _;
+    msg.msg_control = (&raw mut control).cast();
+    msg.msg_controllen = GSO_CMSG_NEEDED as _;
+    // SAFETY: `msg` points at `control`, aligned for `cmsghdr` and
+    // GSO_CMSG_NEEDED ≥ CMSG_SPACE(2) bytes long, so the first header
+    // exists and its u16 payload fits.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), gso_size);
+    }
+    let fd = socket.as_fd().as_raw_fd();
+    retry_eintr(|| {
+        // SAFETY: the first `n` iovecs are initialised above over datagrams
+        // borrowed for the whole call; the control buffer lives on this stack.
+        unsafe { libc::sendmsg(fd, &msg, 0) }
+    })
+    .map(|_| n)
+}
+
+/// Sends every one of `datagrams` to the connected `dest`, in order, in
+/// as few system calls as the kernel allows: runs of two or more
+/// equal-length datagrams as one GSO `sendmsg` each (while `dest` has GSO
+/// on), the others with `sendmmsg`. A full socket buffer is waited on for
+/// at most [`SEND_STALL`]; any other error skips that datagram and is
+/// counted. A run that fails is sent again one by one with `sendmmsg`, so
+/// the counts per datagram are what they would be without GSO; EIO or
+/// EINVAL (no GSO on the route or device) also turns GSO off for `dest`.
 ///
 /// The socket is a plain non-blocking one, not registered with the
 /// runtime: a registered UDP socket is woken (EPOLLOUT) each time one of
@@ -812,29 +1006,54 @@ pub fn sendmmsg<'a>(
 /// per batch and a wake-up callback per datagram. Only a full buffer
 /// registers it, for the wait.
 pub async fn send_all<'a>(
-    socket: &StdUdpSocket,
+    dest: &DestSocket,
     datagrams: impl Iterator<Item = &'a [u8]> + Clone,
 ) -> SendReport {
+    let socket = &dest.socket;
     let mut report = SendReport::default();
     let n = datagrams.clone().count();
     let mut done = 0;
     // Whether the datagram at `done` already met a stale refusal.
     let mut refused_once = false;
+    // Datagrams before this index go with sendmmsg: a run whose GSO send
+    // failed is sent again one by one.
+    let mut singles_until = 0;
     while done < n {
-        match sendmmsg(socket, datagrams.clone().skip(done)) {
+        let limit = if done < singles_until {
+            0
+        } else {
+            dest.gso_segment_limit()
+        };
+        let chunk = next_chunk(datagrams.clone().skip(done), limit);
+        let result = match chunk {
+            Chunk::Run(count) => {
+                let rest = datagrams.clone().skip(done);
+                let segment = rest.clone().next().map_or(0, <[u8]>::len);
+                send_segments(socket, rest, count, segment).map_err(|e| (e, Some(count)))
+            }
+            Chunk::Singles(count) => {
+                let end = if done < singles_until {
+                    count.min(singles_until - done)
+                } else {
+                    count
+                };
+                sendmmsg(socket, datagrams.clone().skip(done).take(end)).map_err(|e| (e, None))
+            }
+        };
+        match result {
             Ok(sent) => {
                 done += sent;
                 report.sent += sent as u64;
                 refused_once = false;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err((e, _)) if e.kind() == io::ErrorKind::WouldBlock => {
                 if !wait_writable(socket).await {
                     report.failed += (n - done) as u64;
                     report.last_errno = libc::EAGAIN;
                     return report;
                 }
             }
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
+            Err((e, _)) if e.raw_os_error() == Some(libc::ECONNREFUSED) && !refused_once => {
                 // An ICMP refusal of an earlier datagram, reported now:
                 // it is counted, but this datagram was not sent. Sent
                 // again, it reaches a destination that is back up.
@@ -842,7 +1061,15 @@ pub async fn send_all<'a>(
                 report.last_errno = libc::ECONNREFUSED;
                 refused_once = true;
             }
-            Err(e) => {
+            Err((e, Some(count))) => {
+                // The run was not sent: again one by one, so each datagram
+                // meets its own error and is counted as without GSO.
+                singles_until = done + count;
+                if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    gso_refused(dest, &e);
+                }
+            }
+            Err((e, None)) => {
                 refused_once = false;
                 // The datagram at `done` failed (ICMP unreachable reported
                 // late, no route, too big…): count it and go on.
@@ -853,6 +1080,16 @@ pub async fn send_all<'a>(
         }
     }
     report
+}
+
+/// The kernel refused GSO on `dest`'s route or device: turns it off for
+/// that socket and says so once.
+#[cold]
+fn gso_refused(dest: &DestSocket, e: &io::Error) {
+    if dest.gso.swap(false, Relaxed) {
+        let to = dest.socket.peer_addr().ok();
+        tracing::warn!(destination = ?to, error = %e, "UDP GSO refused on this route; sending this destination's datagrams one by one");
+    }
 }
 
 /// Waits at most [`SEND_STALL`] for room in `socket`'s send buffer,
@@ -882,7 +1119,10 @@ mod tests {
         let rx = bind_receiver(lo, 0, 1 << 20).unwrap();
         let port = rx.socket.local_addr().unwrap().port();
         let rx = Receiver::new(rx.socket, false).unwrap();
-        let tx = connect_destination(&Destination::new(lo, port)).unwrap();
+        let tx = DestSocket::new(
+            connect_destination(&Destination::new(lo, port)).unwrap(),
+            false,
+        );
         // More than one sendmmsg takes, so the rest goes in a second call.
         let payloads: Vec<Vec<u8>> = (0..300usize).map(|i| vec![i as u8; i % 200 + 1]).collect();
         let report = send_all(&tx, payloads.iter().map(|p| p.as_slice())).await;
@@ -899,6 +1139,142 @@ mod tests {
         assert_eq!(got, payloads);
         // The kernel attaches the drop count only once it is non-zero.
         assert_eq!(batch.kernel_drops.unwrap_or(0), 0);
+    }
+
+    fn lens(chunk_of: &[usize], max_segment: usize) -> Chunk {
+        let data: Vec<Vec<u8>> = chunk_of.iter().map(|&n| vec![0; n]).collect();
+        next_chunk(data.iter().map(Vec::as_slice), max_segment)
+    }
+
+    #[test]
+    fn runs_of_equal_lengths_are_found_and_bounded() {
+        let max = GSO_MAX_BYTES;
+        assert_eq!(lens(&[5, 5, 5, 7], max), Chunk::Run(3));
+        assert_eq!(
+            lens(&[5, 7, 7, 7], max),
+            Chunk::Singles(1),
+            "a single before a run"
+        );
+        assert_eq!(lens(&[5, 6, 7], max), Chunk::Singles(3));
+        assert_eq!(lens(&[5], max), Chunk::Singles(1));
+        assert_eq!(
+            lens(&[0, 0, 0], max),
+            Chunk::Singles(3),
+            "empty datagrams: no GSO"
+        );
+        assert_eq!(lens(&[5, 5, 5], 0), Chunk::Singles(3), "GSO off");
+        assert_eq!(
+            lens(&[9, 9, 9, 4], 8),
+            Chunk::Singles(4),
+            "over the route's MTU"
+        );
+        assert_eq!(lens(&[80; 100], max), Chunk::Run(GSO_MAX_SEGMENTS));
+        assert_eq!(lens(&[80; 65], max), Chunk::Run(64));
+        // 1400 × 46 = 64,400 ≤ 65,507 < 1400 × 47.
+        assert_eq!(lens(&[1400; 64], max), Chunk::Run(46));
+        assert_eq!(lens(&[40_000; 3], max), Chunk::Singles(3), "two do not fit");
+        assert_eq!(lens(&[30_000; 3], max), Chunk::Run(2));
+    }
+
+    /// Receives `n` datagrams from `rx`, each as it arrived; fails when
+    /// they have not all come within 5 s.
+    async fn receive(rx: &Receiver, n: usize) -> Vec<Vec<u8>> {
+        let mut batch = RecvBatch::new(65_535);
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while got.len() < n {
+            let ready = tokio::time::timeout_at(deadline, rx.readable()).await;
+            assert!(ready.is_ok(), "{} of {n} datagrams arrived", got.len());
+            let Ok(k) = batch.try_recv(rx) else { continue };
+            got.extend((0..k).map(|i| batch.get(i).0.to_vec()));
+        }
+        got
+    }
+
+    /// Mixed lengths with runs of every size (one over 64 segments, one
+    /// over 64 KiB): with GSO on, each datagram arrives alone, in order,
+    /// byte-identical, and the counts are the same as with it off.
+    #[tokio::test]
+    async fn gso_runs_arrive_as_separate_datagrams_in_order() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let rx = bind_receiver(lo, 0, 16 << 20).unwrap();
+        let port = rx.socket.local_addr().unwrap().port();
+        let rx = Receiver::new(rx.socket, false).unwrap();
+        let mut payloads: Vec<Vec<u8>> = Vec::new();
+        let mut push = |len: usize, count: usize| {
+            for _ in 0..count {
+                let i = payloads.len();
+                payloads.push((0..len).map(|j| (i * 7 + j) as u8).collect());
+            }
+        };
+        push(10, 1);
+        push(80, 100);
+        push(3, 1);
+        push(81, 2);
+        push(1400, 50);
+        push(7, 1);
+        push(8, 1);
+        push(60_000, 2);
+        push(1, 3);
+        for gso in [true, false] {
+            let tx = DestSocket::new(
+                connect_destination(&Destination::new(lo, port)).unwrap(),
+                gso,
+            );
+            // As the relay sends: at most a batch's worth per call.
+            let mut report = SendReport::default();
+            for part in payloads.chunks(SENDMMSG_MAX) {
+                let r = send_all(&tx, part.iter().map(Vec::as_slice)).await;
+                report.sent += r.sent;
+                report.failed += r.failed;
+            }
+            assert_eq!((report.sent, report.failed), (payloads.len() as u64, 0));
+            assert_eq!(tx.gso(), gso, "loopback takes GSO");
+            let got = receive(&rx, payloads.len()).await;
+            assert_eq!(got.len(), payloads.len());
+            for (i, (g, p)) in got.iter().zip(&payloads).enumerate() {
+                assert!(
+                    g == p,
+                    "datagram {i} (gso {gso}): {} bytes, sent {}",
+                    g.len(),
+                    p.len()
+                );
+            }
+        }
+    }
+
+    /// A route that refuses GSO: the kernel returns EINVAL for UDP_SEGMENT
+    /// on a socket without UDP checksums (SO_NO_CHECK). The run is sent
+    /// again one by one, nothing is lost or counted failed, and GSO stays
+    /// off for that socket.
+    #[tokio::test]
+    async fn refused_gso_falls_back_to_sendmmsg_for_good() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let rx = bind_receiver(lo, 0, 16 << 20).unwrap();
+        let port = rx.socket.local_addr().unwrap().port();
+        let rx = Receiver::new(rx.socket, false).unwrap();
+        let socket = connect_destination(&Destination::new(lo, port)).unwrap();
+        const SO_NO_CHECK: libc::c_int = 11;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid fd and a c_int option of the length given.
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_NO_CHECK,
+                (&raw const one).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0);
+        let tx = DestSocket::new(socket, true);
+        let payloads: Vec<Vec<u8>> = (0..150u8)
+            .map(|i| vec![i; if i % 50 == 49 { 9 } else { 100 }])
+            .collect();
+        let report = send_all(&tx, payloads.iter().map(Vec::as_slice)).await;
+        assert_eq!((report.sent, report.failed), (150, 0));
+        assert!(!tx.gso(), "the refusal turned GSO off");
+        assert_eq!(receive(&rx, 150).await, payloads);
     }
 
     #[tokio::test]

@@ -146,6 +146,7 @@ mod tests {
                         decimated: false,
                         ..Default::default()
                     }),
+                    gso: i % 2 == 1,
                 },
                 rotation: Rotation {
                     mode: [RotationMode::Time, RotationMode::Size][i % 2],
@@ -198,6 +199,7 @@ mod tests {
             json!({"decimation": {"enabled": false}}),
             json!({"outputs": {"full_rate": {"address": "239.1.1.1", "port": 6000}}}),
             json!({"outputs": {"full_rate": [{"address": "fe80::1", "port": 1, "loop": true}]}}),
+            json!({"outputs": {"gso": false}}),
             json!({"outputs": {"full_rate": null, "decimated": []}}),
             json!({"outputs": {"decimated": {"address": "239.1.1.2", "port": 6001, "interface": "10.1.2.3", "ttl": 0}}}),
             json!({"rotation": {"mode": "size", "threshold": 0}}),
@@ -239,6 +241,8 @@ mod tests {
             json!({"outputs": {"full_rate": 6000}}),
             json!({"outputs": {"full_rate": [6000]}}),
             json!({"outputs": {"unicast": []}}),
+            json!({"outputs": {"gso": "yes"}}),
+            json!({"outputs": {"gso": null}}),
             json!({"rotation": {"mode": "weekly"}}),
             json!({"rotation": {"threshold": -1}}),
             json!({"retention": {"mode": "ttl"}}),

@@ -122,7 +122,7 @@ impl Algorithm {
 }
 
 /// Where valid records go: byte-identical at full rate, and decimated.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Outputs {
     #[serde(deserialize_with = "one_or_many")]
@@ -133,6 +133,27 @@ pub struct Outputs {
     /// node started with `--nats`); `None` (the default) publishes nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsOutput>,
+    /// Send runs of equal-length datagrams to a UDP destination as one
+    /// `sendmsg` with `UDP_SEGMENT` (GSO): a fraction of the sender's CPU
+    /// per datagram. Default on; where the kernel refuses it on a route,
+    /// that destination falls back by itself. Written out only when off.
+    #[serde(skip_serializing_if = "is_true")]
+    pub gso: bool,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Self {
+            full_rate: Vec::new(),
+            decimated: Vec::new(),
+            nats: None,
+            gso: true,
+        }
+    }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// The NATS output: every valid record, byte-identical, on
