@@ -25,6 +25,7 @@ mod decimation;
 mod engine;
 mod faults;
 mod fuzz_corpus;
+mod gso;
 mod hostile_http;
 mod live_patch;
 mod load;
