@@ -973,15 +973,24 @@ fn send_segments<'a>(
     msg.msg_control = (&raw mut control).cast();
     msg.msg_controllen = GSO_CMSG_NEEDED as _;
     // SAFETY: `msg` points at `control`, aligned for `cmsghdr` and
-    // GSO_CMSG_NEEDED ≥ CMSG_SPACE(2) bytes long, so the first header
-    // exists and its u16 payload fits.
-    unsafe {
-        let c = libc::CMSG_FIRSTHDR(&msg);
-        (*c).cmsg_level = libc::SOL_UDP;
-        (*c).cmsg_type = UDP_SEGMENT;
-        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), gso_size);
+    // GSO_CMSG_NEEDED ≥ CMSG_SPACE(2) bytes long: the first header is in it.
+    let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if c.is_null() {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
+    // SAFETY: CMSG_LEN only computes a size.
+    let cmsg_len = unsafe { libc::CMSG_LEN(size_of::<u16>() as libc::c_uint) };
+    // SAFETY: `c` is the aligned, non-null first header within `control`,
+    // which nothing else references.
+    let header = unsafe { &mut *c };
+    header.cmsg_level = libc::SOL_UDP;
+    header.cmsg_type = UDP_SEGMENT;
+    header.cmsg_len = cmsg_len as _;
+    // SAFETY: `c` is a valid header; its payload follows it in `control`.
+    let data = unsafe { libc::CMSG_DATA(c) };
+    // SAFETY: the payload lies within `control` (its size covers
+    // CMSG_SPACE(2)); written unaligned as CMSG_DATA promises no alignment.
+    unsafe { std::ptr::write_unaligned(data.cast::<u16>(), gso_size) };
     let fd = socket.as_fd().as_raw_fd();
     retry_eintr(|| {
         // SAFETY: the first `n` iovecs are initialised above over datagrams
