@@ -1,7 +1,9 @@
 //! Batched UDP I/O for the channel task: binding the receive socket,
-//! `recvmmsg` into one reused buffer, and `sendmmsg` of slices of it to
-//! destination sockets, so a datagram is never copied between receive and
-//! forward. Its [`sendmmsg`] is also the load generator's (`send`).
+//! `recvmmsg` into one reused buffer, and sends of slices of it to
+//! destination sockets (`sendmmsg`, and one GSO `sendmsg` with
+//! `UDP_SEGMENT` per run of equal-length datagrams), so a datagram is
+//! never copied between receive and forward. Its [`sendmmsg`] is also the
+//! load generator's (`send`).
 //!
 //! The unsafe code is held to quinn-udp's standard: message headers are
 //! built on the stack for each call (no struct keeps pointers into a
@@ -9,7 +11,7 @@
 //! checked at compile time, cmsgs are read through one iterator that
 //! checks lengths, and every unsafe operation has its own SAFETY comment.
 //!
-//! Linux only (recvmmsg, sendmmsg, SO_RXQ_OVFL), like the relay itself.
+//! Linux only (recvmmsg, sendmmsg, UDP_SEGMENT, SO_RXQ_OVFL), like the relay itself.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -1205,7 +1207,15 @@ mod tests {
     /// byte-identical, and the counts are the same as with it off.
     #[tokio::test]
     async fn gso_runs_arrive_as_separate_datagrams_in_order() {
-        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for lo in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ] {
+            gso_round_trip(lo).await;
+        }
+    }
+
+    async fn gso_round_trip(lo: IpAddr) {
         let rx = bind_receiver(lo, 0, 16 << 20).unwrap();
         let port = rx.socket.local_addr().unwrap().port();
         let rx = Receiver::new(rx.socket, false).unwrap();
