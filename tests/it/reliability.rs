@@ -269,7 +269,7 @@ fn patch_applies_archive_and_socket_settings_or_refuses_them() {
     let archived = batch(7);
     assert_forwards(port, &dest, &archived);
     wait_for("the archive file", T, || {
-        archived_datums(&data, "live", EXAMPLE_SCHEMA).len() == 7
+        archived_datums_so_far(&data, "live", EXAMPLE_SCHEMA).is_some_and(|d| d.len() == 7)
     });
     // Off again: the file is closed with those records, and no more.
     let (status, _) = patch(api, "live", json!({"archive": {"enabled": false}}));

@@ -194,6 +194,26 @@ pub fn archived_datums(data_dir: &Path, channel: &str, schema_json: &str) -> Vec
     out
 }
 
+/// [`archived_datums`] for polling while the relay writes: None while a
+/// file cannot be read whole yet (a file just created has no complete
+/// header for a moment).
+pub fn archived_datums_so_far(
+    data_dir: &Path,
+    channel: &str,
+    schema_json: &str,
+) -> Option<Vec<Vec<u8>>> {
+    let s = schema(schema_json);
+    let mut out = Vec::new();
+    for path in archive_files(data_dir, channel) {
+        let file = std::fs::File::open(&path).ok()?;
+        let reader = apache_avro::Reader::new(std::io::BufReader::new(file)).ok()?;
+        for value in reader {
+            out.push(encode(&s, value.ok()?));
+        }
+    }
+    Some(out)
+}
+
 /// True when this process runs in a network namespace that has only `lo`
 /// (what tests/run.sh creates): the only place multicast may be sent.
 pub fn in_private_netns() -> bool {
