@@ -111,10 +111,7 @@ fn a_partial_batch_waits_and_goes_as_one() {
 
     let r = records(0, 5);
     let tx = sender();
-    send(&tx, port, &r[..1]);
-    wait_for("the channel to start waiting", T, || {
-        stat(api, "co", "coalesce_waits") == 1
-    });
+    hold_first(&tx, port, &r, api, "co");
     // Nothing has gone yet: the batch is held for more.
     assert_eq!(stat(api, "co", "batches"), 0);
     send(&tx, port, &r[1..]);
@@ -174,10 +171,7 @@ fn a_batch_full_at_first_receive_never_waits() {
     let api = relay.api;
     let r = records(0, 129);
     let tx = sender();
-    send(&tx, port, &r[..1]);
-    wait_for("the channel to start waiting", T, || {
-        stat(api, "full", "coalesce_waits") == 1
-    });
+    hold_first(&tx, port, &r, api, "full");
     // Queued in the kernel while the channel sleeps.
     send(&tx, port, &r[1..]);
     assert_eq!(recv_n(&sink, 129), r);
@@ -313,10 +307,7 @@ fn a_stop_during_a_wait_loses_nothing() {
     let api = relay.api;
     let r = records(0, 3);
     let tx = sender();
-    send(&tx, port, &r[..1]);
-    wait_for("the channel to start waiting", T, || {
-        stat(api, "halt", "coalesce_waits") == 1
-    });
+    hold_first(&tx, port, &r, api, "halt");
     // Queued while the channel sleeps: the stop's drain takes them.
     send(&tx, port, &r[1..]);
     assert!(relay.terminate().success());
@@ -339,10 +330,7 @@ fn a_delete_during_a_wait_loses_nothing() {
     let api = relay.api;
     let r = records(0, 3);
     let tx = sender();
-    send(&tx, port, &r[..1]);
-    wait_for("the channel to start waiting", T, || {
-        stat(api, "gone", "coalesce_waits") == 1
-    });
+    hold_first(&tx, port, &r, api, "gone");
     send(&tx, port, &r[1..]);
     let (status, answer) = http(api, "DELETE", "/api/v1/channels/gone", &[], None);
     assert!(status == 200 || status == 204, "{status} {answer}");
@@ -366,10 +354,7 @@ fn patch_changes_it_live() {
     let (status, answer) = patch(api, "live", json!({"socket": {"coalesce_us": LONG}}));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["config"]["socket"]["coalesce_us"], json!(LONG));
-    send(&tx, port, &r[..1]);
-    wait_for("the channel to start waiting", T, || {
-        stat(api, "live", "coalesce_waits") == 1
-    });
+    hold_first(&tx, port, &r, api, "live");
     send(&tx, port, &r[1..2]);
     assert_eq!(recv_n(&sink, 2), r[..2]);
     assert_eq!(stat(api, "live", "batches"), 1);
@@ -461,4 +446,13 @@ fn bad_values_are_refused_in_config_files() {
             assert!(!out.status.success(), "serve started with {yaml}");
         }
     }
+}
+
+/// Sends the first of `r` and returns once channel `name` waits on it
+/// (its first coalescing wait has begun).
+fn hold_first(tx: &UdpSocket, port: u16, r: &[Vec<u8>], api: SocketAddr, name: &str) {
+    send(tx, port, &r[..1]);
+    wait_for("the channel to start waiting", T, || {
+        stat(api, name, "coalesce_waits") == 1
+    });
 }
